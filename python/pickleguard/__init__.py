@@ -1,0 +1,97 @@
+"""pickleguard: refuse every pickle load that an explicit policy does not allow.
+
+A payload is identified by the SHA-256 of the exact bytes the unpickler will consume.
+``activate()`` installs the gate on every ``pickle`` entry point and adds a
+process-wide layer; ``no_pickles()`` and ``allow_pickles()`` scope loads in code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional, Union
+
+from . import _core, _gate
+from ._core import Token, allow_pickles
+from .errors import BadTokenError, ManifestError, NoPickleError, PickleGuardError
+
+__all__ = [
+    "BadTokenError",
+    "ManifestError",
+    "NoPickleError",
+    "PickleGuardError",
+    "Token",
+    "activate",
+    "allow_pickles",
+    "load",
+    "loads",
+    "no_pickles",
+]
+
+
+def activate(
+    manifest: Optional[Union[str, "os.PathLike[str]"]] = None, mode: str = "enforce"
+) -> Token:
+    """Guard every pickle load in this process.
+
+    Installs the gate on ``pickle`` and ``_pickle`` and adds a process-wide layer
+    that allows the pickles listed in ``manifest`` (a TOML file; see
+    docs/manifest.md). With ``manifest=None`` the layer allows nothing: only
+    ``allow_pickles(token)`` lifts it. ``mode="warn"`` allows every load but
+    reports each one the layer would refuse.
+
+    Returns the token of the new layer. Layers only add up: a later call adds
+    another layer that must also allow a load, so it can only tighten.
+
+    It raises ManifestError if the manifest cannot be read; the layer is installed
+    anyway and, in enforce mode, refuses every load until the process restarts.
+    """
+    _gate.install()
+    return _core.activate(None if manifest is None else os.fspath(manifest), mode)
+
+
+def no_pickles() -> Token:
+    """Open a deny scope in this thread or asyncio task and return its token.
+
+    Inside the scope no pickle loads unless ``allow_pickles(token)`` lifts it. Use
+    it as ``with no_pickles() as token:`` to end the scope with the block.
+    """
+    _gate.install()
+    return _core.no_pickles()
+
+
+def loads(
+    data: Any,
+    /,
+    *,
+    sha256: str,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Optional[Iterable[Any]] = None,
+) -> Any:
+    """``pickle.loads`` that loads only the object whose SHA-256 is ``sha256``.
+
+    It raises NoPickleError if the data has another hash, or if an active layer
+    refuses it: a pin never lifts the operator's policy.
+    """
+    return _core.pinned_loads(
+        data, sha256, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )
+
+
+def load(
+    file: Any,
+    *,
+    sha256: str,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Optional[Iterable[Any]] = None,
+) -> Any:
+    """``pickle.load`` that loads only the object whose SHA-256 is ``sha256``.
+
+    Reads exactly one pickle from ``file``; see ``loads``.
+    """
+    return _core.pinned_load(
+        file, sha256, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )

@@ -1,0 +1,228 @@
+"""The gate: guarded replacements for every pickle loading entry point.
+
+Each replacement reads exactly one pickle into a private buffer, has the core hash
+and judge it, and only then runs the original unpickler, on that buffer alone. The
+source is never read twice, so a file that changes under us cannot smuggle in
+unverified bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
+
+import _pickle
+
+from . import _core
+from .errors import _UndelimitedPickle
+
+# The originals, captured before anything is patched.
+_c_loads = _pickle.loads
+_CUnpickler = _pickle.Unpickler
+_py_load = pickle._Unpickler.load
+
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _file_methods(file: Any) -> Tuple[Callable[..., Any], Callable[..., Any]]:
+    """``file.read`` and ``file.readline``, looked up as the C unpickler does."""
+    getattr(file, "peek", None)
+    getattr(file, "readinto", None)
+    read = getattr(file, "read", None)
+    readline = getattr(file, "readline", None)
+    if read is None or readline is None:
+        raise TypeError("file must have 'read' and 'readline' attributes")
+    return read, readline
+
+
+class _ImportRefused(BaseException):
+    """Raised by the dry run when it would have to use an imported global."""
+
+
+class _Placeholder:
+    """Stands in for a global in the dry run. Using it in any way stops the run."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        raise _ImportRefused
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _ImportRefused
+
+
+# Globals the dry run may really use: builtin scalar and container types and the
+# builtin exception classes. Constructing them runs no user code, and they let the
+# run reach the structural error plain pickle would report after them.
+_DRY_RUN_MODULES = frozenset({"builtins", "__builtin__", "exceptions"})
+_DRY_RUN_GLOBALS = {
+    name: obj
+    for name, obj in vars(__import__("builtins")).items()
+    if isinstance(obj, type) and issubclass(obj, BaseException)
+}
+_DRY_RUN_GLOBALS.update(
+    (t.__name__, t)
+    for t in (bool, bytearray, bytes, complex, dict, float, frozenset, int, list, set, str, tuple)
+)
+
+
+def _refuse_import(self: Any, module: str, name: str) -> Any:
+    if module in _DRY_RUN_MODULES and name in _DRY_RUN_GLOBALS:
+        return _DRY_RUN_GLOBALS[name]
+    return _Placeholder()
+
+
+class _CDryRun(_CUnpickler):  # type: ignore[misc]
+    find_class = _refuse_import
+
+
+class _PyDryRun(pickle._Unpickler):
+    find_class = _refuse_import
+
+
+def _explain_undelimited(
+    undelimited: _UndelimitedPickle, flavor: str, options: Dict[str, Any]
+) -> NoReturn:
+    """Raise the exception plain pickle raises for input we could not delimit.
+
+    The input is run through the real unpickler with every global replaced by an
+    inert placeholder that stops the run as soon as it is called or touched. Only
+    builtin containers and scalars can be built, so no code runs. A structural
+    error the run meets first (a bad mark, an empty stack, a bad string) is the
+    one plain pickle raises; otherwise the reader's own error stands.
+    """
+    data, reader_error = undelimited.args
+    options = {k: v for k, v in options.items() if k != "buffers"}
+    try:
+        if flavor == "c":
+            _CDryRun(io.BytesIO(data), **options).load()
+        else:
+            _py_load(_PyDryRun(io.BytesIO(data), **options))
+    except _ImportRefused:
+        pass
+    except Exception as plain_error:
+        raise plain_error from None
+    raise reader_error from None
+
+
+# The guarded module functions are builtins from the core (see `_core.loads`), so
+# they never bind as methods when a class stores them (`loads = pickle.loads`).
+loads = _core.loads
+load = _core.load
+
+
+class _BufferFeed:
+    """The out-of-band buffers iterator the real unpickler sees: the verified ones."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current: Iterator[Any] = iter(())
+
+    def __iter__(self) -> _BufferFeed:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.current)
+
+
+class Unpickler(_CUnpickler):  # type: ignore[misc]
+    """``pickle.Unpickler`` with every ``load()`` admitted by pickleguard first.
+
+    The C unpickler underneath reads from a private buffer that holds only verified
+    bytes; its memo persists across ``load()`` calls exactly as in plain pickle, and
+    subclasses may override ``find_class`` and ``persistent_load`` as usual.
+    """
+
+    def __init__(
+        self,
+        file: Any,
+        *,
+        fix_imports: bool = True,
+        encoding: str = "ASCII",
+        errors: str = "strict",
+        buffers: Optional[Iterable[Any]] = None,
+    ) -> None:
+        self._pickleguard_source = _file_methods(file)
+        self._pickleguard_options = dict(fix_imports=fix_imports, encoding=encoding, errors=errors)
+        self._pickleguard_feed = io.BytesIO()
+        self._pickleguard_buffers = None if buffers is None else iter(buffers)
+        self._pickleguard_buffer_feed = None if buffers is None else _BufferFeed()
+        super().__init__(
+            self._pickleguard_feed,
+            fix_imports=fix_imports,
+            encoding=encoding,
+            errors=errors,
+            buffers=self._pickleguard_buffer_feed,
+        )
+
+    def load(self) -> Any:
+        try:
+            read, readline = self._pickleguard_source
+        except AttributeError:
+            # __init__ was not called: the real unpickler raises its own error.
+            return super().load()
+        try:
+            data, feed_buffers = _core.admit_stream(read, readline, self._pickleguard_buffers)
+        except _UndelimitedPickle as undelimited:
+            _explain_undelimited(undelimited, "c", self._pickleguard_options)
+        feed = self._pickleguard_feed
+        feed.seek(0)
+        feed.truncate()
+        feed.write(data)
+        feed.seek(0)
+        if self._pickleguard_buffer_feed is not None and feed_buffers is not None:
+            self._pickleguard_buffer_feed.current = feed_buffers
+        return super().load()
+
+
+def _guarded_py_load(self: Any) -> Any:
+    """``pickle._Unpickler.load``, patched on the class so every subclass is covered."""
+    try:
+        read, readline = self._file_read, self._file_readline
+    except AttributeError:
+        return _py_load(self)
+    try:
+        data, feed_buffers = _core.admit_stream(read, readline, self._buffers)
+    except _UndelimitedPickle as undelimited:
+        _explain_undelimited(
+            undelimited,
+            "py",
+            dict(fix_imports=self.fix_imports, encoding=self.encoding, errors=self.errors),
+        )
+    feed = io.BytesIO(data)
+    self._file_read, self._file_readline = feed.read, feed.readline
+    if feed_buffers is not None:
+        self._buffers = feed_buffers
+    try:
+        return _py_load(self)
+    finally:
+        self._file_read, self._file_readline = read, readline
+
+
+_guarded_py_load.__name__ = "load"
+_guarded_py_load.__qualname__ = "_Unpickler.load"
+
+
+def install() -> None:
+    """Replace the loading entry points of ``pickle`` and ``_pickle``. Idempotent."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        for module in (pickle, _pickle):
+            module.load = load  # type: ignore[attr-defined]
+            module.loads = loads  # type: ignore[attr-defined]
+            module.Unpickler = Unpickler  # type: ignore[attr-defined,misc]
+        pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
+        _installed = True
+
+
+def installed() -> bool:
+    return _installed
+
+
+_core.bind_gate(_c_loads, _explain_undelimited)

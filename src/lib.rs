@@ -1,0 +1,15 @@
+//! pickleguard's core: delimit a pickle without running it, identify it by the hash
+//! of its exact bytes, and decide whether the active policy lets it load.
+//!
+//! Everything but [`python`] is plain Rust, so `cargo test` covers it without an
+//! interpreter. The `python` feature adds the PyO3 boundary built by maturin.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod identity;
+pub mod manifest;
+pub mod pattern;
+pub mod policy;
+pub mod reader;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,269 @@
+//! The manifest: a reviewed TOML list of the pickles a program may load.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::pattern::FramePattern;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+pub const SUPPORTED_VERSION: i64 = 1;
+
+/// One `[[pickle]]` entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub sha256: Digest,
+    /// `None` matches any caller.
+    pub stack: Option<Vec<FramePattern>>,
+    pub note: Option<String>,
+    pub source: Option<String>,
+    /// 1-based line of the entry's `sha256` key, for messages.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Manifest {
+    /// Where the manifest came from, as shown in messages (usually its path).
+    pub origin: String,
+    entries: Vec<Entry>,
+    by_digest: HashMap<Digest, Vec<usize>>,
+}
+
+/// A manifest that could not be read, with the position of the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub origin: String,
+    /// 1-based; 0 when the problem has no position (the file could not be read).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)?;
+        } else {
+            write!(f, "{}: {}", self.origin, self.message)?;
+        }
+        write!(f, "\nhint: {}", self.hint)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    version: Option<Spanned<i64>>,
+    #[serde(default)]
+    pickle: Vec<RawEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    sha256: Spanned<String>,
+    stack: Option<Vec<Spanned<String>>>,
+    note: Option<String>,
+    source: Option<String>,
+}
+
+/// Line and column (both 1-based, column in characters) of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Parse a `sha256` value: 64 hex digits, optionally prefixed `sha256:`.
+pub fn parse_digest(text: &str) -> Result<Digest, String> {
+    let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex_part.len() != 64 {
+        return Err(format!(
+            "sha256 must be 64 hex digits, got {} characters in {text:?}",
+            hex_part.chars().count()
+        ));
+    }
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut digest)
+        .map_err(|_| format!("sha256 {text:?} is not hexadecimal"))?;
+    Ok(digest)
+}
+
+impl Manifest {
+    /// Parse manifest `text`; `origin` names it in errors (a path, usually).
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let fail = |span: Option<Range<usize>>, message: String, hint: &str| {
+            let (line, column) = span.map_or((1, 1), |s| position(text, s.start));
+            ManifestError {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message,
+                hint: hint.to_owned(),
+            }
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            fail(
+                e.span(),
+                e.message().trim_end().to_owned(),
+                "a manifest has `version = 1` and [[pickle]] tables with the keys sha256, stack, note and source; see docs/manifest.md",
+            )
+        })?;
+        match &raw.version {
+            None => {
+                return Err(fail(
+                    Some(0..0),
+                    "the manifest has no `version` key".into(),
+                    "add `version = 1` at the top of the file",
+                ))
+            }
+            Some(v) if *v.get_ref() != SUPPORTED_VERSION => {
+                return Err(fail(
+                    Some(v.span()),
+                    format!("unsupported manifest version {}", v.get_ref()),
+                    "this pickleguard reads `version = 1`",
+                ))
+            }
+            Some(_) => {}
+        }
+        let mut manifest = Manifest {
+            origin: origin.to_owned(),
+            ..Manifest::default()
+        };
+        for entry in raw.pickle {
+
+            let sha256 = parse_digest(entry.sha256.get_ref()).map_err(|message| {
+                fail(
+                    Some(entry.sha256.span()),
+                    message,
+                    "copy the digest from `pickleguard hash FILE` or from the denial message",
+                )
+            })?;
+            let stack = match entry.stack {
+                None => None,
+                Some(patterns) => Some(
+                    patterns
+                        .iter()
+                        .map(|p| {
+                            FramePattern::parse(p.get_ref()).map_err(|e| {
+                                // +1 skips the opening quote of the TOML string.
+                                let at = p.span().start + 1 + e.offset;
+                                fail(
+                                    Some(at..at),
+                                    e.message,
+                                    "stack patterns look like \"package.module:function\" and may use * and ?",
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let line = position(text, entry.sha256.span().start).0;
+            manifest.push(Entry {
+                sha256,
+                stack,
+                note: entry.note,
+                source: entry.source,
+                line,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Read and parse the manifest at `path`.
+    pub fn load(path: &str) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            origin: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("could not read the manifest: {e}"),
+            hint: "check the path given to activate() or PICKLEGUARD_MANIFEST".into(),
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    pub fn push(&mut self, entry: Entry) {
+        self.by_digest
+            .entry(entry.sha256)
+            .or_default()
+            .push(self.entries.len());
+        self.entries.push(entry);
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entries pinning `digest`, in file order.
+    pub fn entries_for<'a>(&'a self, digest: &Digest) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.by_digest
+            .get(digest)
+            .map(|ids| ids.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .map(|&i| &self.entries[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_entries_with_and_without_stack() {
+        let text = format!(
+            "version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n\n[[pickle]]\nsha256 = \"sha256:{HASH}\"\nstack = [\"app:main\", \"app.models:load_*\"]\nnote = \"weights\"\nsource = \"ckpt.pkl\"\n"
+        );
+        let m = Manifest::parse(&text, "m.toml").unwrap();
+        assert_eq!(m.entries().len(), 2);
+        let digest = parse_digest(HASH).unwrap();
+        let found: Vec<_> = m.entries_for(&digest).collect();
+        assert_eq!(found.len(), 2);
+        assert!(found[0].stack.is_none());
+        assert_eq!(found[1].stack.as_ref().unwrap().len(), 2);
+        assert_eq!(found[1].line, 6);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstak = []\n");
+        let err = Manifest::parse(&text, "m.toml").unwrap_err();
+        assert_eq!((err.line, err.column), (4, 1));
+        assert!(err.message.contains("stak"), "{}", err.message);
+        assert!(err.to_string().starts_with("m.toml:4:1: "));
+    }
+
+    #[test]
+    fn bad_hex_and_bad_pattern_positions() {
+        let err = Manifest::parse("version = 1\n[[pickle]]\nsha256 = \"xyz\"\n", "m").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 10));
+        let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"a:b c\"]\n");
+        let err = Manifest::parse(&text, "m").unwrap_err();
+        assert_eq!((err.line, err.column), (4, 14));
+    }
+
+    #[test]
+    fn version_is_required_and_checked() {
+        assert!(Manifest::parse("", "m").unwrap_err().message.contains("version"));
+        let err = Manifest::parse("\nversion = 2\n", "m").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 11));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = Manifest::parse("version = 1\n[[pickle]\n", "m").unwrap_err();
+        assert_eq!(err.line, 2);
+    }
+}

@@ -1,0 +1,298 @@
+//! The decision: may a pickle with this digest load here, given every active layer?
+//!
+//! A load is allowed only if every layer allows it. The layers are the process-wide
+//! ones (from `activate()`), each checked against its rules, and the deny scopes
+//! opened with `no_pickles()`. A layer is also lifted by a grant made with its token
+//! in the current thread or task (`allow_pickles`).
+
+use std::collections::HashSet;
+
+use crate::manifest::{Digest, Manifest, ManifestError};
+use crate::pattern::stack_matches;
+
+pub type LayerId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse what the layer does not allow.
+    Enforce,
+    /// Allow, but report what the layer would refuse.
+    Warn,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "enforce" => Some(Mode::Enforce),
+            "warn" => Some(Mode::Warn),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+        }
+    }
+}
+
+/// What a process layer lets through on its own, before grants.
+#[derive(Debug)]
+pub enum Rules {
+    /// No manifest: nothing loads unless a grant lifts the layer.
+    Nothing,
+    Manifest(Manifest),
+    /// The manifest failed to load; everything is refused and this says why.
+    Broken(ManifestError),
+}
+
+#[derive(Debug)]
+pub struct ProcessLayer {
+    pub id: LayerId,
+    pub mode: Mode,
+    pub rules: Rules,
+}
+
+/// A grant in force for the current thread or task.
+#[derive(Debug, Clone, Copy)]
+pub struct ActiveGrant<'a> {
+    pub layer: LayerId,
+    /// `None` lifts the layer for every digest.
+    pub only: Option<&'a HashSet<Digest>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The manifest has no entry with this digest.
+    NotListed,
+    /// Entries with this digest exist, but their stack patterns do not match.
+    StackMismatch { patterns: Vec<Vec<String>> },
+    /// The layer has no manifest (nopickle) and no grant lifted it.
+    NoManifest,
+    BrokenManifest(String),
+    /// A `no_pickles()` scope that no grant lifted.
+    Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub layer: LayerId,
+    pub mode: Mode,
+    /// The manifest's origin, for a process layer that has one.
+    pub origin: Option<String>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub refusals: Vec<Refusal>,
+}
+
+impl Decision {
+    /// The refusal that denies the load, if any layer enforces one.
+    pub fn denial(&self) -> Option<&Refusal> {
+        self.refusals.iter().find(|r| r.mode == Mode::Enforce)
+    }
+
+    /// Refusals from warn-mode layers: the load goes ahead, and these are reported.
+    pub fn warnings(&self) -> impl Iterator<Item = &Refusal> {
+        self.refusals.iter().filter(|r| r.mode == Mode::Warn)
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.denial().is_none()
+    }
+}
+
+fn lifted(layer: LayerId, digest: &Digest, grants: &[ActiveGrant<'_>]) -> bool {
+    grants
+        .iter()
+        .any(|g| g.layer == layer && g.only.is_none_or(|only| only.contains(digest)))
+}
+
+/// Frames of the loading call stack (`module:qualname`, outermost first), computed
+/// at most once and only if an entry with a stack pattern needs them.
+pub struct LazyFrames<'f> {
+    compute: &'f mut dyn FnMut() -> Vec<String>,
+    frames: Option<Vec<String>>,
+}
+
+impl<'f> LazyFrames<'f> {
+    pub fn new(compute: &'f mut dyn FnMut() -> Vec<String>) -> Self {
+        LazyFrames {
+            compute,
+            frames: None,
+        }
+    }
+
+    pub fn get(&mut self) -> &[String] {
+        if self.frames.is_none() {
+            self.frames = Some((self.compute)());
+        }
+        self.frames.as_deref().unwrap_or_default()
+    }
+}
+
+fn check_rules(rules: &Rules, digest: &Digest, frames: &mut LazyFrames<'_>) -> Option<Reason> {
+    match rules {
+        Rules::Nothing => Some(Reason::NoManifest),
+        Rules::Broken(err) => Some(Reason::BrokenManifest(err.to_string())),
+        Rules::Manifest(manifest) => {
+            let mut patterns = Vec::new();
+            for entry in manifest.entries_for(digest) {
+                match &entry.stack {
+                    None => return None,
+                    Some(stack) if stack_matches(stack, frames.get()) => return None,
+                    Some(stack) => {
+                        patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect())
+                    }
+                }
+            }
+            Some(if patterns.is_empty() {
+                Reason::NotListed
+            } else {
+                Reason::StackMismatch { patterns }
+            })
+        }
+    }
+}
+
+/// Decide a load of `digest` under `process` layers and the deny `scopes` active in
+/// this thread or task, lifted by `grants`.
+pub fn decide(
+    process: &[std::sync::Arc<ProcessLayer>],
+    scopes: &[LayerId],
+    grants: &[ActiveGrant<'_>],
+    digest: &Digest,
+    frames: &mut LazyFrames<'_>,
+) -> Decision {
+    let mut decision = Decision::default();
+    for layer in process {
+        if lifted(layer.id, digest, grants) {
+            continue;
+        }
+        if let Some(reason) = check_rules(&layer.rules, digest, frames) {
+            decision.refusals.push(Refusal {
+                layer: layer.id,
+                mode: layer.mode,
+                origin: match &layer.rules {
+                    Rules::Manifest(m) => Some(m.origin.clone()),
+                    Rules::Broken(e) => Some(e.origin.clone()),
+                    Rules::Nothing => None,
+                },
+                reason,
+            });
+        }
+    }
+    for &scope in scopes {
+        if !lifted(scope, digest, grants) {
+            decision.refusals.push(Refusal {
+                layer: scope,
+                mode: Mode::Enforce,
+                origin: None,
+                reason: Reason::Scope,
+            });
+        }
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn digest() -> Digest {
+        crate::manifest::parse_digest(HASH).unwrap()
+    }
+
+    fn layer(id: LayerId, mode: Mode, text: Option<&str>) -> Arc<ProcessLayer> {
+        let rules = match text {
+            None => Rules::Nothing,
+            Some(t) => Rules::Manifest(Manifest::parse(t, "m.toml").unwrap()),
+        };
+        Arc::new(ProcessLayer { id, mode, rules })
+    }
+
+    fn run(
+        process: &[Arc<ProcessLayer>],
+        scopes: &[LayerId],
+        grants: &[ActiveGrant<'_>],
+        frames: &[&str],
+    ) -> Decision {
+        let owned: Vec<String> = frames.iter().map(|s| s.to_string()).collect();
+        let mut compute = move || owned.clone();
+        let mut lazy = LazyFrames::new(&mut compute);
+        decide(process, scopes, grants, &digest(), &mut lazy)
+    }
+
+    #[test]
+    fn listed_digest_loads_unlisted_is_denied() {
+        let listed = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        assert!(run(&[listed], &[], &[], &[]).allowed());
+        let empty = layer(1, Mode::Enforce, Some("version = 1\n"));
+        let d = run(&[empty], &[], &[], &[]);
+        assert_eq!(d.denial().unwrap().reason, Reason::NotListed);
+    }
+
+    #[test]
+    fn stack_patterns_restrict_the_caller() {
+        let m = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"app:load_*\"]\n");
+        let l = layer(1, Mode::Enforce, Some(&m));
+        assert!(run(&[l.clone()], &[], &[], &["__main__:<module>", "app:load_ckpt"]).allowed());
+        let d = run(&[l], &[], &[], &["__main__:<module>", "other:f"]);
+        assert!(matches!(d.denial().unwrap().reason, Reason::StackMismatch { .. }));
+    }
+
+    #[test]
+    fn frames_are_not_computed_without_patterns() {
+        let l = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        let mut calls = 0;
+        let mut compute = || {
+            calls += 1;
+            Vec::new()
+        };
+        let mut lazy = LazyFrames::new(&mut compute);
+        assert!(decide(&[l], &[], &[], &digest(), &mut lazy).allowed());
+        drop(lazy);
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn every_layer_must_allow() {
+        let open = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        // A library scope denies even what the operator allows ...
+        let d = run(&[open.clone()], &[7], &[], &[]);
+        assert_eq!(d.denial().unwrap().reason, Reason::Scope);
+        // ... until the library lifts its own scope.
+        let g = [ActiveGrant { layer: 7, only: None }];
+        assert!(run(&[open], &[7], &g, &[]).allowed());
+        // Lifting its own scope never lifts the operator's layer.
+        let closed = layer(1, Mode::Enforce, None);
+        let d = run(&[closed], &[7], &g, &[]);
+        assert_eq!(d.denial().unwrap().reason, Reason::NoManifest);
+    }
+
+    #[test]
+    fn grants_can_be_limited_to_digests() {
+        let closed = layer(1, Mode::Enforce, None);
+        let mut only = HashSet::new();
+        only.insert([0u8; 32]);
+        let g = [ActiveGrant { layer: 1, only: Some(&only) }];
+        assert!(!run(&[closed.clone()], &[], &g, &[]).allowed());
+        only.insert(digest());
+        let g = [ActiveGrant { layer: 1, only: Some(&only) }];
+        assert!(run(&[closed], &[], &g, &[]).allowed());
+    }
+
+    #[test]
+    fn warn_layers_report_without_denying() {
+        let w = layer(1, Mode::Warn, None);
+        let d = run(&[w], &[], &[], &[]);
+        assert!(d.allowed());
+        assert_eq!(d.warnings().count(), 1);
+    }
+}

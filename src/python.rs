@@ -1,0 +1,1091 @@
+//! The PyO3 boundary: Python objects in, the core's decisions out, errors converted
+//! to the Python exceptions of `pickleguard.errors` only here.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::ThreadId;
+
+use parking_lot::{Mutex, RwLock};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString};
+
+use crate::identity::{sha256, sha256_with_buffers, to_hex};
+use crate::manifest::{parse_digest, Digest, Manifest, ManifestError as CoreManifestError};
+use crate::policy::{
+    decide, ActiveGrant, Decision, LayerId, LazyFrames, Mode, ProcessLayer, Reason, Refusal, Rules,
+};
+use crate::reader::{self, ReadError, Source};
+
+pyo3::import_exception!(pickleguard.errors, PickleGuardError);
+pyo3::import_exception!(pickleguard.errors, NoPickleError);
+pyo3::import_exception!(pickleguard.errors, BadTokenError);
+pyo3::import_exception!(pickleguard.errors, ManifestError);
+pyo3::import_exception!(pickleguard.errors, _UndelimitedPickle);
+pyo3::import_exception!(pickle, UnpicklingError);
+
+/// Buffers larger than this are hashed with the GIL released.
+const DETACH_THRESHOLD: usize = 1 << 16;
+
+/// Everything that can go wrong inside the core, converted to a Python exception
+/// only at the boundary.
+enum GuardError {
+    Read(ReadError<PyErr>),
+    /// No pickle could be delimited in `data`; the gate explains it without running it.
+    Undelimited { data: Py<PyBytes>, error: PyErr },
+    Manifest(CoreManifestError),
+    Denied(Box<Denial>),
+    BadToken(String),
+    Py(PyErr),
+}
+
+type Result<T> = std::result::Result<T, GuardError>;
+
+impl From<PyErr> for GuardError {
+    fn from(err: PyErr) -> Self {
+        GuardError::Py(err)
+    }
+}
+
+impl From<GuardError> for PyErr {
+    fn from(err: GuardError) -> PyErr {
+        match err {
+            GuardError::Py(e) => e,
+            GuardError::Read(ReadError::Source(e)) => e,
+            GuardError::Read(e) if e.is_eof() => pyo3::exceptions::PyEOFError::new_err(e.to_string()),
+            GuardError::Read(e) if e.is_overflow() => PyOverflowError::new_err(e.to_string()),
+            GuardError::Read(e) => UnpicklingError::new_err(e.to_string()),
+            GuardError::Undelimited { data, error } => {
+                Python::attach(|py| _UndelimitedPickle::new_err((data, error.into_value(py))))
+            }
+            GuardError::Manifest(e) => ManifestError::new_err(e.to_string()),
+            GuardError::BadToken(message) => BadTokenError::new_err(message),
+            GuardError::Denied(denial) => Python::attach(|py| denial.into_pyerr(py)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process layers and deny scopes.
+
+static PROCESS_LAYERS: RwLock<Vec<Arc<ProcessLayer>>> = RwLock::new(Vec::new());
+static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_layer_id() -> LayerId {
+    NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A `no_pickles()` scope. `open` goes false when its with-block exits, which ends it
+/// in every context that inherited it.
+#[derive(Debug)]
+struct ScopeState {
+    id: LayerId,
+    open: AtomicBool,
+}
+
+/// A grant from `allow_pickles`, in force only for the thread and task that entered
+/// it, and only until its with-block exits.
+#[derive(Debug)]
+struct GrantState {
+    layer: LayerId,
+    only: Option<HashSet<Digest>>,
+    owner: Owner,
+    active: AtomicBool,
+}
+
+/// The thread and asyncio task a grant belongs to. The task is compared by address,
+/// which is unique while the grant is active because the task is then running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    thread: ThreadId,
+    task: usize,
+}
+
+#[derive(Debug, Clone)]
+enum ScopeNode {
+    Deny(Arc<ScopeState>),
+    Grant(Arc<GrantState>),
+}
+
+impl ScopeNode {
+    fn same(&self, other: &ScopeNode) -> bool {
+        match (self, other) {
+            (ScopeNode::Deny(a), ScopeNode::Deny(b)) => Arc::ptr_eq(a, b),
+            (ScopeNode::Grant(a), ScopeNode::Grant(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// The scopes and grants of one context (thread or asyncio task), immutable: a
+/// change sets a new stack in the context variable, so copies made for child tasks
+/// are never mutated underneath them.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct ScopeStack {
+    nodes: Vec<ScopeNode>,
+}
+
+static SCOPES_VAR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn scopes_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    SCOPES_VAR
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("default", py.None())?;
+            Ok(py
+                .import("contextvars")?
+                .getattr("ContextVar")?
+                .call(("pickleguard_scopes",), Some(&kwargs))?
+                .unbind())
+        })
+        .map(|var| var.bind(py))
+}
+
+fn current_nodes(py: Python<'_>) -> PyResult<Vec<ScopeNode>> {
+    let value = scopes_var(py)?.call_method0("get")?;
+    if value.is_none() {
+        return Ok(Vec::new());
+    }
+    let stack = value.cast::<ScopeStack>().map_err(PyErr::from)?;
+    Ok(stack.get().nodes.clone())
+}
+
+fn set_nodes(py: Python<'_>, nodes: Vec<ScopeNode>) -> PyResult<()> {
+    let value: Py<PyAny> = if nodes.is_empty() {
+        py.None()
+    } else {
+        Py::new(py, ScopeStack { nodes })?.into_any()
+    };
+    scopes_var(py)?.call_method1("set", (value,))?;
+    Ok(())
+}
+
+fn push_node(py: Python<'_>, node: ScopeNode) -> PyResult<()> {
+    let mut nodes = current_nodes(py)?;
+    nodes.push(node);
+    set_nodes(py, nodes)
+}
+
+fn remove_node(py: Python<'_>, node: &ScopeNode) -> PyResult<()> {
+    let mut nodes = current_nodes(py)?;
+    let before = nodes.len();
+    nodes.retain(|n| !n.same(node));
+    if nodes.len() != before {
+        set_nodes(py, nodes)?;
+    }
+    Ok(())
+}
+
+static ASYNCIO_RUNNING_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn current_owner(py: Python<'_>) -> PyResult<Owner> {
+    let thread = std::thread::current().id();
+    // Only ask asyncio if it has been imported: no import on this path.
+    let modules = py.import("sys")?.getattr("modules")?;
+    let task = if modules.cast::<PyDict>().map_err(PyErr::from)?.contains("asyncio")? {
+        let helper = ASYNCIO_RUNNING_TASK.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            let code = c"def running_task():\n    import asyncio\n    loop = asyncio._get_running_loop()\n    return None if loop is None else asyncio.current_task(loop)\n";
+            let module = PyModule::from_code(py, code, c"<pickleguard>", c"_pickleguard_asyncio")?;
+            Ok(module.getattr("running_task")?.unbind())
+        })?;
+        let task = helper.bind(py).call0()?;
+        if task.is_none() {
+            0
+        } else {
+            task.as_ptr() as usize
+        }
+    } else {
+        0
+    };
+    Ok(Owner { thread, task })
+}
+
+/// Deny scopes and this owner's grants in force in the current context.
+struct ActiveScopes {
+    scopes: Vec<LayerId>,
+    grants: Vec<Arc<GrantState>>,
+}
+
+fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
+    let nodes = current_nodes(py)?;
+    let mut active = ActiveScopes {
+        scopes: Vec::new(),
+        grants: Vec::new(),
+    };
+    let mut owner: Option<Owner> = None;
+    for node in nodes {
+        match node {
+            ScopeNode::Deny(scope) if scope.open.load(Ordering::Acquire) => {
+                active.scopes.push(scope.id)
+            }
+            ScopeNode::Grant(grant) if grant.active.load(Ordering::Acquire) => {
+                let here = match owner {
+                    Some(o) => o,
+                    None => *owner.insert(current_owner(py)?),
+                };
+                if grant.owner == here {
+                    active.grants.push(grant);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(active)
+}
+
+// ---------------------------------------------------------------------------
+// Tokens.
+
+#[derive(Debug, Clone)]
+enum TokenKind {
+    Process(LayerId),
+    Scope(Arc<ScopeState>),
+}
+
+/// The right to lift one layer, handed out by `activate()` and `no_pickles()`.
+/// It cannot be created, copied or pickled from Python.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct Token {
+    kind: TokenKind,
+}
+
+fn not_copyable() -> PyErr {
+    BadTokenError::new_err(
+        "pickleguard tokens cannot be copied or pickled; pass the token object itself to allow_pickles()",
+    )
+}
+
+#[pymethods]
+impl Token {
+    fn __repr__(&self) -> String {
+        match &self.kind {
+            TokenKind::Process(id) => format!("<pickleguard token for process layer {id}>"),
+            TokenKind::Scope(s) => format!(
+                "<pickleguard token for no_pickles() scope {} ({})>",
+                s.id,
+                if s.open.load(Ordering::Acquire) { "open" } else { "ended" }
+            ),
+        }
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        if let TokenKind::Process(_) = slf.get().kind {
+            return Err(PickleGuardError::new_err(
+                "the process layer from activate() cannot be used as a with-block or closed; use `with allow_pickles(token):` to lift it for a block",
+            ));
+        }
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    /// End this `no_pickles()` scope everywhere. The process layer cannot be closed.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        match &self.kind {
+            TokenKind::Process(_) => Err(PickleGuardError::new_err(
+                "the process layer from activate() cannot be closed",
+            )),
+            TokenKind::Scope(scope) => {
+                scope.open.store(false, Ordering::Release);
+                remove_node(py, &ScopeNode::Deny(scope.clone()))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn __copy__(&self) -> PyResult<()> {
+        Err(not_copyable())
+    }
+
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(not_copyable())
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(not_copyable())
+    }
+
+    fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(not_copyable())
+    }
+
+    fn __getstate__(&self) -> PyResult<()> {
+        Err(not_copyable())
+    }
+}
+
+/// `allow_pickles(token, ...)`: a with-block that lifts the token's layer.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct Grant {
+    token: TokenKind,
+    only: Option<HashSet<Digest>>,
+    entered: Mutex<Vec<Arc<GrantState>>>,
+}
+
+fn check_scope_usable(py: Python<'_>, scope: &Arc<ScopeState>) -> Result<()> {
+    if !scope.open.load(Ordering::Acquire) {
+        return Err(GuardError::BadToken(
+            "this token has expired: its no_pickles() scope has ended".into(),
+        ));
+    }
+    let here = current_nodes(py)?;
+    if !here.iter().any(|n| n.same(&ScopeNode::Deny(scope.clone()))) {
+        return Err(GuardError::BadToken(
+            "this token's no_pickles() scope is not active in this thread or task".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl Grant {
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let py = slf.py();
+        let this = slf.get();
+        let layer = match &this.token {
+            TokenKind::Process(id) => *id,
+            TokenKind::Scope(scope) => {
+                check_scope_usable(py, scope)?;
+                scope.id
+            }
+        };
+        let state = Arc::new(GrantState {
+            layer,
+            only: this.only.clone(),
+            owner: current_owner(py)?,
+            active: AtomicBool::new(true),
+        });
+        push_node(py, ScopeNode::Grant(state.clone()))?;
+        this.entered.lock().push(state);
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        let state = self.entered.lock().pop();
+        if let Some(state) = state {
+            state.active.store(false, Ordering::Release);
+            remove_node(py, &ScopeNode::Grant(state))?;
+        }
+        Ok(false)
+    }
+}
+
+fn as_token<'py>(token: &Bound<'py, PyAny>) -> Result<Bound<'py, Token>> {
+    token.cast::<Token>().map(|t| t.clone()).map_err(|_| {
+        GuardError::BadToken(format!(
+            "expected a token from activate() or no_pickles(), got {}",
+            token
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
+        ))
+    })
+}
+
+/// Lift the layer of `token` inside a with-block, for every pickle or only those listed.
+#[pyfunction]
+#[pyo3(signature = (token, only_objects=None))]
+fn allow_pickles(
+    py: Python<'_>,
+    token: &Bound<'_, PyAny>,
+    only_objects: Option<Vec<String>>,
+) -> PyResult<Grant> {
+    let token = as_token(token)?;
+    let kind = token.get().kind.clone();
+    if let TokenKind::Scope(scope) = &kind {
+        check_scope_usable(py, scope)?;
+    }
+    let only = match only_objects {
+        None => None,
+        Some(items) => Some(
+            items
+                .iter()
+                .map(|item| {
+                    parse_digest(item).map_err(|e| {
+                        PyValueError::new_err(format!(
+                            "only_objects entries look like \"sha256:<64 hex digits>\": {e}"
+                        ))
+                    })
+                })
+                .collect::<PyResult<HashSet<Digest>>>()?,
+        ),
+    };
+    Ok(Grant {
+        token: kind,
+        only,
+        entered: Mutex::new(Vec::new()),
+    })
+}
+
+/// Open a deny scope in this thread or task and return its token.
+#[pyfunction]
+fn no_pickles(py: Python<'_>) -> PyResult<Token> {
+    let scope = Arc::new(ScopeState {
+        id: next_layer_id(),
+        open: AtomicBool::new(true),
+    });
+    push_node(py, ScopeNode::Deny(scope.clone()))?;
+    Ok(Token {
+        kind: TokenKind::Scope(scope),
+    })
+}
+
+/// Add a process-wide layer. Layers only ever add up, so a later call can only tighten.
+#[pyfunction]
+#[pyo3(signature = (manifest=None, mode="enforce"))]
+fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token> {
+    let mode = Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!("mode must be \"enforce\" or \"warn\", not {mode:?}"))
+    })?;
+    let (rules, failure) = match manifest {
+        None => (Rules::Nothing, None),
+        Some(path) => match Manifest::load(&path.to_string_lossy()) {
+            Ok(m) => (Rules::Manifest(m), None),
+            Err(e) => (Rules::Broken(e.clone()), Some(e)),
+        },
+    };
+    let id = next_layer_id();
+    PROCESS_LAYERS
+        .write()
+        .push(Arc::new(ProcessLayer { id, mode, rules }));
+    if let Some(e) = failure {
+        // The layer stays: in enforce mode it refuses every load and says why.
+        return Err(GuardError::Manifest(e).into());
+    }
+    Ok(Token {
+        kind: TokenKind::Process(id),
+    })
+}
+
+/// The process layers, for status reports: (mode, manifest origin or None, entries).
+#[pyfunction]
+fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let list = PyList::empty(py);
+    for layer in PROCESS_LAYERS.read().iter() {
+        let (origin, entries, broken) = match &layer.rules {
+            Rules::Nothing => (None, 0, None),
+            Rules::Manifest(m) => (Some(m.origin.clone()), m.entries().len(), None),
+            Rules::Broken(e) => (Some(e.origin.clone()), 0, Some(e.to_string())),
+        };
+        list.append((layer.mode.as_str(), origin, entries, broken))?;
+    }
+    Ok(list)
+}
+
+/// Validate a manifest file, raising ManifestError; returns its entry count.
+#[pyfunction]
+fn check_manifest(path: std::path::PathBuf) -> PyResult<usize> {
+    Manifest::load(&path.to_string_lossy())
+        .map(|m| m.entries().len())
+        .map_err(|e| GuardError::Manifest(e).into())
+}
+
+// ---------------------------------------------------------------------------
+// Call stacks.
+
+fn is_internal(module: &str) -> bool {
+    module == "pickleguard" || module.starts_with("pickleguard.")
+}
+
+fn is_pickle_machinery(module: &str) -> bool {
+    matches!(module, "pickle" | "_pickle" | "copyreg") || is_internal(module)
+}
+
+struct FrameInfo {
+    name: String,
+    file: String,
+    line: i64,
+}
+
+/// Frames of the Python call stack, innermost first.
+fn walk_frames(py: Python<'_>, mut visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool) -> PyResult<()> {
+    let mut frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    while !frame.is_none() {
+        let globals = frame.getattr("f_globals")?;
+        let module = globals
+            .cast::<PyDict>()
+            .ok()
+            .and_then(|g| g.get_item("__name__").ok().flatten())
+            .and_then(|n| n.extract::<String>().ok())
+            .unwrap_or_else(|| "<unknown>".into());
+        let code = frame.getattr("f_code")?;
+        let qualname = match code.getattr("co_qualname") {
+            Ok(q) => q,
+            Err(_) => code.getattr("co_name")?,
+        };
+        let name = format!("{module}:{}", qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?);
+        if !visit(&name, &frame) {
+            break;
+        }
+        frame = frame.getattr("f_back")?;
+    }
+    Ok(())
+}
+
+/// `module:qualname` of each frame, outermost first, leaving out pickleguard's own.
+fn call_stack(py: Python<'_>) -> Vec<String> {
+    let mut frames = Vec::new();
+    let _ = walk_frames(py, |name, _| {
+        if !is_internal(name.split(':').next().unwrap_or_default()) {
+            frames.push(name.to_owned());
+        }
+        true
+    });
+    frames.reverse();
+    frames
+}
+
+/// The innermost frame outside pickle and pickleguard: the code that asked for the load.
+fn caller(py: Python<'_>) -> Option<FrameInfo> {
+    let mut found = None;
+    let _ = walk_frames(py, |name, frame| {
+        if is_pickle_machinery(name.split(':').next().unwrap_or_default()) {
+            return true;
+        }
+        let file = frame
+            .getattr("f_code")
+            .and_then(|c| c.getattr("co_filename"))
+            .and_then(|f| f.extract::<String>())
+            .unwrap_or_default();
+        let line = frame.getattr("f_lineno").and_then(|l| l.extract()).unwrap_or(0);
+        found = Some(FrameInfo {
+            name: name.to_owned(),
+            file,
+            line,
+        });
+        false
+    });
+    found
+}
+
+// ---------------------------------------------------------------------------
+// Decisions and their reports.
+
+struct Denial {
+    message: String,
+    digest_hex: String,
+    size: usize,
+    caller: String,
+    code: &'static str,
+    entry: String,
+}
+
+impl Denial {
+    fn into_pyerr(self, py: Python<'_>) -> PyErr {
+        let build = || -> PyResult<PyErr> {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("sha256", &self.digest_hex)?;
+            kwargs.set_item("size", self.size)?;
+            kwargs.set_item("caller", &self.caller)?;
+            kwargs.set_item("code", self.code)?;
+            kwargs.set_item("entry", &self.entry)?;
+            let exc = py
+                .get_type::<NoPickleError>()
+                .call((self.message.as_str(),), Some(&kwargs))?;
+            Ok(PyErr::from_value(exc))
+        };
+        build().unwrap_or_else(|e| e)
+    }
+}
+
+fn reason_code(reason: &Reason) -> &'static str {
+    match reason {
+        Reason::NotListed => "not-listed",
+        Reason::StackMismatch { .. } => "stack-mismatch",
+        Reason::NoManifest => "no-manifest",
+        Reason::BrokenManifest(_) => "broken-manifest",
+        Reason::Scope => "scope",
+        // Pins are checked before the layers; see `pin_mismatch`.
+    }
+}
+
+fn suggested_entry(digest_hex: &str, caller: Option<&FrameInfo>) -> String {
+    let mut entry = format!("[[pickle]]\nsha256 = \"{digest_hex}\"\n");
+    if let Some(c) = caller {
+        let _ = writeln!(entry, "stack = [\"{}\"]  # optional: only this caller", c.name);
+    }
+    entry
+}
+
+fn describe(refusal: &Refusal, digest_hex: &str, size: usize, caller: Option<&FrameInfo>) -> Denial {
+    let entry = suggested_entry(digest_hex, caller);
+    let whence = caller
+        .map(|c| format!("{} ({}:{})", c.name, c.file, c.line))
+        .unwrap_or_else(|| "<no Python caller>".into());
+    let what = format!("pickle sha256:{digest_hex} ({size} bytes) loaded by {whence}");
+    let origin = refusal.origin.as_deref().unwrap_or("<no manifest>");
+    let (why, hint) = match &refusal.reason {
+        Reason::NotListed => (
+            format!("is not in the manifest {origin}"),
+            format!("if this pickle is trusted, add this entry to {origin}:\n\n{entry}"),
+        ),
+        Reason::StackMismatch { patterns } => (
+            format!(
+                "is in the manifest {origin}, but only for callers matching {}",
+                patterns
+                    .iter()
+                    .map(|p| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            format!("if this caller is trusted too, add this entry to {origin}:\n\n{entry}"),
+        ),
+        Reason::NoManifest => (
+            "was refused: pickleguard is active with no manifest, so nothing loads unless a scope allows it".into(),
+            format!("if this pickle is trusted, put this entry in a manifest and activate with it:\n\n{entry}"),
+        ),
+        Reason::BrokenManifest(err) => (
+            format!("was refused because the manifest failed to load, so every load is refused: {err}"),
+            "fix the manifest (pickleguard check MANIFEST) and restart".into(),
+        ),
+        Reason::Scope => (
+            "was refused by a no_pickles() scope active in this thread or task".into(),
+            format!("the code that opened the scope can allow it with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`"),
+        ),
+    };
+    Denial {
+        message: format!("{what} {why}.\nhint: {hint}"),
+        digest_hex: digest_hex.to_owned(),
+        size,
+        caller: caller.map(|c| c.name.clone()).unwrap_or_default(),
+        code: reason_code(&refusal.reason),
+        entry,
+    }
+}
+
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    LOGGER
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("logging")?
+                .call_method1("getLogger", ("pickleguard",))?
+                .unbind())
+        })
+        .map(|l| l.bind(py))
+}
+
+const DEBUG: i32 = 10;
+
+fn log_allowed(py: Python<'_>, digest: &Digest, size: usize) -> PyResult<()> {
+    let logger = logger(py)?;
+    if logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()? {
+        logger.call_method1(
+            "debug",
+            ("allowed pickle sha256:%s (%d bytes)", to_hex(digest), size),
+        )?;
+    }
+    Ok(())
+}
+
+/// Hash `data`, releasing the GIL when it is large. Callers pass only memory that no
+/// other thread can change: a `bytes` object or a buffer this module owns.
+fn hash(py: Python<'_>, data: &[u8]) -> Digest {
+    if data.len() >= DETACH_THRESHOLD {
+        py.detach(|| sha256(data))
+    } else {
+        sha256(data)
+    }
+}
+
+/// Apply the call-site pin, then every layer; log; refuse or return.
+fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Result<()> {
+    if let Some(pin) = pin {
+        let expected = parse_digest(pin).map_err(|e| {
+            GuardError::Py(PyValueError::new_err(format!("sha256 pin: {e}")))
+        })?;
+        if &expected != digest {
+            let digest_hex = to_hex(digest);
+            let who = caller(py);
+            let denial = Denial {
+                message: format!(
+                    "pickle sha256:{digest_hex} ({size} bytes) does not match the pinned sha256:{}.\nhint: the data changed since it was pinned; if the new data is trusted, update the pin",
+                    to_hex(&expected)
+                ),
+                digest_hex,
+                size,
+                caller: who.map(|c| c.name).unwrap_or_default(),
+                code: "pin-mismatch",
+                entry: String::new(),
+            };
+            logger(py)?.call_method1("error", ("%s", denial.message.as_str()))?;
+            return Err(GuardError::Denied(Box::new(denial)));
+        }
+    }
+    let layers = PROCESS_LAYERS.read().clone();
+    let scopes = active_scopes(py)?;
+    if layers.is_empty() && scopes.scopes.is_empty() {
+        return Ok(log_allowed(py, digest, size)?);
+    }
+    let grants: Vec<ActiveGrant<'_>> = scopes
+        .grants
+        .iter()
+        .map(|g| ActiveGrant {
+            layer: g.layer,
+            only: g.only.as_ref(),
+        })
+        .collect();
+    let mut compute = || call_stack(py);
+    let mut frames = LazyFrames::new(&mut compute);
+    let decision: Decision = decide(&layers, &scopes.scopes, &grants, digest, &mut frames);
+    if decision.refusals.is_empty() {
+        return Ok(log_allowed(py, digest, size)?);
+    }
+    let digest_hex = to_hex(digest);
+    let who = caller(py);
+    for warning in decision.warnings() {
+        let d = describe(warning, &digest_hex, size, who.as_ref());
+        logger(py)?.call_method1(
+            "warning",
+            ("warn mode, allowed anyway: %s", d.message.as_str()),
+        )?;
+    }
+    if let Some(refusal) = decision.denial() {
+        let d = describe(refusal, &digest_hex, size, who.as_ref());
+        logger(py)?.call_method1("error", ("%s", d.message.as_str()))?;
+        return Err(GuardError::Denied(Box::new(d)));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Admission: delimit, identify, judge, and hand back exactly the verified input.
+
+fn snapshot_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.clone());
+    }
+    match PyMemoryView::from(data) {
+        Ok(view) => view.call_method0("tobytes")?.cast_into::<PyBytes>().map_err(PyErr::from),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "a bytes-like object is required, not '{}'",
+            data.get_type().name()?
+        ))),
+    }
+}
+
+/// Take the out-of-band buffers a pickle will consume, and the iterator to hand the
+/// unpickler in their place: the same objects, then whatever the caller had left.
+fn take_buffers<'py>(
+    py: Python<'py>,
+    buffers: &Bound<'py, PyAny>,
+    count: usize,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyAny>)> {
+    let iterator = buffers.try_iter()?;
+    let taken = PyList::empty(py);
+    let mut contents = Vec::with_capacity(count);
+    for _ in 0..count {
+        match iterator.clone().next() {
+            Some(item) => {
+                let item = item?;
+                contents.push(snapshot_bytes(&item)?);
+                taken.append(item)?;
+            }
+            None => break,
+        }
+    }
+    let chained = py
+        .import("itertools")?
+        .getattr("chain")?
+        .call1((taken, iterator))?;
+    Ok((contents, chained))
+}
+
+fn identify_with_buffers<'py>(
+    py: Python<'py>,
+    pickle: &[u8],
+    out_of_band: usize,
+    buffers: Option<Bound<'py, PyAny>>,
+) -> PyResult<(Digest, Option<Bound<'py, PyAny>>)> {
+    match buffers {
+        Some(buffers) if out_of_band > 0 => {
+            let (contents, feed) = take_buffers(py, &buffers, out_of_band)?;
+            let slices: Vec<&[u8]> = contents.iter().map(|b| b.as_bytes()).collect();
+            let digest = py.detach(|| sha256_with_buffers(pickle, slices.iter().copied()));
+            Ok((digest, Some(feed)))
+        }
+        other => Ok((hash(py, pickle), other)),
+    }
+}
+
+/// Admit `data` for `loads`: returns what to pass to the real unpickler (exactly the
+/// verified bytes) and the buffers iterator to pass with it.
+fn admit_bytes<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    buffers: Option<Bound<'py, PyAny>>,
+    sha256: Option<&str>,
+) -> Result<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
+    let bytes = snapshot_bytes(data)?;
+    let raw = bytes.as_bytes();
+    let extent = match reader::delimit(raw) {
+        Ok(extent) => extent,
+        // Nothing to run: let the real unpickler raise its own EOFError.
+        Err(ReadError::Empty) => return Ok((bytes.into_any(), buffers)),
+        Err(error) => {
+            return Err(GuardError::Undelimited {
+                data: bytes.unbind(),
+                error: GuardError::Read(error.map_source(|never| match never {})).into(),
+            })
+        }
+    };
+    let pickle = &raw[..extent.len];
+    let (digest, feed_buffers) = identify_with_buffers(py, pickle, extent.out_of_band_buffers, buffers)?;
+    judge(py, &digest, extent.len, sha256)?;
+    let feed = if extent.len == raw.len() {
+        bytes.into_any()
+    } else {
+        PyMemoryView::from(bytes.as_any())?
+            .get_item(PySlice::new(py, 0, extent.len as isize, 1))?
+    };
+    Ok((feed, feed_buffers))
+}
+
+/// A Python file's `read` and `readline`, called exactly as the C unpickler calls
+/// them on a file without `peek`.
+struct PyFileSource<'a, 'py> {
+    read: &'a Bound<'py, PyAny>,
+    readline: &'a Bound<'py, PyAny>,
+}
+
+fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<usize> {
+    if let Ok(bytes) = result.cast::<PyBytes>() {
+        out.extend_from_slice(bytes.as_bytes());
+        return Ok(bytes.as_bytes().len());
+    }
+    let bytes = snapshot_bytes(result)?;
+    out.extend_from_slice(bytes.as_bytes());
+    Ok(bytes.as_bytes().len())
+}
+
+impl Source for PyFileSource<'_, '_> {
+    type Error = PyErr;
+    fn read(&mut self, n: usize, out: &mut Vec<u8>) -> PyResult<usize> {
+        append_bytes_like(&self.read.call1((n,))?, out)
+    }
+    fn read_line(&mut self, out: &mut Vec<u8>) -> PyResult<usize> {
+        append_bytes_like(&self.readline.call0()?, out)
+    }
+}
+
+/// Admit one pickle read from a stream through its `read` and `readline` callables.
+/// Returns the verified bytes (empty at end of stream, so the real unpickler raises
+/// its own EOFError) and the buffers iterator to pass with them.
+fn admit_stream_inner<'py>(
+    py: Python<'py>,
+    read: &Bound<'py, PyAny>,
+    readline: &Bound<'py, PyAny>,
+    buffers: Option<Bound<'py, PyAny>>,
+    sha256: Option<&str>,
+) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
+    let mut source = PyFileSource { read, readline };
+    let mut pickle = Vec::new();
+    let extent = match reader::read_one_into(&mut source, &mut pickle) {
+        Ok(extent) => extent,
+        Err(ReadError::Empty) => return Ok((PyBytes::new(py, b""), buffers)),
+        Err(ReadError::Source(e)) => return Err(e.into()),
+        Err(error) => {
+            return Err(GuardError::Undelimited {
+                data: PyBytes::new(py, &pickle).unbind(),
+                error: GuardError::Read(error).into(),
+            })
+        }
+    };
+    let (digest, feed_buffers) = identify_with_buffers(py, &pickle, extent.out_of_band_buffers, buffers)?;
+    judge(py, &digest, extent.len, sha256)?;
+    Ok((PyBytes::new(py, &pickle), feed_buffers))
+}
+
+/// `admit_stream` for the Python-level unpickler classes: raises `_UndelimitedPickle`
+/// for input that cannot be delimited, which the caller explains.
+#[pyfunction]
+#[pyo3(signature = (read, readline, buffers=None, sha256=None))]
+fn admit_stream<'py>(
+    py: Python<'py>,
+    read: &Bound<'py, PyAny>,
+    readline: &Bound<'py, PyAny>,
+    buffers: Option<Bound<'py, PyAny>>,
+    sha256: Option<&str>,
+) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
+    Ok(admit_stream_inner(py, read, readline, buffers, sha256)?)
+}
+
+// ---------------------------------------------------------------------------
+// The guarded module functions. They are builtins, like the originals, so they do
+// not bind as methods when stored on a class (`loads = pickle.loads`).
+
+static ORIGINAL_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static EXPLAIN_UNDELIMITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Hand the core the C `loads` to run verified bytes with, and the gate's explainer.
+#[pyfunction]
+fn bind_gate(py: Python<'_>, original_loads: Py<PyAny>, explain: Py<PyAny>) {
+    let _ = ORIGINAL_LOADS.set(py, original_loads);
+    let _ = EXPLAIN_UNDELIMITED.set(py, explain);
+}
+
+fn gate_part<'py>(py: Python<'py>, cell: &'py PyOnceLock<Py<PyAny>>) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get(py)
+        .map(|f| f.bind(py))
+        .ok_or_else(|| PickleGuardError::new_err("pickleguard's gate is not bound; import pickleguard first"))
+}
+
+/// Split `buffers` out of the caller's keyword arguments; the rest pass through to
+/// the original untouched, so it validates them exactly as plain pickle does.
+fn split_kwargs<'py>(
+    py: Python<'py>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyAny>>)> {
+    let options = match kwargs {
+        Some(k) => k.copy()?,
+        None => PyDict::new(py),
+    };
+    let buffers = options.get_item("buffers")?.filter(|b| !b.is_none());
+    if buffers.is_some() {
+        options.del_item("buffers")?;
+    }
+    Ok((options, buffers))
+}
+
+fn run_original<'py>(
+    py: Python<'py>,
+    admitted: Result<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)>,
+    options: Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (feed, feed_buffers) = match admitted {
+        Ok(found) => found,
+        Err(GuardError::Undelimited { data, error }) => {
+            let undelimited = _UndelimitedPickle::new_err((data, error.into_value(py)));
+            gate_part(py, &EXPLAIN_UNDELIMITED)?.call1((undelimited.into_value(py), "c", &options))?;
+            return Err(PickleGuardError::new_err("undelimited pickle was not explained"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(b) = feed_buffers {
+        options.set_item("buffers", b)?;
+    }
+    gate_part(py, &ORIGINAL_LOADS)?.call((feed,), Some(&options))
+}
+
+/// The `read` and `readline` of `file`, looked up as the C unpickler does (after
+/// `peek` and `readinto`, whose lookup errors also propagate).
+fn file_methods<'py>(file: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let lookup = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
+        match file.getattr(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(file.py()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    lookup("peek")?;
+    lookup("readinto")?;
+    match (lookup("read")?, lookup("readline")?) {
+        (Some(read), Some(readline)) => Ok((read, readline)),
+        _ => Err(PyTypeError::new_err("file must have 'read' and 'readline' attributes")),
+    }
+}
+
+/// `pickle.loads`, admitted by pickleguard first.
+#[pyfunction]
+#[pyo3(signature = (data, /, **kwargs))]
+fn loads<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (options, buffers) = split_kwargs(py, kwargs)?;
+    run_original(py, admit_bytes(py, data, buffers, None), options)
+}
+
+/// `pickle.load`, admitted by pickleguard first.
+#[pyfunction]
+#[pyo3(signature = (file, **kwargs))]
+fn load<'py>(
+    py: Python<'py>,
+    file: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (read, readline) = file_methods(file)?;
+    let (options, buffers) = split_kwargs(py, kwargs)?;
+    let admitted = admit_stream_inner(py, &read, &readline, buffers, None)
+        .map(|(bytes, b)| (bytes.into_any(), b));
+    run_original(py, admitted, options)
+}
+
+/// `pickleguard.loads`: `loads` that also requires the data's SHA-256 to be `sha256`.
+#[pyfunction]
+#[pyo3(signature = (data, sha256, /, **kwargs))]
+fn pinned_loads<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    sha256: &str,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (options, buffers) = split_kwargs(py, kwargs)?;
+    run_original(py, admit_bytes(py, data, buffers, Some(sha256)), options)
+}
+
+/// `pickleguard.load`: `load` that also requires the pickle's SHA-256 to be `sha256`.
+#[pyfunction]
+#[pyo3(signature = (file, sha256, /, **kwargs))]
+fn pinned_load<'py>(
+    py: Python<'py>,
+    file: &Bound<'py, PyAny>,
+    sha256: &str,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (read, readline) = file_methods(file)?;
+    let (options, buffers) = split_kwargs(py, kwargs)?;
+    let admitted = admit_stream_inner(py, &read, &readline, buffers, Some(sha256))
+        .map(|(bytes, b)| (bytes.into_any(), b));
+    run_original(py, admitted, options)
+}
+
+/// Delimit the pickle at the start of `data` without running it: its length and the
+/// number of out-of-band buffers it consumes.
+#[pyfunction]
+fn delimit(data: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+    let bytes = snapshot_bytes(data)?;
+    reader::delimit(bytes.as_bytes())
+        .map(|e| (e.len, e.out_of_band_buffers))
+        .map_err(|e| GuardError::Read(e.map_source(|never| match never {})).into())
+}
+
+/// SHA-256 of `data` as hex, with the GIL released for large inputs.
+#[pyfunction]
+#[pyo3(name = "sha256")]
+fn sha256_hex(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<String> {
+    let bytes = snapshot_bytes(data)?;
+    Ok(to_hex(&hash(py, bytes.as_bytes())))
+}
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(activate, m)?)?;
+    m.add_function(wrap_pyfunction!(no_pickles, m)?)?;
+    m.add_function(wrap_pyfunction!(allow_pickles, m)?)?;
+    m.add_function(wrap_pyfunction!(loads, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(pinned_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(pinned_load, m)?)?;
+    m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(delimit, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256_hex, m)?)?;
+    m.add_function(wrap_pyfunction!(process_layers, m)?)?;
+    m.add_function(wrap_pyfunction!(check_manifest, m)?)?;
+    m.add_class::<Token>()?;
+    m.add_class::<Grant>()?;
+    Ok(())
+}
