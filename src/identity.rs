@@ -11,7 +11,10 @@ pub fn sha256(data: &[u8]) -> Digest {
 /// The identity of a pickle that consumes protocol-5 out-of-band buffers: the
 /// pickle's bytes, then each buffer as its length (u64, little-endian) and its bytes.
 /// Lengths make the boundaries unambiguous.
-pub fn sha256_with_buffers<'a>(pickle: &[u8], buffers: impl IntoIterator<Item = &'a [u8]>) -> Digest {
+pub fn sha256_with_buffers<'a>(
+    pickle: &[u8],
+    buffers: impl IntoIterator<Item = &'a [u8]>,
+) -> Digest {
     let mut hasher = Sha256::new();
     hasher.update(pickle);
     for buffer in buffers {

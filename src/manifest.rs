@@ -48,7 +48,11 @@ pub struct ManifestError {
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.origin, self.line, self.column, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.origin, self.line, self.column, self.message
+            )?;
         } else {
             write!(f, "{}: {}", self.origin, self.message)?;
         }
@@ -141,7 +145,6 @@ impl Manifest {
             ..Manifest::default()
         };
         for entry in raw.pickle {
-
             let sha256 = parse_digest(entry.sha256.get_ref()).map_err(|message| {
                 fail(
                     Some(entry.sha256.span()),
@@ -256,7 +259,10 @@ mod tests {
 
     #[test]
     fn version_is_required_and_checked() {
-        assert!(Manifest::parse("", "m").unwrap_err().message.contains("version"));
+        assert!(Manifest::parse("", "m")
+            .unwrap_err()
+            .message
+            .contains("version"));
         let err = Manifest::parse("\nversion = 2\n", "m").unwrap_err();
         assert_eq!((err.line, err.column), (2, 11));
     }

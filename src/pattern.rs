@@ -41,7 +41,10 @@ impl FramePattern {
         for (offset, c) in text.chars().enumerate() {
             if c == ':' {
                 if offset != text[..colon].chars().count() {
-                    return err(offset, format!("stack pattern {text:?} has more than one ':'"));
+                    return err(
+                        offset,
+                        format!("stack pattern {text:?} has more than one ':'"),
+                    );
                 }
             } else if !allowed(c) {
                 return err(
@@ -54,7 +57,9 @@ impl FramePattern {
         if module.is_empty() || qualname.is_empty() {
             return err(
                 0,
-                format!("stack pattern {text:?} needs both a module and a qualname; use '*' for any"),
+                format!(
+                    "stack pattern {text:?} needs both a module and a qualname; use '*' for any"
+                ),
             );
         }
         Ok(FramePattern {
@@ -157,13 +162,24 @@ mod tests {
 
     #[test]
     fn subsequence_outermost_first() {
-        let frames: Vec<String> = ["__main__:<module>", "app:main", "lib:helper", "app.models:load_ckpt"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert!(stack_matches(&[p("app:main"), p("app.models:load_*")], &frames));
+        let frames: Vec<String> = [
+            "__main__:<module>",
+            "app:main",
+            "lib:helper",
+            "app.models:load_ckpt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(stack_matches(
+            &[p("app:main"), p("app.models:load_*")],
+            &frames
+        ));
         assert!(stack_matches(&[p("app.models:load_*")], &frames));
-        assert!(!stack_matches(&[p("app.models:load_*"), p("app:main")], &frames));
+        assert!(!stack_matches(
+            &[p("app.models:load_*"), p("app:main")],
+            &frames
+        ));
         assert!(stack_matches(&[], &frames));
     }
 }

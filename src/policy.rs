@@ -67,7 +67,9 @@ pub enum Reason {
     /// The manifest has no entry with this digest.
     NotListed,
     /// Entries with this digest exist, but their stack patterns do not match.
-    StackMismatch { patterns: Vec<Vec<String>> },
+    StackMismatch {
+        patterns: Vec<Vec<String>>,
+    },
     /// The layer has no manifest (nopickle) and no grant lifted it.
     NoManifest,
     BrokenManifest(String),
@@ -231,7 +233,11 @@ mod tests {
 
     #[test]
     fn listed_digest_loads_unlisted_is_denied() {
-        let listed = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        let listed = layer(
+            1,
+            Mode::Enforce,
+            Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")),
+        );
         assert!(run(&[listed], &[], &[], &[]).allowed());
         let empty = layer(1, Mode::Enforce, Some("version = 1\n"));
         let d = run(&[empty], &[], &[], &[]);
@@ -242,14 +248,27 @@ mod tests {
     fn stack_patterns_restrict_the_caller() {
         let m = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"app:load_*\"]\n");
         let l = layer(1, Mode::Enforce, Some(&m));
-        assert!(run(&[l.clone()], &[], &[], &["__main__:<module>", "app:load_ckpt"]).allowed());
+        assert!(run(
+            std::slice::from_ref(&l),
+            &[],
+            &[],
+            &["__main__:<module>", "app:load_ckpt"]
+        )
+        .allowed());
         let d = run(&[l], &[], &[], &["__main__:<module>", "other:f"]);
-        assert!(matches!(d.denial().unwrap().reason, Reason::StackMismatch { .. }));
+        assert!(matches!(
+            d.denial().unwrap().reason,
+            Reason::StackMismatch { .. }
+        ));
     }
 
     #[test]
     fn frames_are_not_computed_without_patterns() {
-        let l = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        let l = layer(
+            1,
+            Mode::Enforce,
+            Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")),
+        );
         let mut calls = 0;
         let mut compute = || {
             calls += 1;
@@ -263,12 +282,19 @@ mod tests {
 
     #[test]
     fn every_layer_must_allow() {
-        let open = layer(1, Mode::Enforce, Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")));
+        let open = layer(
+            1,
+            Mode::Enforce,
+            Some(&format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n")),
+        );
         // A library scope denies even what the operator allows ...
-        let d = run(&[open.clone()], &[7], &[], &[]);
+        let d = run(std::slice::from_ref(&open), &[7], &[], &[]);
         assert_eq!(d.denial().unwrap().reason, Reason::Scope);
         // ... until the library lifts its own scope.
-        let g = [ActiveGrant { layer: 7, only: None }];
+        let g = [ActiveGrant {
+            layer: 7,
+            only: None,
+        }];
         assert!(run(&[open], &[7], &g, &[]).allowed());
         // Lifting its own scope never lifts the operator's layer.
         let closed = layer(1, Mode::Enforce, None);
@@ -281,10 +307,16 @@ mod tests {
         let closed = layer(1, Mode::Enforce, None);
         let mut only = HashSet::new();
         only.insert([0u8; 32]);
-        let g = [ActiveGrant { layer: 1, only: Some(&only) }];
-        assert!(!run(&[closed.clone()], &[], &g, &[]).allowed());
+        let g = [ActiveGrant {
+            layer: 1,
+            only: Some(&only),
+        }];
+        assert!(!run(std::slice::from_ref(&closed), &[], &g, &[]).allowed());
         only.insert(digest());
-        let g = [ActiveGrant { layer: 1, only: Some(&only) }];
+        let g = [ActiveGrant {
+            layer: 1,
+            only: Some(&only),
+        }];
         assert!(run(&[closed], &[], &g, &[]).allowed());
     }
 

@@ -35,7 +35,10 @@ const DETACH_THRESHOLD: usize = 1 << 16;
 enum GuardError {
     Read(ReadError<PyErr>),
     /// No pickle could be delimited in `data`; the gate explains it without running it.
-    Undelimited { data: Py<PyBytes>, error: PyErr },
+    Undelimited {
+        data: Py<PyBytes>,
+        error: PyErr,
+    },
     Manifest(CoreManifestError),
     Denied(Box<Denial>),
     BadToken(String),
@@ -55,7 +58,9 @@ impl From<GuardError> for PyErr {
         match err {
             GuardError::Py(e) => e,
             GuardError::Read(ReadError::Source(e)) => e,
-            GuardError::Read(e) if e.is_eof() => pyo3::exceptions::PyEOFError::new_err(e.to_string()),
+            GuardError::Read(e) if e.is_eof() => {
+                pyo3::exceptions::PyEOFError::new_err(e.to_string())
+            }
             GuardError::Read(e) if e.is_overflow() => PyOverflowError::new_err(e.to_string()),
             GuardError::Read(e) => UnpicklingError::new_err(e.to_string()),
             GuardError::Undelimited { data, error } => {
@@ -185,7 +190,11 @@ fn current_owner(py: Python<'_>) -> PyResult<Owner> {
     let thread = std::thread::current().id();
     // Only ask asyncio if it has been imported: no import on this path.
     let modules = py.import("sys")?.getattr("modules")?;
-    let task = if modules.cast::<PyDict>().map_err(PyErr::from)?.contains("asyncio")? {
+    let task = if modules
+        .cast::<PyDict>()
+        .map_err(PyErr::from)?
+        .contains("asyncio")?
+    {
         let helper = ASYNCIO_RUNNING_TASK.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             let code = c"def running_task():\n    import asyncio\n    loop = asyncio._get_running_loop()\n    return None if loop is None else asyncio.current_task(loop)\n";
             let module = PyModule::from_code(py, code, c"<pickleguard>", c"_pickleguard_asyncio")?;
@@ -266,7 +275,11 @@ impl Token {
             TokenKind::Scope(s) => format!(
                 "<pickleguard token for no_pickles() scope {} ({})>",
                 s.id,
-                if s.open.load(Ordering::Acquire) { "open" } else { "ended" }
+                if s.open.load(Ordering::Acquire) {
+                    "open"
+                } else {
+                    "ended"
+                }
             ),
         }
     }
@@ -379,7 +392,7 @@ impl Grant {
 }
 
 fn as_token<'py>(token: &Bound<'py, PyAny>) -> Result<Bound<'py, Token>> {
-    token.cast::<Token>().map(|t| t.clone()).map_err(|_| {
+    token.cast::<Token>().cloned().map_err(|_| {
         GuardError::BadToken(format!(
             "expected a token from activate() or no_pickles(), got {}",
             token
@@ -444,7 +457,9 @@ fn no_pickles(py: Python<'_>) -> PyResult<Token> {
 #[pyo3(signature = (manifest=None, mode="enforce"))]
 fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token> {
     let mode = Mode::parse(mode).ok_or_else(|| {
-        PyValueError::new_err(format!("mode must be \"enforce\" or \"warn\", not {mode:?}"))
+        PyValueError::new_err(format!(
+            "mode must be \"enforce\" or \"warn\", not {mode:?}"
+        ))
     })?;
     let (rules, failure) = match manifest {
         None => (Rules::Nothing, None),
@@ -507,7 +522,10 @@ struct FrameInfo {
 }
 
 /// Frames of the Python call stack, innermost first.
-fn walk_frames(py: Python<'_>, mut visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool) -> PyResult<()> {
+fn walk_frames(
+    py: Python<'_>,
+    mut visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool,
+) -> PyResult<()> {
     let mut frame = py.import("sys")?.call_method1("_getframe", (0,))?;
     while !frame.is_none() {
         let globals = frame.getattr("f_globals")?;
@@ -522,7 +540,10 @@ fn walk_frames(py: Python<'_>, mut visit: impl FnMut(&str, &Bound<'_, PyAny>) ->
             Ok(q) => q,
             Err(_) => code.getattr("co_name")?,
         };
-        let name = format!("{module}:{}", qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?);
+        let name = format!(
+            "{module}:{}",
+            qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?
+        );
         if !visit(&name, &frame) {
             break;
         }
@@ -556,7 +577,10 @@ fn caller(py: Python<'_>) -> Option<FrameInfo> {
             .and_then(|c| c.getattr("co_filename"))
             .and_then(|f| f.extract::<String>())
             .unwrap_or_default();
-        let line = frame.getattr("f_lineno").and_then(|l| l.extract()).unwrap_or(0);
+        let line = frame
+            .getattr("f_lineno")
+            .and_then(|l| l.extract())
+            .unwrap_or(0);
         found = Some(FrameInfo {
             name: name.to_owned(),
             file,
@@ -611,12 +635,21 @@ fn reason_code(reason: &Reason) -> &'static str {
 fn suggested_entry(digest_hex: &str, caller: Option<&FrameInfo>) -> String {
     let mut entry = format!("[[pickle]]\nsha256 = \"{digest_hex}\"\n");
     if let Some(c) = caller {
-        let _ = writeln!(entry, "stack = [\"{}\"]  # optional: only this caller", c.name);
+        let _ = writeln!(
+            entry,
+            "stack = [\"{}\"]  # optional: only this caller",
+            c.name
+        );
     }
     entry
 }
 
-fn describe(refusal: &Refusal, digest_hex: &str, size: usize, caller: Option<&FrameInfo>) -> Denial {
+fn describe(
+    refusal: &Refusal,
+    digest_hex: &str,
+    size: usize,
+    caller: Option<&FrameInfo>,
+) -> Denial {
     let entry = suggested_entry(digest_hex, caller);
     let whence = caller
         .map(|c| format!("{} ({}:{})", c.name, c.file, c.line))
@@ -701,9 +734,8 @@ fn hash(py: Python<'_>, data: &[u8]) -> Digest {
 /// Apply the call-site pin, then every layer; log; refuse or return.
 fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Result<()> {
     if let Some(pin) = pin {
-        let expected = parse_digest(pin).map_err(|e| {
-            GuardError::Py(PyValueError::new_err(format!("sha256 pin: {e}")))
-        })?;
+        let expected = parse_digest(pin)
+            .map_err(|e| GuardError::Py(PyValueError::new_err(format!("sha256 pin: {e}"))))?;
         if &expected != digest {
             let digest_hex = to_hex(digest);
             let who = caller(py);
@@ -766,7 +798,10 @@ fn snapshot_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>
         return Ok(bytes.clone());
     }
     match PyMemoryView::from(data) {
-        Ok(view) => view.call_method0("tobytes")?.cast_into::<PyBytes>().map_err(PyErr::from),
+        Ok(view) => view
+            .call_method0("tobytes")?
+            .cast_into::<PyBytes>()
+            .map_err(PyErr::from),
         Err(_) => Err(PyTypeError::new_err(format!(
             "a bytes-like object is required, not '{}'",
             data.get_type().name()?
@@ -840,13 +875,13 @@ fn admit_bytes<'py>(
         }
     };
     let pickle = &raw[..extent.len];
-    let (digest, feed_buffers) = identify_with_buffers(py, pickle, extent.out_of_band_buffers, buffers)?;
+    let (digest, feed_buffers) =
+        identify_with_buffers(py, pickle, extent.out_of_band_buffers, buffers)?;
     judge(py, &digest, extent.len, sha256)?;
     let feed = if extent.len == raw.len() {
         bytes.into_any()
     } else {
-        PyMemoryView::from(bytes.as_any())?
-            .get_item(PySlice::new(py, 0, extent.len as isize, 1))?
+        PyMemoryView::from(bytes.as_any())?.get_item(PySlice::new(py, 0, extent.len as isize, 1))?
     };
     Ok((feed, feed_buffers))
 }
@@ -901,7 +936,8 @@ fn admit_stream_inner<'py>(
             })
         }
     };
-    let (digest, feed_buffers) = identify_with_buffers(py, &pickle, extent.out_of_band_buffers, buffers)?;
+    let (digest, feed_buffers) =
+        identify_with_buffers(py, &pickle, extent.out_of_band_buffers, buffers)?;
     judge(py, &digest, extent.len, sha256)?;
     Ok((PyBytes::new(py, &pickle), feed_buffers))
 }
@@ -934,10 +970,13 @@ fn bind_gate(py: Python<'_>, original_loads: Py<PyAny>, explain: Py<PyAny>) {
     let _ = EXPLAIN_UNDELIMITED.set(py, explain);
 }
 
-fn gate_part<'py>(py: Python<'py>, cell: &'py PyOnceLock<Py<PyAny>>) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get(py)
-        .map(|f| f.bind(py))
-        .ok_or_else(|| PickleGuardError::new_err("pickleguard's gate is not bound; import pickleguard first"))
+fn gate_part<'py>(
+    py: Python<'py>,
+    cell: &'py PyOnceLock<Py<PyAny>>,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get(py).map(|f| f.bind(py)).ok_or_else(|| {
+        PickleGuardError::new_err("pickleguard's gate is not bound; import pickleguard first")
+    })
 }
 
 /// Split `buffers` out of the caller's keyword arguments; the rest pass through to
@@ -966,8 +1005,14 @@ fn run_original<'py>(
         Ok(found) => found,
         Err(GuardError::Undelimited { data, error }) => {
             let undelimited = _UndelimitedPickle::new_err((data, error.into_value(py)));
-            gate_part(py, &EXPLAIN_UNDELIMITED)?.call1((undelimited.into_value(py), "c", &options))?;
-            return Err(PickleGuardError::new_err("undelimited pickle was not explained"));
+            gate_part(py, &EXPLAIN_UNDELIMITED)?.call1((
+                undelimited.into_value(py),
+                "c",
+                &options,
+            ))?;
+            return Err(PickleGuardError::new_err(
+                "undelimited pickle was not explained",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -991,7 +1036,9 @@ fn file_methods<'py>(file: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, B
     lookup("readinto")?;
     match (lookup("read")?, lookup("readline")?) {
         (Some(read), Some(readline)) => Ok((read, readline)),
-        _ => Err(PyTypeError::new_err("file must have 'read' and 'readline' attributes")),
+        _ => Err(PyTypeError::new_err(
+            "file must have 'read' and 'readline' attributes",
+        )),
     }
 }
 
@@ -1061,6 +1108,27 @@ fn delimit(data: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
         .map_err(|e| GuardError::Read(e.map_source(|never| match never {})).into())
 }
 
+/// The identity pickleguard gives the pickle at the start of `data` (with the
+/// out-of-band `buffers` it would consume), as `sha256:<hex>`.
+#[pyfunction]
+#[pyo3(signature = (data, buffers=None))]
+fn identify(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    buffers: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    let bytes = snapshot_bytes(data)?;
+    let extent = reader::delimit(bytes.as_bytes())
+        .map_err(|e| PyErr::from(GuardError::Read(e.map_source(|never| match never {}))))?;
+    let (digest, _) = identify_with_buffers(
+        py,
+        &bytes.as_bytes()[..extent.len],
+        extent.out_of_band_buffers,
+        buffers,
+    )?;
+    Ok(format!("sha256:{}", to_hex(&digest)))
+}
+
 /// SHA-256 of `data` as hex, with the GIL released for large inputs.
 #[pyfunction]
 #[pyo3(name = "sha256")]
@@ -1082,6 +1150,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
+    m.add_function(wrap_pyfunction!(identify, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_hex, m)?)?;
     m.add_function(wrap_pyfunction!(process_layers, m)?)?;
     m.add_function(wrap_pyfunction!(check_manifest, m)?)?;

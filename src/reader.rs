@@ -91,7 +91,10 @@ pub enum ArgLayout {
     /// Two newline-terminated lines (GLOBAL, INST).
     TwoLines,
     /// A little-endian length of `width` bytes, then that many bytes.
-    Counted { width: usize, signed: bool },
+    Counted {
+        width: usize,
+        signed: bool,
+    },
 }
 
 /// The argument layout of `code`, or `None` for a byte that is no opcode.
@@ -99,11 +102,11 @@ pub fn arg_layout(code: u8) -> Option<ArgLayout> {
     use op::*;
     use ArgLayout::*;
     Some(match code {
-        MARK | STOP | POP | POP_MARK | DUP | NONE | BINPERSID | REDUCE | APPEND | BUILD
-        | DICT | EMPTY_DICT | APPENDS | LIST | EMPTY_LIST | OBJ | SETITEM | TUPLE
-        | EMPTY_TUPLE | SETITEMS | NEWOBJ | TUPLE1 | TUPLE2 | TUPLE3 | NEWTRUE | NEWFALSE
-        | EMPTY_SET | ADDITEMS | FROZENSET | NEWOBJ_EX | STACK_GLOBAL | MEMOIZE
-        | NEXT_BUFFER | READONLY_BUFFER => None,
+        MARK | STOP | POP | POP_MARK | DUP | NONE | BINPERSID | REDUCE | APPEND | BUILD | DICT
+        | EMPTY_DICT | APPENDS | LIST | EMPTY_LIST | OBJ | SETITEM | TUPLE | EMPTY_TUPLE
+        | SETITEMS | NEWOBJ | TUPLE1 | TUPLE2 | TUPLE3 | NEWTRUE | NEWFALSE | EMPTY_SET
+        | ADDITEMS | FROZENSET | NEWOBJ_EX | STACK_GLOBAL | MEMOIZE | NEXT_BUFFER
+        | READONLY_BUFFER => None,
         BININT1 | BINGET | BINPUT | PROTO | EXT1 => Fixed(1),
         BININT2 | EXT2 => Fixed(2),
         BININT | LONG_BINGET | LONG_BINPUT | EXT4 => Fixed(4),
@@ -256,8 +259,11 @@ trait Input {
     fn ensure(&mut self, pos: usize, n: usize) -> Result<bool, Self::Error>;
     /// Make a line starting at `pos` available; returns the index just past its
     /// newline, or `None` at end of input.
-    fn ensure_line(&mut self, pos: usize, limit: Option<usize>)
-        -> Result<Option<usize>, Self::Error>;
+    fn ensure_line(
+        &mut self,
+        pos: usize,
+        limit: Option<usize>,
+    ) -> Result<Option<usize>, Self::Error>;
 }
 
 fn find_newline(data: &[u8], from: usize, to: usize) -> Option<usize> {
@@ -310,11 +316,7 @@ impl<S: Source> Input for StreamInput<'_, S> {
         }
         Ok(true)
     }
-    fn ensure_line(
-        &mut self,
-        pos: usize,
-        limit: Option<usize>,
-    ) -> Result<Option<usize>, S::Error> {
+    fn ensure_line(&mut self, pos: usize, limit: Option<usize>) -> Result<Option<usize>, S::Error> {
         if let Some(limit) = limit {
             // Inside a frame every byte is buffered already.
             let to = limit.min(self.buf.len());
@@ -375,7 +377,12 @@ impl<I: Input> Scanner<I> {
         }
     }
 
-    fn length(&mut self, code: u8, width: usize, signed: bool) -> Result<usize, ReadError<I::Error>> {
+    fn length(
+        &mut self,
+        code: u8,
+        width: usize,
+        signed: bool,
+    ) -> Result<usize, ReadError<I::Error>> {
         let at = self.take(width)?;
         let mut raw = [0u8; 8];
         raw[..width].copy_from_slice(&self.input.data()[at..at + width]);
@@ -442,7 +449,11 @@ impl<I: Input> Scanner<I> {
         if self.frame_end.is_some_and(|end| end > self.pos) {
             return Err(ReadError::FrameOverlap);
         }
-        if !self.input.ensure(self.pos, len).map_err(ReadError::Source)? {
+        if !self
+            .input
+            .ensure(self.pos, len)
+            .map_err(ReadError::Source)?
+        {
             return Err(ReadError::Truncated);
         }
         self.frame_end = Some(self.pos + len);
@@ -565,7 +576,10 @@ mod tests {
     #[test]
     fn frames_follow_the_unframer_rules() {
         // FRAME 3: K 1 . -- exactly the frame.
-        assert_eq!(len_of(b"\x80\x04\x95\x03\x00\x00\x00\x00\x00\x00\x00K\x01."), 14);
+        assert_eq!(
+            len_of(b"\x80\x04\x95\x03\x00\x00\x00\x00\x00\x00\x00K\x01."),
+            14
+        );
         // FRAME 2 holding "K\x01" then STOP outside it.
         assert_eq!(len_of(b"\x95\x02\x00\x00\x00\x00\x00\x00\x00K\x01."), 12);
         // A BININT whose argument straddles the frame end.

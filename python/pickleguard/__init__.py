@@ -11,7 +11,7 @@ import os
 from typing import Any, Iterable, Optional, Union
 
 from . import _core, _gate
-from ._core import Token, allow_pickles
+from ._core import Token, allow_pickles, identify
 from .errors import BadTokenError, ManifestError, NoPickleError, PickleGuardError
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Token",
     "activate",
     "allow_pickles",
+    "identify",
     "load",
     "loads",
     "no_pickles",

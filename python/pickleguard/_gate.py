@@ -8,12 +8,11 @@ unverified bytes.
 
 from __future__ import annotations
 
+import _pickle
 import io
 import pickle
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
-
-import _pickle
 
 from . import _core
 from .errors import _UndelimitedPickle
@@ -58,7 +57,7 @@ class _Placeholder:
 # builtin exception classes. Constructing them runs no user code, and they let the
 # run reach the structural error plain pickle would report after them.
 _DRY_RUN_MODULES = frozenset({"builtins", "__builtin__", "exceptions"})
-_DRY_RUN_GLOBALS = {
+_DRY_RUN_GLOBALS: Dict[str, type] = {
     name: obj
     for name, obj in vars(__import__("builtins")).items()
     if isinstance(obj, type) and issubclass(obj, BaseException)
@@ -75,7 +74,7 @@ def _refuse_import(self: Any, module: str, name: str) -> Any:
     return _Placeholder()
 
 
-class _CDryRun(_CUnpickler):  # type: ignore[misc]
+class _CDryRun(_CUnpickler):
     find_class = _refuse_import
 
 
@@ -129,7 +128,7 @@ class _BufferFeed:
         return next(self.current)
 
 
-class Unpickler(_CUnpickler):  # type: ignore[misc]
+class Unpickler(_CUnpickler):
     """``pickle.Unpickler`` with every ``load()`` admitted by pickleguard first.
 
     The C unpickler underneath reads from a private buffer that holds only verified
@@ -216,7 +215,7 @@ def install() -> None:
         for module in (pickle, _pickle):
             module.load = load  # type: ignore[attr-defined]
             module.loads = loads  # type: ignore[attr-defined]
-            module.Unpickler = Unpickler  # type: ignore[attr-defined,misc]
+            module.Unpickler = Unpickler  # type: ignore[attr-defined]
         pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
         _installed = True
 
