@@ -1,0 +1,93 @@
+"""Shared fixtures and configuration.
+
+Activation is process-wide and cannot be undone, so every test that activates
+pickleguard runs its scenario in a fresh interpreter (the ``run_py`` fixture).
+
+Hypothesis profiles, chosen with the HYPOTHESIS_PROFILE environment variable:
+
+* ``dev`` (default): about 200 examples per property, for local runs.
+* ``ci``: 1000 examples per property.
+
+Neither has a deadline: timings vary with the machine, and some examples pickle
+objects of tens of kilobytes on purpose (to cross frame and length-prefix
+boundaries).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("ci", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Boom:
+    """Pickles to a REDUCE of ``os.mkdir(sentinel)``: loading it creates the sentinel."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.mkdir, (self.sentinel,))
+
+
+def hostile(sentinel: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
+    """A payload whose only effect is to create ``sentinel``."""
+    return pickle.dumps(Boom(sentinel), protocol=protocol)
+
+
+@pytest.fixture
+def run_py(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run a Python snippet in a fresh interpreter, in tmp_path; return the result."""
+
+    def run(
+        code: str, *, env: Optional[dict] = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        full_env = dict(os.environ)
+        full_env.pop("PICKLEGUARD_MANIFEST", None)
+        full_env.pop("PICKLEGUARD_MODE", None)
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"snippet failed with {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
+        return proc
+
+    return run
+
+
+def write_manifest(path: Path, *entries: dict) -> Path:
+    """Write a version-1 manifest with the given [[pickle]] entries."""
+    lines = ["version = 1", ""]
+    for entry in entries:
+        lines.append("[[pickle]]")
+        for key, value in entry.items():
+            if isinstance(value, list):
+                rendered = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            else:
+                rendered = f'"{value}"'
+            lines.append(f"{key} = {rendered}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path

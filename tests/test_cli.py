@@ -1,0 +1,96 @@
+"""The command line: exit codes, messages with hints, --json, and the bundled demo."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+MANIFESTS = sorted((REPO / "manifests").glob("*.toml"))
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pickleguard", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_every_bundled_manifest_loads(manifest):
+    import pickleguard._core as core
+
+    assert core.check_manifest(str(manifest)) >= 1
+    assert cli("check", str(manifest)).returncode == 0
+
+
+def test_check_reports_position_and_hint(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n\n[[pickle]]\nsha256 = "' + "a" * 64 + '"\nstak = ["x:y"]\n')
+    proc = cli("check", str(bad))
+    assert proc.returncode == 1
+    assert f"error: {bad}:5:1: unknown field `stak`" in proc.stderr
+    assert "hint: " in proc.stderr
+    proc = cli("check", "--json", str(bad))
+    report = json.loads(proc.stdout)
+    assert report["status"] == 1 and report["results"][0]["ok"] is False
+
+
+def test_check_bad_pattern_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[[pickle]]\nsha256 = "' + "a" * 64 + '"\nstack = ["nocolon"]\n')
+    proc = cli("check", str(bad))
+    assert proc.returncode == 1 and f"{bad}:4:11:" in proc.stderr
+    assert cli("check", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_hash_lists_each_pickle_of_a_concatenated_file(tmp_path):
+    import pickleguard
+
+    first, second = pickle.dumps({"a": 1}), pickle.dumps([2, 3], protocol=0)
+    path = tmp_path / "many.pkl"
+    path.write_bytes(first + second)
+    report = json.loads(cli("hash", "--json", str(path)).stdout)
+    pickles = report["results"][0]["pickles"]
+    assert [p["size"] for p in pickles] == [len(first), len(second)]
+    assert ["sha256:" + p["sha256"] for p in pickles] == [
+        pickleguard.identify(first),
+        pickleguard.identify(second),
+    ]
+    human = cli("hash", str(path))
+    assert human.returncode == 0 and pickleguard.identify(second) in human.stdout
+
+
+def test_hash_of_a_damaged_file_is_a_finding(tmp_path):
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(pickle.dumps(list(range(100)))[:-3])
+    proc = cli("hash", str(path))
+    assert proc.returncode == 1 and "hint:" in proc.stderr
+
+
+def test_usage_errors_exit_2():
+    assert cli().returncode == 2
+    assert cli("frobnicate").returncode == 2
+    assert cli("hash").returncode == 2
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "demo.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded: epoch 3" in proc.stdout
+    assert "refused: pickle sha256:" in proc.stdout
+    assert not (tmp_path / "sentinel").exists()

@@ -1,0 +1,387 @@
+"""The gate: every loading entry point is guarded, listed pickles load, others never run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from conftest import hostile, write_manifest
+
+PRELUDE = """
+import io, json, os, pickle, _pickle, sys
+import pickleguard
+from pickleguard import NoPickleError
+
+class EarlyPy(pickle._Unpickler):
+    "A pure-Python subclass defined before activation."
+"""
+
+# name -> expression that loads the pickle held in DATA
+ENTRY_POINTS = {
+    "pickle.loads": "pickle.loads(DATA)",
+    "pickle.load": "pickle.load(io.BytesIO(DATA))",
+    "pickle.Unpickler": "pickle.Unpickler(io.BytesIO(DATA)).load()",
+    "pickle._loads": "pickle._loads(DATA)",
+    "pickle._load": "pickle._load(io.BytesIO(DATA))",
+    "pickle._Unpickler": "pickle._Unpickler(io.BytesIO(DATA)).load()",
+    "_pickle.loads": "_pickle.loads(DATA)",
+    "_pickle.load": "_pickle.load(io.BytesIO(DATA))",
+    "_pickle.Unpickler": "_pickle.Unpickler(io.BytesIO(DATA)).load()",
+    "pure-Python subclass defined before activation": "EarlyPy(io.BytesIO(DATA)).load()",
+    # torch.load defines its UnpicklerWrapper like this, at call time.
+    "subclass of pickle.Unpickler defined after activation": (
+        "type('UnpicklerWrapper', (pickle.Unpickler,), {})(io.BytesIO(DATA)).load()"
+    ),
+    "loads with a memoryview": "pickle.loads(memoryview(DATA))",
+    "loads with a bytearray": "pickle.loads(bytearray(DATA))",
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_unlisted_hostile_pickle_is_refused_at_every_entry_point(entry, run_py, tmp_path):
+    # Technique: plain REDUCE of os.mkdir, the simplest code-execution payload.
+    fired = tmp_path / "fired-without-guard"
+    guarded = tmp_path / "fired-under-guard"
+    (tmp_path / "control.pkl").write_bytes(hostile(fired, protocol=2))
+    (tmp_path / "payload.pkl").write_bytes(hostile(guarded, protocol=2))
+    manifest = write_manifest(tmp_path / "empty.toml")
+    expr = ENTRY_POINTS[entry]
+    proc = run_py(
+        PRELUDE
+        + f"""
+DATA = open("control.pkl", "rb").read()
+{expr}
+assert os.path.exists({str(fired)!r}), "the payload must fire without the guard"
+pickleguard.activate({str(manifest)!r})
+DATA = open("payload.pkl", "rb").read()
+try:
+    {expr}
+except NoPickleError as e:
+    print(json.dumps({{"code": e.code, "sha256": e.sha256, "message": str(e)}}))
+else:
+    print(json.dumps({{"code": None}}))
+"""
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == "not-listed"
+    assert not guarded.exists()
+    assert fired.exists()
+    assert result["sha256"] in result["message"]
+    assert "[[pickle]]" in result["message"]
+
+
+def test_listed_pickle_loads_at_every_entry_point(run_py, tmp_path):
+    value = {"weights": [1.0, 2.5], "name": "model", "shape": (2,)}
+    data = pickle.dumps(value, protocol=4)
+    import pickleguard
+
+    digest = pickleguard.identify(data)
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": digest, "note": "test weights"})
+    (tmp_path / "ok.pkl").write_bytes(data)
+    checks = "\n".join(
+        f"assert {expr} == EXPECTED, {name!r}" for name, expr in ENTRY_POINTS.items()
+    )
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+DATA = open("ok.pkl", "rb").read()
+EXPECTED = {value!r}
+{checks}
+"""
+    )
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_protocol_is_refused_and_allowed_by_hash(protocol, run_py, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    payload = hostile(sentinel, protocol=protocol)
+    pickle.loads(payload)
+    assert sentinel.exists(), "the payload must fire without the guard"
+    sentinel.rmdir()
+    (tmp_path / "p.pkl").write_bytes(payload)
+    benign = pickle.dumps([1, "two", b"three", {4: 5.0}], protocol=protocol)
+    (tmp_path / "b.pkl").write_bytes(benign)
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(benign)})
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+assert pickle.loads(open("b.pkl", "rb").read()) == [1, "two", b"three", {{4: 5.0}}]
+try:
+    pickle.loads(open("p.pkl", "rb").read())
+except NoPickleError:
+    pass
+else:
+    raise SystemExit("not refused")
+"""
+    )
+    assert not sentinel.exists()
+
+
+def test_stack_pattern_restricts_where_a_pickle_loads(run_py, tmp_path):
+    data = pickle.dumps({"a": 1})
+    import pickleguard
+
+    manifest = write_manifest(
+        tmp_path / "m.toml",
+        {"sha256": pickleguard.identify(data), "stack": ["app.models:load_*"]},
+    )
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "models.py").write_text(
+        "import pickle\n"
+        "def load_weights(data):\n    return pickle.loads(data)\n"
+        "def save_and_peek(data):\n    return pickle.loads(data)\n"
+    )
+    (tmp_path / "d.pkl").write_bytes(data)
+    proc = run_py(
+        PRELUDE
+        + f"""
+sys.path.insert(0, ".")
+from app import models
+pickleguard.activate({str(manifest)!r})
+DATA = open("d.pkl", "rb").read()
+assert models.load_weights(DATA) == {{"a": 1}}
+try:
+    models.save_and_peek(DATA)
+except NoPickleError as e:
+    print(e.code, e.caller)
+try:
+    pickle.loads(DATA)
+except NoPickleError as e:
+    print(e.code, e.caller)
+"""
+    )
+    assert proc.stdout.split("\n")[:2] == [
+        "stack-mismatch app.models:save_and_peek",
+        "stack-mismatch __main__:<module>",
+    ]
+
+
+def test_manifest_none_is_nopickle_and_the_process_token_lifts_it(run_py, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    run_py(
+        PRELUDE
+        + """
+token = pickleguard.activate()
+data = pickle.dumps([1, 2, 3])
+try:
+    pickle.loads(data)
+except NoPickleError as e:
+    assert e.code == "no-manifest", e.code
+else:
+    raise SystemExit("nopickle allowed a load")
+with pickleguard.allow_pickles(token):
+    assert pickle.loads(data) == [1, 2, 3]
+with pickleguard.allow_pickles(token, only_objects=[pickleguard.identify(data)]):
+    assert pickle.loads(data) == [1, 2, 3]
+    try:
+        pickle.load(open("p.pkl", "rb"))
+    except NoPickleError:
+        pass
+    else:
+        raise SystemExit("only_objects let another pickle through")
+try:
+    pickle.loads(data)
+except NoPickleError:
+    pass
+else:
+    raise SystemExit("the grant outlived its block")
+"""
+    )
+    assert not sentinel.exists()
+
+
+def test_warn_mode_allows_and_reports(run_py, tmp_path):
+    proc = run_py(
+        PRELUDE
+        + """
+import logging
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+pickleguard.activate(mode="warn")
+assert pickle.loads(pickle.dumps({"x": 1})) == {"x": 1}
+"""
+    )
+    assert "WARNING pickleguard warn mode, allowed anyway" in proc.stderr
+    assert "sha256:" in proc.stderr
+
+
+def test_denials_are_logged_at_error(run_py):
+    proc = run_py(
+        PRELUDE
+        + """
+import logging
+logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
+pickleguard.activate()
+try:
+    pickle.loads(pickle.dumps(1))
+except NoPickleError:
+    pass
+"""
+    )
+    assert "ERROR pickleguard pickle sha256:" in proc.stderr
+
+
+def test_allowed_loads_are_logged_at_debug(run_py, tmp_path):
+    data = pickle.dumps(7)
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(data)})
+    proc = run_py(
+        PRELUDE
+        + f"""
+import logging
+logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
+pickleguard.activate({str(manifest)!r})
+assert pickle.loads({data!r}) == 7
+"""
+    )
+    assert "DEBUG pickleguard allowed pickle sha256:" in proc.stderr
+
+
+def test_broken_manifest_denies_everything_and_says_why(run_py, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[[pickle]]\nsha256 = "not-hex"\n')
+    proc = run_py(
+        PRELUDE
+        + f"""
+from pickleguard import ManifestError
+try:
+    pickleguard.activate({str(bad)!r})
+except ManifestError as e:
+    print("activate:", str(e).splitlines()[0])
+try:
+    pickle.loads(pickle.dumps(1))
+except NoPickleError as e:
+    print("load:", e.code)
+"""
+    )
+    out = proc.stdout.splitlines()
+    assert out[0].startswith(f"activate: {bad}:3:10: sha256 must be 64 hex digits")
+    assert out[1] == "load: broken-manifest"
+
+
+def test_missing_manifest_file_denies_everything(run_py, tmp_path):
+    proc = run_py(
+        PRELUDE
+        + """
+from pickleguard import ManifestError
+try:
+    pickleguard.activate("does-not-exist.toml")
+except ManifestError as e:
+    print("activate:", e)
+try:
+    pickle.loads(pickle.dumps(1))
+except NoPickleError as e:
+    print("load:", e.code)
+"""
+    )
+    assert "could not read the manifest" in proc.stdout
+    assert "load: broken-manifest" in proc.stdout
+
+
+def test_later_activation_can_only_tighten(run_py, tmp_path):
+    data = pickle.dumps("ok")
+    import pickleguard
+
+    listed = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(data)})
+    empty = write_manifest(tmp_path / "empty.toml")
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(listed)!r})
+assert pickle.loads({data!r}) == "ok"
+pickleguard.activate({str(empty)!r})
+try:
+    pickle.loads({data!r})
+except NoPickleError:
+    pass
+else:
+    raise SystemExit("a stricter layer was ignored")
+# A looser activation (warn mode, or a manifest listing everything) does not loosen.
+pickleguard.activate(mode="warn")
+pickleguard.activate({str(listed)!r})
+try:
+    pickle.loads({data!r})
+except NoPickleError:
+    pass
+else:
+    raise SystemExit("a later activation loosened the policy")
+"""
+    )
+
+
+def test_malformed_input_is_never_run_and_raises_like_plain_pickle(run_py, tmp_path):
+    # Technique: a payload with no STOP. Plain pickle runs the REDUCE, then fails.
+    fired = tmp_path / "fired"
+    guarded = tmp_path / "guarded"
+    with pytest.raises((pickle.UnpicklingError, EOFError)):
+        pickle.loads(hostile(fired, protocol=0)[:-1])
+    assert fired.exists(), "the truncated payload must fire without the guard"
+    (tmp_path / "truncated.pkl").write_bytes(hostile(guarded, protocol=0)[:-1])
+    run_py(
+        PRELUDE
+        + r"""
+TRUNCATED = open("truncated.pkl", "rb").read()
+MALFORMED = [b"", b"\x80\x04", b"zz", b"(.", b"0.", b"\x80\x02]\x94.", b"Vlist\n\x93",
+             b"cbuiltins\nlist\n)(R", b"S'abc\n.", b"I12x\n."]
+# A FRAME longer than the data: the C unpickler calls it truncated, the pure-Python
+# one reads what is there. pickleguard refuses it like the C unpickler, everywhere.
+SHORT_FRAME = b"\x95\x09\x00\x00\x00\x00\x00\x00\x00N."
+
+def outcome(load, data):
+    try:
+        return ("value", repr(load(data)))
+    except Exception as e:
+        return ("error", type(e).__name__)
+
+def loaders():
+    return {
+        "loads": pickle.loads,
+        "py": pickle._loads,
+        "load": lambda d: pickle.load(io.BytesIO(d)),
+        "Unpickler": lambda d: pickle.Unpickler(io.BytesIO(d)).load(),
+    }
+
+plain = {(name, d): outcome(f, d) for name, f in loaders().items() for d in MALFORMED}
+plain.update({(name, SHORT_FRAME): outcome(f, SHORT_FRAME) for name, f in loaders().items() if name != "py"})
+pickleguard.activate(mode="warn")
+for (name, d), expected in plain.items():
+    got = outcome(loaders()[name], d)
+    assert got == expected, (name, d, got, expected)
+for name, load in loaders().items():
+    assert outcome(load, TRUNCATED)[0] == "error", name
+    assert outcome(load, SHORT_FRAME) == ("error", "UnpicklingError"), name
+"""
+    )
+    assert not guarded.exists()
+
+
+def test_errors_do_not_derive_from_exceptions_libraries_swallow():
+    from pickleguard import BadTokenError, ManifestError, NoPickleError, PickleGuardError
+
+    swallowed = (pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError)
+    for cls in (PickleGuardError, NoPickleError, BadTokenError, ManifestError):
+        assert not issubclass(cls, swallowed), cls
+        assert issubclass(cls, PickleGuardError)
+
+
+def test_guarded_functions_do_not_bind_as_methods(run_py):
+    # multiprocessing's ForkingPickler and test suites store pickle.loads on classes.
+    run_py(
+        PRELUDE
+        + """
+pickleguard.activate(mode="warn")
+class Holder:
+    loads = pickle.loads
+    load = pickle.load
+assert Holder().loads(pickle.dumps(3)) == 3
+assert Holder().load(io.BytesIO(pickle.dumps(4))) == 4
+"""
+    )
