@@ -45,18 +45,23 @@ pub struct ManifestError {
     pub hint: String,
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ManifestError {
+    /// Where and what, without the hint: `origin:line:column: message`.
+    pub fn located_message(&self) -> String {
         if self.line > 0 {
-            write!(
-                f,
+            format!(
                 "{}:{}:{}: {}",
                 self.origin, self.line, self.column, self.message
-            )?;
+            )
         } else {
-            write!(f, "{}: {}", self.origin, self.message)?;
+            format!("{}: {}", self.origin, self.message)
         }
-        write!(f, "\nhint: {}", self.hint)
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\nhint: {}", self.located_message(), self.hint)
     }
 }
 
@@ -81,7 +86,10 @@ struct RawEntry {
 
 /// Line and column (both 1-based, column in characters) of byte `offset` in `text`.
 fn position(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -159,8 +167,10 @@ impl Manifest {
                         .iter()
                         .map(|p| {
                             FramePattern::parse(p.get_ref()).map_err(|e| {
-                                // +1 skips the opening quote of the TOML string.
-                                let at = p.span().start + 1 + e.offset;
+                                // +1 skips the opening quote. An escape sequence in the
+                                // TOML string shifts this; stay inside the string then.
+                                let span = p.span();
+                                let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
                                 fail(
                                     Some(at..at),
                                     e.message,
@@ -190,7 +200,7 @@ impl Manifest {
             line: 0,
             column: 0,
             message: format!("could not read the manifest: {e}"),
-            hint: "check the path given to activate() or PICKLEGUARD_MANIFEST".into(),
+            hint: "check the path given to activate()".into(),
         })?;
         Manifest::parse(&text, path)
     }
@@ -255,6 +265,17 @@ mod tests {
         let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"a:b c\"]\n");
         let err = Manifest::parse(&text, "m").unwrap_err();
         assert_eq!((err.line, err.column), (4, 14));
+    }
+
+    #[test]
+    fn non_ascii_pattern_errors_point_inside_the_string() {
+        let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"a:é-\"]\n");
+        let err = Manifest::parse(&text, "m").unwrap_err();
+        assert_eq!((err.line, err.column), (4, 14));
+        let text =
+            format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"a:\\u00e9-\"]\n");
+        let err = Manifest::parse(&text, "m").unwrap_err();
+        assert_eq!(err.line, 4);
     }
 
     #[test]

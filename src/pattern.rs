@@ -12,7 +12,7 @@ pub struct FramePattern {
     qualname: Vec<char>,
 }
 
-/// Why a pattern was rejected, with the 0-based char offset of the problem.
+/// Why a pattern was rejected, with the 0-based byte offset of the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
     pub offset: usize,
@@ -38,9 +38,9 @@ impl FramePattern {
                 format!("stack pattern {text:?} has no ':'; write it as \"module:qualname\", e.g. \"myapp.models:load_*\""),
             );
         };
-        for (offset, c) in text.chars().enumerate() {
+        for (offset, c) in text.char_indices() {
             if c == ':' {
-                if offset != text[..colon].chars().count() {
+                if offset != colon {
                     return err(
                         offset,
                         format!("stack pattern {text:?} has more than one ':'"),
@@ -158,6 +158,8 @@ mod tests {
         assert_eq!(FramePattern::parse("a:b c").unwrap_err().offset, 3);
         assert!(FramePattern::parse(":f").is_err());
         assert!(FramePattern::parse("m:").is_err());
+        // Offsets are in bytes, so a position after a multi-byte character is exact.
+        assert_eq!(FramePattern::parse("é:b c").unwrap_err().offset, 4);
     }
 
     #[test]

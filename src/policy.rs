@@ -139,7 +139,7 @@ impl<'f> LazyFrames<'f> {
 fn check_rules(rules: &Rules, digest: &Digest, frames: &mut LazyFrames<'_>) -> Option<Reason> {
     match rules {
         Rules::Nothing => Some(Reason::NoManifest),
-        Rules::Broken(err) => Some(Reason::BrokenManifest(err.to_string())),
+        Rules::Broken(err) => Some(Reason::BrokenManifest(err.located_message())),
         Rules::Manifest(manifest) => {
             let mut patterns = Vec::new();
             for entry in manifest.entries_for(digest) {

@@ -382,7 +382,16 @@ impl Grant {
 
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        let state = self.entered.lock().pop();
+        // One Grant object may be entered by several threads or tasks at once; end
+        // the innermost grant this thread or task entered, not another's.
+        let here = current_owner(py)?;
+        let state = {
+            let mut entered = self.entered.lock();
+            entered
+                .iter()
+                .rposition(|g| g.owner == here)
+                .map(|i| entered.remove(i))
+        };
         if let Some(state) = state {
             state.active.store(false, Ordering::Release);
             remove_node(py, &ScopeNode::Grant(state))?;
@@ -463,10 +472,24 @@ fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token>
     })?;
     let (rules, failure) = match manifest {
         None => (Rules::Nothing, None),
-        Some(path) => match Manifest::load(&path.to_string_lossy()) {
-            Ok(m) => (Rules::Manifest(m), None),
-            Err(e) => (Rules::Broken(e.clone()), Some(e)),
-        },
+        Some(path) => {
+            let origin = path.to_string_lossy().into_owned();
+            // A panic while reading must still leave a closed layer, never none at all.
+            let loaded =
+                std::panic::catch_unwind(|| Manifest::load(&origin)).unwrap_or_else(|_| {
+                    Err(CoreManifestError {
+                        origin: origin.clone(),
+                        line: 0,
+                        column: 0,
+                        message: "internal error while reading the manifest".into(),
+                        hint: "please report this with the manifest attached".into(),
+                    })
+                });
+            match loaded {
+                Ok(m) => (Rules::Manifest(m), None),
+                Err(e) => (Rules::Broken(e.clone()), Some(e)),
+            }
+        }
     };
     let id = next_layer_id();
     PROCESS_LAYERS
@@ -673,15 +696,15 @@ fn describe(
             format!("if this caller is trusted too, add this entry to {origin}:\n\n{entry}"),
         ),
         Reason::NoManifest => (
-            "was refused: pickleguard is active with no manifest, so nothing loads unless a scope allows it".into(),
-            format!("if this pickle is trusted, put this entry in a manifest and activate with it:\n\n{entry}"),
+            "is not allowed: pickleguard was activated with no manifest, so nothing loads unless allow_pickles() lifts it".into(),
+            format!("if this pickle is trusted, lift the layer around this load with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`, or activate with a manifest holding this entry:\n\n{entry}"),
         ),
         Reason::BrokenManifest(err) => (
-            format!("was refused because the manifest failed to load, so every load is refused: {err}"),
-            "fix the manifest (pickleguard check MANIFEST) and restart".into(),
+            format!("is not allowed: the manifest failed to load, and a layer whose manifest failed refuses every load ({err})"),
+            "fix the manifest (pickleguard check MANIFEST) and restart the process".into(),
         ),
         Reason::Scope => (
-            "was refused by a no_pickles() scope active in this thread or task".into(),
+            "is not allowed by a no_pickles() scope active in this thread or task".into(),
             format!("the code that opened the scope can allow it with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`"),
         ),
     };
@@ -1098,6 +1121,25 @@ fn pinned_load<'py>(
     run_original(py, admitted, options)
 }
 
+/// Make `cls` immutable on CPython 3.10+ (as the C `pickle.Unpickler` is), so no one
+/// can set attributes on the guarded Unpickler class, such as the original `load`.
+#[pyfunction]
+fn seal_type(cls: &Bound<'_, pyo3::types::PyType>) -> bool {
+    const PY_TPFLAGS_IMMUTABLETYPE: std::ffi::c_ulong = 1 << 8;
+    if cls.py().version_info() < (3, 10) {
+        return false;
+    }
+    let ty = cls.as_type_ptr();
+    // SAFETY: the GIL is held (`cls` is bound to it), `ty` points to the live type
+    // object `cls` owns, and in the GIL builds this module targets `tp_flags` is a
+    // plain integer. PyType_Modified drops any cached state derived from the flags.
+    unsafe {
+        (*ty).tp_flags |= PY_TPFLAGS_IMMUTABLETYPE;
+        pyo3::ffi::PyType_Modified(ty);
+    }
+    true
+}
+
 /// Delimit the pickle at the start of `data` without running it: its length and the
 /// number of out-of-band buffers it consumes.
 #[pyfunction]
@@ -1148,6 +1190,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pinned_loads, m)?)?;
     m.add_function(wrap_pyfunction!(pinned_load, m)?)?;
     m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(seal_type, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
     m.add_function(wrap_pyfunction!(identify, m)?)?;

@@ -46,6 +46,8 @@ def activate(
     It raises ManifestError if the manifest cannot be read; the layer is installed
     anyway and, in enforce mode, refuses every load until the process restarts.
     """
+    if mode not in ("enforce", "warn"):
+        raise ValueError(f'mode must be "enforce" or "warn", not {mode!r}')
     _gate.install()
     return _core.activate(None if manifest is None else os.fspath(manifest), mode)
 

@@ -53,19 +53,16 @@ class _Placeholder:
         raise _ImportRefused
 
 
-# Globals the dry run may really use: builtin scalar and container types and the
-# builtin exception classes. Constructing them runs no user code, and they let the
-# run reach the structural error plain pickle would report after them.
+# Globals the dry run may really use: the builtin exception classes. Constructing
+# one runs no user code and allocates nothing beyond its arguments, and it lets the
+# run reach the structural error plain pickle would report after it. Scalar and
+# container types stay placeholders: `bytearray(1 << 40)` would allocate.
 _DRY_RUN_MODULES = frozenset({"builtins", "__builtin__", "exceptions"})
 _DRY_RUN_GLOBALS: Dict[str, type] = {
     name: obj
     for name, obj in vars(__import__("builtins")).items()
     if isinstance(obj, type) and issubclass(obj, BaseException)
 }
-_DRY_RUN_GLOBALS.update(
-    (t.__name__, t)
-    for t in (bool, bytearray, bytes, complex, dict, float, frozenset, int, list, set, str, tuple)
-)
 
 
 def _refuse_import(self: Any, module: str, name: str) -> Any:
@@ -88,8 +85,9 @@ def _explain_undelimited(
     """Raise the exception plain pickle raises for input we could not delimit.
 
     The input is run through the real unpickler with every global replaced by an
-    inert placeholder that stops the run as soon as it is called or touched. Only
-    builtin containers and scalars can be built, so no code runs. A structural
+    inert placeholder that stops the run as soon as it is called or touched (builtin
+    exception classes excepted). Only literals, containers and exception instances
+    can be built, so no code runs. A structural
     error the run meets first (a bad mark, an empty stack, a bad string) is the
     one plain pickle raises; otherwise the reader's own error stands.
     """
@@ -225,3 +223,4 @@ def installed() -> bool:
 
 
 _core.bind_gate(_c_loads, _explain_undelimited)
+_core.seal_type(Unpickler)
