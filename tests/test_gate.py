@@ -363,6 +363,23 @@ for name, load in loaders().items():
     assert not guarded.exists()
 
 
+def test_undelimited_input_is_explained_without_allocating(run_py):
+    # Technique: a truncated pickle whose REDUCE would build bytearray(2**40). The
+    # dry run that explains undelimited input must not call it.
+    run_py(
+        PRELUDE
+        + r"""
+pickleguard.activate()
+data = b"cbuiltins\nbytearray\n(\x8a\x06\x00\x00\x00\x00\x00\x01tR"
+for load in (pickle.loads, pickle._loads):
+    try:
+        load(data)
+    except pickle.UnpicklingError:
+        pass
+"""
+    )
+
+
 def test_errors_do_not_derive_from_exceptions_libraries_swallow():
     from pickleguard import BadTokenError, ManifestError, NoPickleError, PickleGuardError
 

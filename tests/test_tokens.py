@@ -296,3 +296,37 @@ else:
     raise SystemExit("a pin lifted the operator's denial")
 """
     )
+
+
+def test_one_grant_object_shared_by_overlapping_tasks(run_py):
+    run_py(
+        PRELUDE
+        + """
+token = pickleguard.activate()
+grant = allow_pickles(token)
+seen = {}
+
+async def worker(name, enter, leave):
+    await enter.wait()
+    with grant:
+        seen[name + " inside"] = loads_ok()
+        await leave.wait()
+        seen[name + " inside at the end"] = loads_ok()
+    seen[name + " after"] = loads_ok()
+
+async def main():
+    a_in, b_in, a_out, b_out = (asyncio.Event() for _ in range(4))
+    ta = asyncio.create_task(worker("a", a_in, a_out))
+    tb = asyncio.create_task(worker("b", b_in, b_out))
+    a_in.set(); await asyncio.sleep(0.01)
+    b_in.set(); await asyncio.sleep(0.01)
+    a_out.set(); await asyncio.sleep(0.01)   # a leaves first: b's grant must survive
+    b_out.set()
+    await asyncio.gather(ta, tb)
+
+asyncio.run(main())
+assert seen == {"a inside": True, "b inside": True,
+                "a inside at the end": True, "b inside at the end": True,
+                "a after": False, "b after": False}, seen
+"""
+    )
