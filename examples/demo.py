@@ -49,7 +49,7 @@ def main(workdir: Path) -> int:
     write_checkpoint(checkpoint)
     print(f"checkpoint: {pickleguard.identify(checkpoint.read_bytes())}")
 
-    pickleguard.activate(MANIFEST)
+    pickleguard.activate(os.path.relpath(MANIFEST))
     weights = load_checkpoint(checkpoint)
     print(f"loaded: epoch {weights['epoch']}, {len(weights)} keys")  # type: ignore[index]
 
