@@ -5,11 +5,13 @@
 //! interpreter. The `python` feature adds the PyO3 boundary built by maturin.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod channels;
 pub mod identity;
 pub mod manifest;
 pub mod pattern;
 pub mod policy;
 pub mod reader;
+pub mod scan;
 
 #[cfg(feature = "python")]
 mod python;

@@ -26,11 +26,23 @@ pub struct Entry {
     pub line: usize,
 }
 
+/// One `[[channel]]` rule: pickles loaded directly by one of `callers` (the innermost
+/// frame outside pickle) are allowed whatever their hash. For a trusted transport,
+/// such as multiprocessing's own pipes, whose messages change on every run.
+#[derive(Debug, Clone)]
+pub struct ChannelRule {
+    pub name: String,
+    pub callers: Vec<FramePattern>,
+    pub note: Option<String>,
+    pub line: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Manifest {
     /// Where the manifest came from, as shown in messages (usually its path).
     pub origin: String,
     entries: Vec<Entry>,
+    channels: Vec<ChannelRule>,
     by_digest: HashMap<Digest, Vec<usize>>,
 }
 
@@ -73,6 +85,16 @@ struct RawManifest {
     version: Option<Spanned<i64>>,
     #[serde(default)]
     pickle: Vec<RawEntry>,
+    #[serde(default)]
+    channel: Vec<RawChannel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Spanned<String>,
+    callers: Spanned<Vec<Spanned<String>>>,
+    note: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +146,24 @@ impl Manifest {
                 hint: hint.to_owned(),
             }
         };
+        let parse_patterns = |patterns: &[Spanned<String>]| {
+            patterns
+                .iter()
+                .map(|p| {
+                    FramePattern::parse(p.get_ref()).map_err(|e| {
+                        // +1 skips the opening quote. An escape sequence in the TOML
+                        // string shifts this; stay inside the string then.
+                        let span = p.span();
+                        let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
+                        fail(
+                            Some(at..at),
+                            e.message,
+                            "stack patterns look like \"package.module:function\" and may use * and ?",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             fail(
                 e.span(),
@@ -162,24 +202,7 @@ impl Manifest {
             })?;
             let stack = match entry.stack {
                 None => None,
-                Some(patterns) => Some(
-                    patterns
-                        .iter()
-                        .map(|p| {
-                            FramePattern::parse(p.get_ref()).map_err(|e| {
-                                // +1 skips the opening quote. An escape sequence in the
-                                // TOML string shifts this; stay inside the string then.
-                                let span = p.span();
-                                let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
-                                fail(
-                                    Some(at..at),
-                                    e.message,
-                                    "stack patterns look like \"package.module:function\" and may use * and ?",
-                                )
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
+                Some(patterns) => Some(parse_patterns(&patterns)?),
             };
             let line = position(text, entry.sha256.span().start).0;
             manifest.push(Entry {
@@ -190,7 +213,40 @@ impl Manifest {
                 line,
             });
         }
+        for channel in raw.channel {
+            if channel.name.get_ref().trim().is_empty() {
+                return Err(fail(
+                    Some(channel.name.span()),
+                    "a channel needs a name".into(),
+                    "name the transport, e.g. name = \"multiprocessing\"",
+                ));
+            }
+            if channel.callers.get_ref().is_empty() {
+                return Err(fail(
+                    Some(channel.callers.span()),
+                    "a channel needs at least one caller".into(),
+                    "list the functions that load the channel's messages, as `pickleguard record` writes them",
+                ));
+            }
+            manifest.channels.push(ChannelRule {
+                line: position(text, channel.name.span().start).0,
+                name: channel.name.into_inner(),
+                callers: parse_patterns(channel.callers.get_ref())?,
+                note: channel.note,
+            });
+        }
         Ok(manifest)
+    }
+
+    pub fn channels(&self) -> &[ChannelRule] {
+        &self.channels
+    }
+
+    /// The channel rule, if any, whose callers include `caller` (`module:qualname`).
+    pub fn channel_for(&self, caller: &str) -> Option<&ChannelRule> {
+        self.channels
+            .iter()
+            .find(|c| c.callers.iter().any(|p| p.matches(caller)))
     }
 
     /// Read and parse the manifest at `path`.
@@ -275,6 +331,23 @@ mod tests {
         let text =
             format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nstack = [\"a:\\u00e9-\"]\n");
         let err = Manifest::parse(&text, "m").unwrap_err();
+        assert_eq!(err.line, 4);
+    }
+
+    #[test]
+    fn channel_rules_match_the_innermost_caller() {
+        let text = "version = 1\n[[channel]]\nname = \"multiprocessing\"\ncallers = [\"multiprocessing.connection:Connection.recv\"]\n";
+        let m = Manifest::parse(text, "m").unwrap();
+        assert_eq!(m.channels().len(), 1);
+        assert!(m
+            .channel_for("multiprocessing.connection:Connection.recv")
+            .is_some());
+        assert!(m.channel_for("app:load").is_none());
+        let err = Manifest::parse(
+            "version = 1\n[[channel]]\nname = \"x\"\ncallers = []\n",
+            "m",
+        )
+        .unwrap_err();
         assert_eq!(err.line, 4);
     }
 

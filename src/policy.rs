@@ -45,6 +45,8 @@ pub enum Rules {
     Manifest(Manifest),
     /// The manifest failed to load; everything is refused and this says why.
     Broken(ManifestError),
+    /// Everything loads (`pickleguard record`, which journals each load instead).
+    Everything,
 }
 
 #[derive(Debug)]
@@ -113,41 +115,54 @@ fn lifted(layer: LayerId, digest: &Digest, grants: &[ActiveGrant<'_>]) -> bool {
         .any(|g| g.layer == layer && g.only.is_none_or(|only| only.contains(digest)))
 }
 
-/// Frames of the loading call stack (`module:qualname`, outermost first), computed
-/// at most once and only if an entry with a stack pattern needs them.
+/// The loading call stack as the policy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStack {
+    /// `module:qualname` of each frame, outermost first, pickleguard's own left out.
+    pub frames: Vec<String>,
+    /// The innermost frame outside pickle and pickleguard: the code that loaded.
+    pub caller: Option<String>,
+}
+
+/// The call stack, computed at most once and only if a rule needs it.
 pub struct LazyFrames<'f> {
-    compute: &'f mut dyn FnMut() -> Vec<String>,
-    frames: Option<Vec<String>>,
+    compute: &'f mut dyn FnMut() -> CallStack,
+    stack: Option<CallStack>,
 }
 
 impl<'f> LazyFrames<'f> {
-    pub fn new(compute: &'f mut dyn FnMut() -> Vec<String>) -> Self {
+    pub fn new(compute: &'f mut dyn FnMut() -> CallStack) -> Self {
         LazyFrames {
             compute,
-            frames: None,
+            stack: None,
         }
     }
 
-    pub fn get(&mut self) -> &[String] {
-        if self.frames.is_none() {
-            self.frames = Some((self.compute)());
-        }
-        self.frames.as_deref().unwrap_or_default()
+    pub fn get(&mut self) -> &CallStack {
+        self.stack.get_or_insert_with(|| (self.compute)())
     }
 }
 
 fn check_rules(rules: &Rules, digest: &Digest, frames: &mut LazyFrames<'_>) -> Option<Reason> {
     match rules {
         Rules::Nothing => Some(Reason::NoManifest),
+        Rules::Everything => None,
         Rules::Broken(err) => Some(Reason::BrokenManifest(err.located_message())),
         Rules::Manifest(manifest) => {
             let mut patterns = Vec::new();
             for entry in manifest.entries_for(digest) {
                 match &entry.stack {
                     None => return None,
-                    Some(stack) if stack_matches(stack, frames.get()) => return None,
+                    Some(stack) if stack_matches(stack, &frames.get().frames) => return None,
                     Some(stack) => {
                         patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect())
+                    }
+                }
+            }
+            if !manifest.channels().is_empty() {
+                if let Some(caller) = frames.get().caller.as_deref() {
+                    if manifest.channel_for(caller).is_some() {
+                        return None;
                     }
                 }
             }
@@ -181,7 +196,7 @@ pub fn decide(
                 origin: match &layer.rules {
                     Rules::Manifest(m) => Some(m.origin.clone()),
                     Rules::Broken(e) => Some(e.origin.clone()),
-                    Rules::Nothing => None,
+                    Rules::Nothing | Rules::Everything => None,
                 },
                 reason,
             });
@@ -225,7 +240,10 @@ mod tests {
         grants: &[ActiveGrant<'_>],
         frames: &[&str],
     ) -> Decision {
-        let owned: Vec<String> = frames.iter().map(|s| s.to_string()).collect();
+        let owned = CallStack {
+            frames: frames.iter().map(|s| s.to_string()).collect(),
+            caller: frames.last().map(|s| s.to_string()),
+        };
         let mut compute = move || owned.clone();
         let mut lazy = LazyFrames::new(&mut compute);
         decide(process, scopes, grants, &digest(), &mut lazy)
@@ -272,7 +290,7 @@ mod tests {
         let mut calls = 0;
         let mut compute = || {
             calls += 1;
-            Vec::new()
+            CallStack::default()
         };
         let mut lazy = LazyFrames::new(&mut compute);
         assert!(decide(&[l], &[], &[], &digest(), &mut lazy).allowed());
@@ -318,6 +336,20 @@ mod tests {
             only: Some(&only),
         }];
         assert!(run(&[closed], &[], &g, &[]).allowed());
+    }
+
+    #[test]
+    fn channel_rules_allow_only_their_callers() {
+        let m = "version = 1\n[[channel]]\nname = \"mp\"\ncallers = [\"multiprocessing.connection:Connection.recv\"]\n";
+        let l = layer(1, Mode::Enforce, Some(m));
+        let recv = [
+            "__main__:<module>",
+            "multiprocessing.connection:Connection.recv",
+        ];
+        assert!(run(std::slice::from_ref(&l), &[], &[], &recv).allowed());
+        // User code below a worker's frames is not the channel.
+        let user = ["multiprocessing.pool:worker", "app:task"];
+        assert!(!run(&[l], &[], &[], &user).allowed());
     }
 
     #[test]

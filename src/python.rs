@@ -16,9 +16,11 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString};
 use crate::identity::{sha256, sha256_with_buffers, to_hex};
 use crate::manifest::{parse_digest, Digest, Manifest, ManifestError as CoreManifestError};
 use crate::policy::{
-    decide, ActiveGrant, Decision, LayerId, LazyFrames, Mode, ProcessLayer, Reason, Refusal, Rules,
+    decide, ActiveGrant, CallStack, Decision, LayerId, LazyFrames, Mode, ProcessLayer, Reason,
+    Refusal, Rules,
 };
 use crate::reader::{self, ReadError, Source};
+use crate::scan;
 
 pyo3::import_exception!(pickleguard.errors, PickleGuardError);
 pyo3::import_exception!(pickleguard.errors, NoPickleError);
@@ -511,6 +513,7 @@ fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
     for layer in PROCESS_LAYERS.read().iter() {
         let (origin, entries, broken) = match &layer.rules {
             Rules::Nothing => (None, 0, None),
+            Rules::Everything => (Some("<record: everything>".to_owned()), 0, None),
             Rules::Manifest(m) => (Some(m.origin.clone()), m.entries().len(), None),
             Rules::Broken(e) => (Some(e.origin.clone()), 0, Some(e.to_string())),
         };
@@ -519,12 +522,83 @@ fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
     Ok(list)
 }
 
+/// The globals the pickle at the start of `data` would import, found without
+/// running it, as (name, risky) pairs.
+#[pyfunction]
+fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> {
+    let bytes = snapshot_bytes(data)?;
+    Ok(scan::imports(bytes.as_bytes())
+        .iter()
+        .map(|i| (i.render(), i.is_risky()))
+        .collect())
+}
+
+/// What a manifest holds, for merging: its entries as (sha256 hex, stack patterns or
+/// None) and its channels as (name, callers).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn manifest_summary(
+    path: std::path::PathBuf,
+) -> PyResult<(
+    Vec<(String, Option<Vec<String>>)>,
+    Vec<(String, Vec<String>)>,
+)> {
+    let manifest = Manifest::load(&path.to_string_lossy())
+        .map_err(|e| PyErr::from(GuardError::Manifest(e)))?;
+    let entries = manifest
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                to_hex(&e.sha256),
+                e.stack
+                    .as_ref()
+                    .map(|s| s.iter().map(|p| p.as_str().to_owned()).collect()),
+            )
+        })
+        .collect();
+    let channels = manifest
+        .channels()
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.callers.iter().map(|p| p.as_str().to_owned()).collect(),
+            )
+        })
+        .collect();
+    Ok((entries, channels))
+}
+
+/// Add a process layer that allows every load (`pickleguard record`).
+#[pyfunction]
+fn record_layer() {
+    PROCESS_LAYERS.write().push(Arc::new(ProcessLayer {
+        id: next_layer_id(),
+        mode: Mode::Enforce,
+        rules: Rules::Everything,
+    }));
+}
+
 /// Validate a manifest file, raising ManifestError; returns its entry count.
 #[pyfunction]
 fn check_manifest(path: std::path::PathBuf) -> PyResult<usize> {
-    Manifest::load(&path.to_string_lossy())
-        .map(|m| m.entries().len())
+    load_manifest(&path.to_string_lossy())
+        .map(|m| m.entries().len() + m.channels().len())
         .map_err(|e| GuardError::Manifest(e).into())
+}
+
+/// Read a manifest; a panic while reading becomes a ManifestError, never a pass.
+fn load_manifest(origin: &str) -> std::result::Result<Manifest, CoreManifestError> {
+    std::panic::catch_unwind(|| Manifest::load(origin)).unwrap_or_else(|_| {
+        Err(CoreManifestError {
+            origin: origin.to_owned(),
+            line: 0,
+            column: 0,
+            message: "internal error while reading the manifest".into(),
+            hint: "please report this with the manifest attached".into(),
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -575,17 +649,22 @@ fn walk_frames(
     Ok(())
 }
 
-/// `module:qualname` of each frame, outermost first, leaving out pickleguard's own.
-fn call_stack(py: Python<'_>) -> Vec<String> {
-    let mut frames = Vec::new();
+/// The loading call stack: every frame but pickleguard's own, outermost first, and
+/// the innermost frame outside pickle and pickleguard.
+fn call_stack(py: Python<'_>) -> CallStack {
+    let mut stack = CallStack::default();
     let _ = walk_frames(py, |name, _| {
-        if !is_internal(name.split(':').next().unwrap_or_default()) {
-            frames.push(name.to_owned());
+        let module = name.split(':').next().unwrap_or_default();
+        if !is_internal(module) {
+            stack.frames.push(name.to_owned());
+        }
+        if stack.caller.is_none() && !is_pickle_machinery(module) {
+            stack.caller = Some(name.to_owned());
         }
         true
     });
-    frames.reverse();
-    frames
+    stack.frames.reverse();
+    stack
 }
 
 /// The innermost frame outside pickle and pickleguard: the code that asked for the load.
@@ -697,10 +776,10 @@ fn describe(
         ),
         Reason::NoManifest => (
             "is not allowed: pickleguard was activated with no manifest, so nothing loads unless allow_pickles() lifts it".into(),
-            format!("if this pickle is trusted, lift the layer around this load with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`, or activate with a manifest holding this entry:\n\n{entry}"),
+            format!("if this pickle is trusted, enforce a manifest holding this entry instead (PICKLEGUARD_MANIFEST, or activate(manifest=...)); code holding this layer's token can also lift it with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`\n\n{entry}"),
         ),
         Reason::BrokenManifest(err) => (
-            format!("is not allowed: the manifest failed to load, and a layer whose manifest failed refuses every load ({err})"),
+            format!("is not allowed: the manifest failed to load ({err}), and until it loads this layer allows no pickle"),
             "fix the manifest (pickleguard check MANIFEST) and restart the process".into(),
         ),
         Reason::Scope => (
@@ -754,8 +833,17 @@ fn hash(py: Python<'_>, data: &[u8]) -> Digest {
     }
 }
 
-/// Apply the call-site pin, then every layer; log; refuse or return.
-fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Result<()> {
+/// What the gate knows about one load, for the decision, the journal and the logs.
+struct Load<'a> {
+    digest: &'a Digest,
+    pickle: &'a [u8],
+    /// The file's name, when the pickle came from a file object that has one.
+    source: Option<String>,
+}
+
+/// Apply the call-site pin, then every layer; log; journal; refuse or return.
+fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
+    let (digest, size) = (load.digest, load.pickle.len());
     if let Some(pin) = pin {
         let expected = parse_digest(pin)
             .map_err(|e| GuardError::Py(PyValueError::new_err(format!("sha256 pin: {e}"))))?;
@@ -779,7 +867,8 @@ fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Res
     }
     let layers = PROCESS_LAYERS.read().clone();
     let scopes = active_scopes(py)?;
-    if layers.is_empty() && scopes.scopes.is_empty() {
+    let journal = JOURNAL.get();
+    if layers.is_empty() && scopes.scopes.is_empty() && journal.is_none() {
         return Ok(log_allowed(py, digest, size)?);
     }
     let grants: Vec<ActiveGrant<'_>> = scopes
@@ -793,6 +882,11 @@ fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Res
     let mut compute = || call_stack(py);
     let mut frames = LazyFrames::new(&mut compute);
     let decision: Decision = decide(&layers, &scopes.scopes, &grants, digest, &mut frames);
+    if decision.allowed() {
+        if let Some(journal) = journal {
+            journal.record(load, frames.get());
+        }
+    }
     if decision.refusals.is_empty() {
         return Ok(log_allowed(py, digest, size)?);
     }
@@ -800,6 +894,7 @@ fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Res
     let who = caller(py);
     for warning in decision.warnings() {
         let d = describe(warning, &digest_hex, size, who.as_ref());
+        audit(&d, "warn", warning, load);
         logger(py)?.call_method1(
             "warning",
             ("warn mode, allowed anyway: %s", d.message.as_str()),
@@ -807,10 +902,130 @@ fn judge(py: Python<'_>, digest: &Digest, size: usize, pin: Option<&str>) -> Res
     }
     if let Some(refusal) = decision.denial() {
         let d = describe(refusal, &digest_hex, size, who.as_ref());
+        audit(&d, "deny", refusal, load);
         logger(py)?.call_method1("error", ("%s", d.message.as_str()))?;
         return Err(GuardError::Denied(Box::new(d)));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The record journal and the audit log: JSON lines, one write(2) per line on a file
+// opened for appending, so concurrent processes interleave whole lines and a crash
+// loses nothing already written.
+
+fn append_line(file: &mut std::fs::File, mut line: String) {
+    use std::io::Write as _;
+    line.push('\n');
+    // Best effort by design: a full disk must not turn an allowed load into a crash.
+    let _ = file.write_all(line.as_bytes());
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `pickleguard record`'s journal: a directory where each process appends to its own
+/// file, reopened after a fork so parent and child never share one.
+struct Journal {
+    dir: std::path::PathBuf,
+    file: Mutex<Option<(u32, std::fs::File)>>,
+}
+
+static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync::OnceCell::new();
+
+impl Journal {
+    fn record(&self, load: &Load<'_>, stack: &CallStack) {
+        let imports = scan::imports(load.pickle);
+        let caller = stack.caller.clone().unwrap_or_default();
+        let channel = crate::channels::known_channel(&caller);
+        let entry = serde_json::json!({
+            "v": 1,
+            "time": now(),
+            "pid": std::process::id(),
+            "sha256": to_hex(load.digest),
+            "size": load.pickle.len(),
+            "caller": caller,
+            "stack": stack.frames,
+            "source": load.source,
+            "channel": channel,
+            "imports": imports.iter().map(scan::Import::render).collect::<Vec<_>>(),
+            "risky": imports.iter().filter(|i| i.is_risky()).map(scan::Import::render).collect::<Vec<_>>(),
+        });
+        let pid = std::process::id();
+        let mut slot = self.file.lock();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            let path = self.dir.join(format!(
+                "journal-{pid}-{}.jsonl",
+                NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed)
+            ));
+            *slot = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+                .map(|f| (pid, f));
+        }
+        if let Some((_, file)) = slot.as_mut() {
+            append_line(file, entry.to_string());
+        }
+    }
+}
+
+/// Journal every allowed load to files in `directory` (used by `pickleguard record`).
+#[pyfunction]
+fn start_journal(directory: std::path::PathBuf) -> PyResult<()> {
+    std::fs::create_dir_all(&directory).map_err(|e| {
+        PickleGuardError::new_err(format!(
+            "could not create the record journal {}: {e}",
+            directory.display()
+        ))
+    })?;
+    let _ = JOURNAL.set(Journal {
+        dir: directory,
+        file: Mutex::new(None),
+    });
+    Ok(())
+}
+
+static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
+    once_cell::sync::OnceCell::new();
+
+/// Also write each warn-mode report and each denial as a JSON line to `path`.
+#[pyfunction]
+fn set_audit_log(path: std::path::PathBuf) -> PyResult<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| {
+            PickleGuardError::new_err(format!(
+                "could not open the audit log {}: {e}",
+                path.display()
+            ))
+        })?;
+    let _ = AUDIT_LOG.set(Mutex::new(file));
+    Ok(())
+}
+
+fn audit(denial: &Denial, event: &str, refusal: &Refusal, load: &Load<'_>) {
+    if let Some(log) = AUDIT_LOG.get() {
+        let line = serde_json::json!({
+            "time": now(),
+            "pid": std::process::id(),
+            "event": event,
+            "code": denial.code,
+            "sha256": denial.digest_hex,
+            "size": denial.size,
+            "caller": denial.caller,
+            "manifest": refusal.origin,
+            "source": load.source,
+        });
+        append_line(&mut log.lock(), line.to_string());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -900,7 +1115,12 @@ fn admit_bytes<'py>(
     let pickle = &raw[..extent.len];
     let (digest, feed_buffers) =
         identify_with_buffers(py, pickle, extent.out_of_band_buffers, buffers)?;
-    judge(py, &digest, extent.len, sha256)?;
+    let load = Load {
+        digest: &digest,
+        pickle,
+        source: None,
+    };
+    judge(py, &load, sha256)?;
     let feed = if extent.len == raw.len() {
         bytes.into_any()
     } else {
@@ -945,6 +1165,7 @@ fn admit_stream_inner<'py>(
     readline: &Bound<'py, PyAny>,
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
+    source_name: Option<String>,
 ) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
     let mut source = PyFileSource { read, readline };
     let mut pickle = Vec::new();
@@ -961,22 +1182,50 @@ fn admit_stream_inner<'py>(
     };
     let (digest, feed_buffers) =
         identify_with_buffers(py, &pickle, extent.out_of_band_buffers, buffers)?;
-    judge(py, &digest, extent.len, sha256)?;
+    let load = Load {
+        digest: &digest,
+        pickle: &pickle,
+        source: source_name,
+    };
+    judge(py, &load, sha256)?;
     Ok((PyBytes::new(py, &pickle), feed_buffers))
 }
 
 /// `admit_stream` for the Python-level unpickler classes: raises `_UndelimitedPickle`
 /// for input that cannot be delimited, which the caller explains.
 #[pyfunction]
-#[pyo3(signature = (read, readline, buffers=None, sha256=None))]
+#[pyo3(signature = (read, readline, buffers=None, sha256=None, file=None))]
 fn admit_stream<'py>(
     py: Python<'py>,
     read: &Bound<'py, PyAny>,
     readline: &Bound<'py, PyAny>,
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
+    file: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
-    Ok(admit_stream_inner(py, read, readline, buffers, sha256)?)
+    let name = file.as_ref().and_then(source_name);
+    Ok(admit_stream_inner(
+        py, read, readline, buffers, sha256, name,
+    )?)
+}
+
+/// The name of the file a pickle is read from, for the journal and the audit log
+/// only (looked up only when one of them is on).
+fn source_name(file: &Bound<'_, PyAny>) -> Option<String> {
+    if JOURNAL.get().is_none() && AUDIT_LOG.get().is_none() {
+        return None;
+    }
+    let name = file.getattr("name").ok()?;
+    let name = py_fspath(&name).unwrap_or(name);
+    name.extract::<String>().ok()
+}
+
+fn py_fspath<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    obj.py()
+        .import("os")
+        .ok()?
+        .call_method1("fspath", (obj,))
+        .ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -1087,7 +1336,8 @@ fn load<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
-    let admitted = admit_stream_inner(py, &read, &readline, buffers, None)
+    let name = source_name(file);
+    let admitted = admit_stream_inner(py, &read, &readline, buffers, None, name)
         .map(|(bytes, b)| (bytes.into_any(), b));
     run_original(py, admitted, options)
 }
@@ -1116,7 +1366,8 @@ fn pinned_load<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
-    let admitted = admit_stream_inner(py, &read, &readline, buffers, Some(sha256))
+    let name = source_name(file);
+    let admitted = admit_stream_inner(py, &read, &readline, buffers, Some(sha256), name)
         .map(|(bytes, b)| (bytes.into_any(), b));
     run_original(py, admitted, options)
 }
@@ -1143,9 +1394,11 @@ fn seal_type(cls: &Bound<'_, pyo3::types::PyType>) -> bool {
 /// Delimit the pickle at the start of `data` without running it: its length and the
 /// number of out-of-band buffers it consumes.
 #[pyfunction]
-fn delimit(data: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+#[pyo3(signature = (data, offset=0))]
+fn delimit(data: &Bound<'_, PyAny>, offset: usize) -> PyResult<(usize, usize)> {
     let bytes = snapshot_bytes(data)?;
-    reader::delimit(bytes.as_bytes())
+    let tail = bytes.as_bytes().get(offset..).unwrap_or_default();
+    reader::delimit(tail)
         .map(|e| (e.len, e.out_of_band_buffers))
         .map_err(|e| GuardError::Read(e.map_source(|never| match never {})).into())
 }
@@ -1191,6 +1444,11 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pinned_load, m)?)?;
     m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
     m.add_function(wrap_pyfunction!(seal_type, m)?)?;
+    m.add_function(wrap_pyfunction!(start_journal, m)?)?;
+    m.add_function(wrap_pyfunction!(set_audit_log, m)?)?;
+    m.add_function(wrap_pyfunction!(imports, m)?)?;
+    m.add_function(wrap_pyfunction!(manifest_summary, m)?)?;
+    m.add_function(wrap_pyfunction!(record_layer, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
     m.add_function(wrap_pyfunction!(identify, m)?)?;

@@ -139,6 +139,8 @@ pub fn arg_layout(code: u8) -> Option<ArgLayout> {
 pub enum ReadError<E> {
     /// The input ended before the first opcode (`EOFError` in CPython).
     Empty,
+    /// The input ended where an opcode should start (`EOFError` in CPython too).
+    EndAtOpcode,
     /// The input ended inside the pickle.
     Truncated,
     InvalidOpcode(u8),
@@ -159,7 +161,7 @@ pub enum ReadError<E> {
 impl<E> ReadError<E> {
     /// Whether CPython raises `EOFError` (rather than `UnpicklingError`) for this.
     pub fn is_eof(&self) -> bool {
-        matches!(self, ReadError::Empty)
+        matches!(self, ReadError::Empty | ReadError::EndAtOpcode)
     }
 
     /// Whether CPython raises `OverflowError` for this.
@@ -173,6 +175,7 @@ impl<E> ReadError<E> {
     {
         match self {
             ReadError::Empty => ReadError::Empty,
+            ReadError::EndAtOpcode => ReadError::EndAtOpcode,
             ReadError::Truncated => ReadError::Truncated,
             ReadError::InvalidOpcode(c) => ReadError::InvalidOpcode(c),
             ReadError::NegativeLength(c) => ReadError::NegativeLength(c),
@@ -200,7 +203,7 @@ fn counted_name(code: u8) -> &'static str {
 impl<E: fmt::Display> fmt::Display for ReadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReadError::Empty => f.write_str("Ran out of input"),
+            ReadError::Empty | ReadError::EndAtOpcode => f.write_str("Ran out of input"),
             ReadError::Truncated => f.write_str("pickle data was truncated"),
             ReadError::InvalidOpcode(c) if c.is_ascii_graphic() || *c == b' ' => {
                 write!(f, "invalid load key, '{}'.", *c as char)
@@ -402,7 +405,10 @@ impl<I: Input> Scanner<I> {
             return Err(ReadError::Empty);
         }
         loop {
-            let at = self.take(1)?;
+            let at = match self.take(1) {
+                Err(ReadError::Truncated) => return Err(ReadError::EndAtOpcode),
+                other => other?,
+            };
             let code = self.input.data()[at];
             let layout = arg_layout(code).ok_or(ReadError::InvalidOpcode(code))?;
             match layout {
@@ -549,6 +555,8 @@ mod tests {
     fn empty_and_truncated() {
         assert_eq!(delimit(b""), Err(ReadError::Empty));
         assert_eq!(delimit(b"\x80\x04K"), Err(ReadError::Truncated));
+        // Like CPython: ending where an opcode should start is an EOFError.
+        assert_eq!(delimit(b"\x80\x04K\x01"), Err(ReadError::EndAtOpcode));
         assert_eq!(delimit(b"S'abc"), Err(ReadError::Truncated));
         assert_eq!(delimit(b"X\xff\xff\xff\x00ab"), Err(ReadError::Truncated));
     }

@@ -331,6 +331,15 @@ def test_malformed_input_is_never_run_and_raises_like_plain_pickle(run_py, tmp_p
 TRUNCATED = open("truncated.pkl", "rb").read()
 MALFORMED = [b"", b"\x80\x04", b"zz", b"(.", b"0.", b"\x80\x02]\x94.", b"Vlist\n\x93",
              b"cbuiltins\nlist\n)(R", b"S'abc\n.", b"I12x\n."]
+# Truncated checkpoints: class instances cut before STOP, at and inside an opcode.
+# Matched exactly for the C unpickler; the pure-Python one accepts a last line with
+# no newline, so there only "an EOFError or UnpicklingError" is required.
+import collections, fractions
+TRUNCATED_CHECKPOINTS = []
+for obj in (collections.OrderedDict(a=1), fractions.Fraction(1, 3)):
+    for proto in (0, 2, 4):
+        full = pickle.dumps(obj, protocol=proto)
+        TRUNCATED_CHECKPOINTS += [full[:-1], full[:-3]]
 # A FRAME longer than the data: the C unpickler calls it truncated, the pure-Python
 # one reads what is there. pickleguard refuses it like the C unpickler, everywhere.
 SHORT_FRAME = b"\x95\x09\x00\x00\x00\x00\x00\x00\x00N."
@@ -350,13 +359,16 @@ def loaders():
     }
 
 plain = {(name, d): outcome(f, d) for name, f in loaders().items() for d in MALFORMED}
-plain.update({(name, SHORT_FRAME): outcome(f, SHORT_FRAME) for name, f in loaders().items() if name != "py"})
+for extra in [SHORT_FRAME] + TRUNCATED_CHECKPOINTS:
+    plain.update({(name, extra): outcome(f, extra) for name, f in loaders().items() if name != "py"})
 pickleguard.activate(mode="warn")
 for (name, d), expected in plain.items():
     got = outcome(loaders()[name], d)
     assert got == expected, (name, d, got, expected)
 for name, load in loaders().items():
     assert outcome(load, TRUNCATED)[0] == "error", name
+    for data in TRUNCATED_CHECKPOINTS:
+        assert outcome(load, data)[1] in ("EOFError", "UnpicklingError"), (name, data)
     assert outcome(load, SHORT_FRAME) == ("error", "UnpicklingError"), name
 """
     )
@@ -374,7 +386,7 @@ data = b"cbuiltins\nbytearray\n(\x8a\x06\x00\x00\x00\x00\x00\x01tR"
 for load in (pickle.loads, pickle._loads):
     try:
         load(data)
-    except pickle.UnpicklingError:
+    except (pickle.UnpicklingError, EOFError):
         pass
 """
     )

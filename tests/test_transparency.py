@@ -282,3 +282,23 @@ def check():
 plain_and_guarded(check)
 """
     )
+
+
+def test_a_subclass_that_skips_the_guarded_init_cannot_load(run_py):
+    # Technique: initialise the C base class directly, leaving the guarded
+    # Unpickler with no verified input, then call load().
+    run_py(
+        PRELUDE
+        + """
+token = pickleguard.activate()
+class Sneaky(pickle.Unpickler):
+    def __init__(self, f):
+        pickle.Unpickler.__base__.__init__(self, f)
+try:
+    Sneaky(io.BytesIO(pickle.dumps([1]))).load()
+except pickle.UnpicklingError as e:
+    assert "__init__() was not called" in str(e), e
+else:
+    raise SystemExit("loaded without verification")
+"""
+    )

@@ -7,6 +7,7 @@ process-wide layer; ``no_pickles()`` and ``allow_pickles()`` scope loads in code
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Optional, Union
 
@@ -45,11 +46,30 @@ def activate(
 
     It raises ManifestError if the manifest cannot be read; the layer is installed
     anyway and, in enforce mode, refuses every load until the process restarts.
+
+    Child Python processes inherit the layer through the PICKLEGUARD_LAYERS
+    environment variable (read by the .pth file pickleguard installs).
     """
     if mode not in ("enforce", "warn"):
         raise ValueError(f'mode must be "enforce" or "warn", not {mode!r}')
+    path = None if manifest is None else os.path.abspath(os.fspath(manifest))
     _gate.install()
-    return _core.activate(None if manifest is None else os.fspath(manifest), mode)
+    try:
+        return _core.activate(path, mode)
+    finally:
+        # Child processes (subprocess, multiprocessing spawn and forkserver) start
+        # with the same layers; even a broken manifest is inherited, closed.
+        _inherit_layer(mode, path)
+
+
+def _inherit_layer(mode: str, manifest: Optional[str]) -> None:
+    try:
+        layers = json.loads(os.environ.get("PICKLEGUARD_LAYERS") or "[]")
+    except ValueError:
+        layers = []
+    if [mode, manifest] not in layers:
+        layers.append([mode, manifest])
+        os.environ["PICKLEGUARD_LAYERS"] = json.dumps(layers)
 
 
 def no_pickles() -> Token:

@@ -10,10 +10,16 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _core
+from . import _record as recording
 from .errors import ManifestError
 
 EXIT_OK = 0
@@ -50,11 +56,15 @@ def _check(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
     for path in args.manifests:
-        if not os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                f.read()
+        except OSError as e:
+            reason = e.strerror or str(e)
             report.error(
-                {"manifest": path, "ok": False, "error": "not a readable file"},
-                f"{path}: no such file",
-                "give the path of a manifest TOML file",
+                {"manifest": path, "ok": False, "error": reason},
+                f"could not read {path}: {reason}",
+                "give the path of a readable manifest TOML file",
             )
             status = max(status, EXIT_USAGE)
             continue
@@ -69,47 +79,80 @@ def _check(args: argparse.Namespace) -> int:
         else:
             report.add(
                 {"manifest": path, "ok": True, "entries": entries},
-                f"ok: {path} ({entries} entries)",
+                f"ok: {path} ({entries} {'rule' if entries == 1 else 'rules'})",
             )
     return report.finish(status)
+
+
+def _pickles_in(data: bytes) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """Each pickle of a file of concatenated pickles: offset, size, sha256, and the
+    reason scanning stopped early, if it did."""
+    pickles: List[Dict[str, Any]] = []
+    offset = 0
+    if not data:
+        return pickles, "the file is empty"
+    while offset < len(data):
+        try:
+            length, _ = _core.delimit(data, offset)
+        except Exception as e:  # the reader's UnpicklingError, EOFError, OverflowError
+            return pickles, f"no complete pickle at offset {offset}: {e}"
+        digest = _core.sha256(memoryview(data)[offset : offset + length])
+        pickles.append({"offset": offset, "size": length, "sha256": digest})
+        offset += length
+    return pickles, None
+
+
+def _zip_pickles(path: str) -> Iterator[Tuple[str, bytes]]:
+    """The pickles inside a zip archive, such as a torch checkpoint's data.pkl."""
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".pkl"):
+                yield name, archive.read(name)
+
+
+def _read(path: str, report: _Report) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        report.error(
+            {"file": path, "error": str(e)},
+            f"could not read {path}: {e.strerror}",
+            "check the path",
+        )
+        return None
 
 
 def _hash(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
     for path in args.files:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            report.error(
-                {"file": path, "error": str(e)},
-                f"could not read {path}: {e.strerror}",
-                "check the path",
-            )
+        data = _read(path, report)
+        if data is None:
             status = max(status, EXIT_USAGE)
             continue
-        pickles = []
-        offset = 0
-        problem: Optional[str] = None
-        while offset < len(data):
-            view = memoryview(data)[offset:]
-            try:
-                length, _ = _core.delimit(view)
-            except Exception as e:  # the reader's UnpicklingError, EOFError, OverflowError
-                problem = f"no complete pickle at offset {offset}: {e}"
-                break
-            digest = _core.identify(view[:length])[len("sha256:") :]
-            pickles.append({"offset": offset, "size": length, "sha256": digest})
-            offset += length
         whole = hashlib.sha256(data).hexdigest()
-        item = {"file": path, "sha256": whole, "size": len(data), "pickles": pickles}
+        item: Dict[str, Any] = {"file": path, "sha256": whole, "size": len(data)}
+        lines = [f"{path}: file sha256:{whole} ({len(data)} bytes)"]
+        problem = None
+        if zipfile.is_zipfile(path):
+            item["members"] = []
+            for name, member in _zip_pickles(path):
+                pickles, problem = _pickles_in(member)
+                item["members"].append({"name": name, "pickles": pickles})
+                lines += [f"  {name}: sha256:{p['sha256']} ({p['size']} bytes)" for p in pickles]
+                if problem:
+                    problem = f"{name}: {problem}"
+                    break
+        else:
+            pickles, problem = _pickles_in(data)
+            item["pickles"] = pickles
+            lines += [
+                f"  pickle at {p['offset']}: sha256:{p['sha256']} ({p['size']} bytes)"
+                for p in pickles
+            ]
         if problem:
             item["error"] = problem
-        lines = [f"{path}: file sha256:{whole} ({len(data)} bytes)"]
-        lines += [
-            f"  pickle at {p['offset']}: sha256:{p['sha256']} ({p['size']} bytes)" for p in pickles
-        ]
         report.add(item, "\n".join(lines))
         if problem:
             if not args.json:
@@ -117,6 +160,169 @@ def _hash(args: argparse.Namespace) -> int:
                 print("hint: the file is not a pickle, or it is damaged", file=sys.stderr)
             status = max(status, EXIT_FINDING)
     return report.finish(status)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    report = _Report(args.json)
+    status = EXIT_OK
+    for path in args.files:
+        data = _read(path, report)
+        if data is None:
+            status = max(status, EXIT_USAGE)
+            continue
+        members = list(_zip_pickles(path)) if zipfile.is_zipfile(path) else [("", data)]
+        for name, blob in members:
+            pickles, problem = _pickles_in(blob)
+            label = f"{path}:{name}" if name else path
+            for p in pickles:
+                offset = p["offset"]
+                found = _core.imports(blob[offset : offset + p["size"]])
+                risky = [g for g, bad in found if bad]
+                item = {
+                    "file": path,
+                    "member": name or None,
+                    "offset": offset,
+                    "sha256": p["sha256"],
+                    "imports": [g for g, _ in found],
+                    "risky": risky,
+                }
+                lines = [f"{label} pickle at {offset} (sha256:{p['sha256']}):"]
+                lines += [f"  {'RISKY ' if bad else ''}{g}" for g, bad in found] or [
+                    "  (no imports)"
+                ]
+                report.add(item, "\n".join(lines))
+                if risky:
+                    status = max(status, EXIT_FINDING)
+            if problem:
+                report.error(
+                    {"file": path, "member": name or None, "error": problem},
+                    f"{label}: {problem}",
+                    "the file is not a pickle, or it is damaged",
+                )
+                status = max(status, EXIT_FINDING)
+    return report.finish(status)
+
+
+def _child_env(**settings: Optional[str]) -> Dict[str, str]:
+    """This environment without any PICKLEGUARD_ variable, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
+    env.update({k: v for k, v in settings.items() if v is not None})
+    return env
+
+
+def _command(args: argparse.Namespace) -> Optional[List[str]]:
+    command = list(args.command_line)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("error: no command to run", file=sys.stderr)
+        print(f"hint: pickleguard {args.command} [options] -- python app.py", file=sys.stderr)
+        return None
+    return command
+
+
+def _record(args: argparse.Namespace) -> int:
+    command = _command(args)
+    if command is None:
+        return EXIT_USAGE
+    output = Path(args.output)
+    existing: Optional[str] = None
+    if output.exists():
+        try:
+            existing = output.read_text(encoding="utf-8")
+            _core.check_manifest(str(output))
+        except (OSError, UnicodeDecodeError, ManifestError) as e:
+            print(f"error: cannot merge into {output}: {e}", file=sys.stderr)
+            print("hint: fix the manifest or choose another with -o", file=sys.stderr)
+            return EXIT_FINDING if isinstance(e, ManifestError) else EXIT_USAGE
+    keep = args.journal is not None
+    journal_dir = Path(args.journal) if keep else Path(tempfile.mkdtemp(prefix="pickleguard-"))
+    journal_dir.mkdir(parents=True, exist_ok=True)
+    env = _child_env(PICKLEGUARD_RECORD=str(journal_dir.resolve()))
+    try:
+        returncode = subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        returncode = 130
+    except OSError as e:
+        print(f"error: could not run {command[0]}: {e.strerror}", file=sys.stderr)
+        print("hint: check the command after --", file=sys.stderr)
+        return EXIT_USAGE
+    journal = recording.read_journals(journal_dir)
+    for problem in journal.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    try:
+        merged = recording.merge(existing, str(output), journal)
+        recording.write_atomically(output, merged.text)
+    except (OSError, ManifestError) as e:
+        print(f"error: could not write {output}: {e}", file=sys.stderr)
+        print(f"hint: the journal is kept in {journal_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    if not keep:
+        shutil.rmtree(journal_dir, ignore_errors=True)
+    risky = [r for r in merged.added if r.risky]
+    summary = {
+        "manifest": str(output),
+        "command_exit": returncode,
+        "loads": journal.loads,
+        "processes": len(journal.processes),
+        "added": [
+            {"sha256": r.sha256, "caller": r.caller, "source": r.source} for r in merged.added
+        ],
+        "channels_added": merged.channels_added,
+        "risky": [{"sha256": r.sha256, "caller": r.caller, "imports": r.risky} for r in risky],
+    }
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(
+            f"recorded {journal.loads} loads in {len(journal.processes)} processes: "
+            f"{len(merged.added)} new entries, {sum(map(len, merged.channels_added.values()))} "
+            f"new channel callers, written to {output}"
+        )
+        for r in risky:
+            print(
+                f"warning: {r.sha256[:16]}... (loaded by {r.caller}) imports {', '.join(r.risky)}"
+            )
+        if risky:
+            print("hint: review the entries marked RISKY before you trust them")
+    if returncode != 0:
+        print(
+            f"warning: the command exited with {returncode}; "
+            "the manifest holds what it loaded until then",
+            file=sys.stderr,
+        )
+    return returncode
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = _command(args)
+    if command is None:
+        return EXIT_USAGE
+    manifest = args.manifest or os.environ.get("PICKLEGUARD_MANIFEST") or "pickleguard.toml"
+    try:
+        _core.check_manifest(manifest)
+    except ManifestError as e:
+        message, _, hint = str(e).partition("\nhint: ")
+        print(f"error: {message}", file=sys.stderr)
+        print(f"hint: {hint}", file=sys.stderr)
+        return EXIT_FINDING
+    env = _child_env(
+        PICKLEGUARD_MANIFEST=os.path.abspath(manifest),
+        PICKLEGUARD_MODE=args.mode,
+        PICKLEGUARD_LOG=os.path.abspath(args.log)
+        if args.log
+        else os.environ.get("PICKLEGUARD_LOG"),
+    )
+    executable = shutil.which(command[0], path=env.get("PATH"))
+    if executable is None:
+        print(f"error: command not found: {command[0]}", file=sys.stderr)
+        print("hint: check the command after --", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(executable, command, env)
+    return EXIT_USAGE  # not reached
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +339,31 @@ def _parser() -> argparse.ArgumentParser:
     hash_.add_argument("files", nargs="+", metavar="FILE")
     hash_.add_argument("--json", action="store_true", help="machine-readable output")
     hash_.set_defaults(run=_hash)
+    inspect = commands.add_parser(
+        "inspect", help="list the globals a pickle would import, without loading it"
+    )
+    inspect.add_argument("files", nargs="+", metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(run=_inspect)
+    record = commands.add_parser(
+        "record", help="run a trusted command, allow and journal every load, freeze a manifest"
+    )
+    record.add_argument("-o", "--output", default="pickleguard.toml", metavar="MANIFEST")
+    record.add_argument("--journal", metavar="DIR", help="keep the raw journal in DIR")
+    record.add_argument("--json", action="store_true", help="machine-readable summary")
+    record.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    record.set_defaults(run=_record)
+    run = commands.add_parser("run", help="run a command with the manifest enforced")
+    run.add_argument(
+        "--manifest", metavar="MANIFEST", help="default: $PICKLEGUARD_MANIFEST or pickleguard.toml"
+    )
+    run.add_argument("--mode", choices=("enforce", "warn"), default="enforce")
+    run.add_argument(
+        "--log", metavar="FILE", help="append warn reports and denials here as JSON lines"
+    )
+    run.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    run.set_defaults(run=_run)
     return parser
 
 

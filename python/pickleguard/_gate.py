@@ -41,16 +41,20 @@ class _ImportRefused(BaseException):
     """Raised by the dry run when it would have to use an imported global."""
 
 
-class _Placeholder:
-    """Stands in for a global in the dry run. Using it in any way stops the run."""
+class _PlaceholderMeta(type):
+    """Using a placeholder global in any way (calling it, reading an attribute such
+    as ``__new__``) stops the dry run."""
 
-    __slots__ = ()
-
-    def __getattribute__(self, name: str) -> Any:
+    def __getattribute__(cls, name: str) -> Any:
         raise _ImportRefused
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         raise _ImportRefused
+
+
+# A class, so the C unpickler's "is it a type" checks pass and the run stops at the
+# placeholder's first use, as plain pickle would go on to use the real class.
+_Placeholder = _PlaceholderMeta("_Placeholder", (), {})
 
 
 # Globals the dry run may really use: the builtin exception classes. Constructing
@@ -68,7 +72,7 @@ _DRY_RUN_GLOBALS: Dict[str, type] = {
 def _refuse_import(self: Any, module: str, name: str) -> Any:
     if module in _DRY_RUN_MODULES and name in _DRY_RUN_GLOBALS:
         return _DRY_RUN_GLOBALS[name]
-    return _Placeholder()
+    return _Placeholder
 
 
 class _CDryRun(_CUnpickler):
@@ -144,6 +148,7 @@ class Unpickler(_CUnpickler):
         buffers: Optional[Iterable[Any]] = None,
     ) -> None:
         self._pickleguard_source = _file_methods(file)
+        self._pickleguard_file = file
         self._pickleguard_options = dict(fix_imports=fix_imports, encoding=encoding, errors=errors)
         self._pickleguard_feed = io.BytesIO()
         self._pickleguard_buffers = None if buffers is None else iter(buffers)
@@ -160,10 +165,16 @@ class Unpickler(_CUnpickler):
         try:
             read, readline = self._pickleguard_source
         except AttributeError:
-            # __init__ was not called: the real unpickler raises its own error.
-            return super().load()
+            # This class's __init__ did not run, so there is no verified input. Plain
+            # pickle raises this when no __init__ ran; it is also the safe answer when
+            # a subclass called the C base class's __init__ directly.
+            raise pickle.UnpicklingError(
+                f"Unpickler.__init__() was not called by {type(self).__name__}.__init__()"
+            ) from None
         try:
-            data, feed_buffers = _core.admit_stream(read, readline, self._pickleguard_buffers)
+            data, feed_buffers = _core.admit_stream(
+                read, readline, self._pickleguard_buffers, None, self._pickleguard_file
+            )
         except _UndelimitedPickle as undelimited:
             _explain_undelimited(undelimited, "c", self._pickleguard_options)
         feed = self._pickleguard_feed
@@ -183,7 +194,9 @@ def _guarded_py_load(self: Any) -> Any:
     except AttributeError:
         return _py_load(self)
     try:
-        data, feed_buffers = _core.admit_stream(read, readline, self._buffers)
+        data, feed_buffers = _core.admit_stream(
+            read, readline, self._buffers, None, getattr(read, "__self__", None)
+        )
     except _UndelimitedPickle as undelimited:
         _explain_undelimited(
             undelimited,

@@ -1,0 +1,77 @@
+"""Activation at interpreter start, configured by the environment.
+
+``00-pickleguard.pth`` imports this module only when a ``PICKLEGUARD_`` variable
+is set, so an unconfigured interpreter pays for four dictionary lookups. Module
+import runs once per process, which makes activation idempotent even when the
+.pth file is processed twice (as it is in some virtual environments).
+
+Variables:
+
+* ``PICKLEGUARD_MANIFEST``: the manifest to enforce (path).
+* ``PICKLEGUARD_MODE``: ``enforce`` (default) or ``warn``. Set without a manifest,
+  it activates "nopickle": nothing loads.
+* ``PICKLEGUARD_LOG``: also append each warn report and denial as a JSON line here.
+* ``PICKLEGUARD_RECORD``: a journal directory; every load is allowed and
+  journaled (set by ``pickleguard record``).
+* ``PICKLEGUARD_LAYERS``: set by ``activate()`` so child processes inherit the
+  layers their parent added in code (JSON list of ``[mode, manifest]``).
+
+Under environment activation no token is handed out, so nothing in the process
+can lift these layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Optional
+
+VARIABLES = (
+    "PICKLEGUARD_MANIFEST",
+    "PICKLEGUARD_MODE",
+    "PICKLEGUARD_RECORD",
+    "PICKLEGUARD_LAYERS",
+)
+
+
+class BootError(Exception):
+    """The environment asks for pickleguard but does not say how to guard."""
+
+
+def _activate(core: Any, manifest: Optional[str], mode: str) -> None:
+    from .errors import ManifestError
+
+    try:
+        core.activate(manifest, mode)
+    except ManifestError as e:
+        # The layer is in place and refuses every load; say why, once, at start.
+        sys.stderr.write(f"pickleguard: {e}\npickleguard: every pickle load will be refused\n")
+
+
+def boot() -> None:
+    from . import _core, _gate
+
+    env = os.environ
+    mode = env.get("PICKLEGUARD_MODE") or "enforce"
+    if mode not in ("enforce", "warn"):
+        raise BootError(f'PICKLEGUARD_MODE must be "enforce" or "warn", not {mode!r}')
+    try:
+        inherited = json.loads(env.get("PICKLEGUARD_LAYERS") or "[]")
+        inherited = [(str(m), None if p is None else str(p)) for m, p in inherited]
+    except (ValueError, TypeError) as e:
+        raise BootError(f"PICKLEGUARD_LAYERS is not a JSON list of [mode, manifest]: {e}") from e
+    _gate.install()
+    if env.get("PICKLEGUARD_LOG"):
+        _core.set_audit_log(env["PICKLEGUARD_LOG"])
+    if env.get("PICKLEGUARD_RECORD"):
+        _core.start_journal(env["PICKLEGUARD_RECORD"])
+        _core.record_layer()
+        return
+    if env.get("PICKLEGUARD_MANIFEST") or "PICKLEGUARD_MODE" in env:
+        _activate(_core, env.get("PICKLEGUARD_MANIFEST") or None, mode)
+    for layer_mode, manifest in inherited:
+        _activate(_core, manifest, layer_mode)
+
+
+boot()

@@ -1,0 +1,184 @@
+"""``pickleguard record``: read the journals a recorded run left, and merge them into a
+manifest without losing anything already there.
+
+Journals are JSON lines, one file per process (see ``_core.start_journal``). A
+process killed mid-write can leave a partial last line; it is reported and skipped,
+and every complete line before it still counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+from . import _core
+from .errors import ManifestError
+
+
+@dataclass
+class Recorded:
+    """One distinct load seen by the recorded run: a payload and where it loaded."""
+
+    sha256: str
+    size: int
+    caller: str
+    source: Optional[str]
+    imports: List[str]
+    risky: List[str]
+    count: int = 1
+
+
+@dataclass
+class Journal:
+    """Everything the recorded run journaled, deduplicated."""
+
+    pickles: Dict[Tuple[str, str], Recorded] = field(default_factory=dict)
+    channels: Dict[str, Set[str]] = field(default_factory=dict)
+    channel_loads: int = 0
+    loads: int = 0
+    processes: Set[int] = field(default_factory=set)
+    problems: List[str] = field(default_factory=list)
+
+
+def read_journals(directory: Path) -> Journal:
+    journal = Journal()
+    for path in sorted(directory.glob("journal-*.jsonl")):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    entry = json.loads(raw)
+                    sha256, caller = str(entry["sha256"]), str(entry["caller"])
+                    journal.processes.add(int(entry["pid"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    journal.problems.append(
+                        f"{path}:{number}: skipped a damaged journal line ({e})"
+                    )
+                    continue
+                journal.loads += 1
+                channel = entry.get("channel")
+                if channel:
+                    journal.channels.setdefault(str(channel), set()).add(caller)
+                    journal.channel_loads += 1
+                    continue
+                key = (sha256, caller)
+                if key in journal.pickles:
+                    journal.pickles[key].count += 1
+                else:
+                    journal.pickles[key] = Recorded(
+                        sha256=sha256,
+                        size=int(entry.get("size", 0)),
+                        caller=caller,
+                        source=entry.get("source"),
+                        imports=[str(i) for i in entry.get("imports", [])],
+                        risky=[str(i) for i in entry.get("risky", [])],
+                    )
+    return journal
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a valid TOML basic string: same quotes, same escapes.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_list(items: List[str]) -> str:
+    return "[" + ", ".join(_toml_string(i) for i in items) + "]"
+
+
+@dataclass
+class Merge:
+    text: str
+    added: List[Recorded]
+    channels_added: Dict[str, List[str]]
+
+
+def merge(existing_text: Optional[str], existing_path: str, journal: Journal) -> Merge:
+    """The manifest text with the journal's new entries appended to it.
+
+    Existing text, entries and comments are kept byte for byte; new entries go at
+    the end. A payload already allowed for that caller (or for every caller) is
+    not added again.
+    """
+    have_pins: Set[Tuple[str, Optional[Tuple[str, ...]]]] = set()
+    have_callers: Dict[str, Set[str]] = {}
+    if existing_text is not None:
+        entries, channels = _core.manifest_summary(existing_path)
+        for digest, stack in entries:
+            have_pins.add((digest, None if stack is None else tuple(stack)))
+        for name, callers in channels:
+            have_callers.setdefault(name, set()).update(callers)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    blocks: List[str] = []
+    added: List[Recorded] = []
+    channels_added: Dict[str, List[str]] = {}
+    for name in sorted(journal.channels):
+        new = sorted(journal.channels[name] - have_callers.get(name, set()))
+        if not new:
+            continue
+        channels_added[name] = new
+        blocks.append(
+            f"# recorded {stamp}: {name}'s own pipes and queues carry pickles that change\n"
+            "# on every run; they are allowed only when loaded directly by these callers.\n"
+            "[[channel]]\n"
+            f"name = {_toml_string(name)}\n"
+            f"callers = {_toml_list(new)}\n"
+        )
+    for rec in sorted(journal.pickles.values(), key=lambda r: (r.caller, r.sha256)):
+        if (rec.sha256, None) in have_pins or (rec.sha256, (rec.caller,)) in have_pins:
+            continue
+        added.append(rec)
+        where = f" from {rec.source}" if rec.source else ""
+        lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {rec.caller}"]
+        if rec.imports:
+            lines.append("# imports: " + ", ".join(rec.imports))
+        if rec.risky:
+            lines.append("# RISKY imports, review before trusting: " + ", ".join(rec.risky))
+        lines.append("[[pickle]]")
+        lines.append(f"sha256 = {_toml_string(rec.sha256)}")
+        if rec.caller:
+            lines.append(f"stack = {_toml_list([rec.caller])}")
+        if rec.source:
+            lines.append(f"source = {_toml_string(rec.source)}")
+        blocks.append("\n".join(lines) + "\n")
+    if existing_text is None:
+        text = (
+            "# Pickles this program may load. Written by `pickleguard record`; review it.\n"
+            "version = 1\n"
+        )
+    else:
+        text = existing_text
+    if blocks:
+        if not text.endswith("\n"):
+            text += "\n"
+        text += "\n" + "\n".join(blocks)
+    return Merge(text=text, added=added, channels_added=channels_added)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step, after checking the new manifest."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(temp, os.stat(path).st_mode & 0o7777)
+        except FileNotFoundError:
+            os.chmod(temp, 0o644)
+        _core.check_manifest(temp)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+__all__ = ["Journal", "Merge", "ManifestError", "merge", "read_journals", "write_atomically"]

@@ -1,0 +1,357 @@
+//! Lists the globals a pickle would import, by following its opcodes on a model of
+//! the unpickler's stack. Nothing is executed; this is for review, not for a decision.
+
+use crate::reader::{arg_layout, op, ArgLayout};
+
+/// A global the pickle names: `module` and `name` as the unpickler would look them up.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Import {
+    Global {
+        module: String,
+        name: String,
+    },
+    /// STACK_GLOBAL whose operands are not plain strings in the pickle.
+    Dynamic,
+    /// EXT1/EXT2/EXT4: resolved through `copyreg`'s extension registry at load time.
+    Extension(u32),
+}
+
+impl Import {
+    pub fn render(&self) -> String {
+        match self {
+            Import::Global { module, name } => format!("{module}.{name}"),
+            Import::Dynamic => "<computed at load time>".into(),
+            Import::Extension(code) => format!("<copyreg extension {code}>"),
+        }
+    }
+
+    /// Whether this global can run commands, touch files, evaluate code or reach
+    /// arbitrary attributes. Flagged so a reviewer looks twice; not a verdict.
+    pub fn is_risky(&self) -> bool {
+        let Import::Global { module, name } = self else {
+            return true;
+        };
+        let top = module.split('.').next().unwrap_or_default();
+        const RISKY_MODULES: &[&str] = &[
+            "os",
+            "posix",
+            "nt",
+            "subprocess",
+            "sys",
+            "shutil",
+            "socket",
+            "importlib",
+            "runpy",
+            "pty",
+            "ctypes",
+            "pickle",
+            "_pickle",
+            "marshal",
+            "code",
+            "codeop",
+            "commands",
+            "webbrowser",
+            "multiprocessing",
+            "asyncio",
+            "pickleguard",
+            "signal",
+            "tempfile",
+            "pathlib",
+            "io",
+            "_io",
+            "urllib",
+            "http",
+            "ftplib",
+            "smtplib",
+            "telnetlib",
+            "pdb",
+            "bdb",
+            "timeit",
+            "platform",
+            "cProfile",
+            "profile",
+            "trace",
+            "threading",
+            "_thread",
+            "dill",
+            "cloudpickle",
+            "joblib",
+            "torch.hub",
+        ];
+        const RISKY_BUILTINS: &[&str] = &[
+            "eval",
+            "exec",
+            "compile",
+            "open",
+            "__import__",
+            "getattr",
+            "setattr",
+            "delattr",
+            "globals",
+            "locals",
+            "vars",
+            "breakpoint",
+            "input",
+            "memoryview",
+            "help",
+            "execfile",
+            "file",
+            "reload",
+        ];
+        const RISKY_ATTRS: &[(&str, &str)] = &[
+            ("operator", "attrgetter"),
+            ("operator", "methodcaller"),
+            ("operator", "itemgetter"),
+            ("functools", "partial"),
+            ("functools", "reduce"),
+            ("types", "FunctionType"),
+            ("types", "CodeType"),
+            ("types", "MethodType"),
+            ("copyreg", "_reconstructor"),
+        ];
+        if RISKY_MODULES.contains(&top) || RISKY_MODULES.contains(&module.as_str()) {
+            return true;
+        }
+        if matches!(module.as_str(), "builtins" | "__builtin__") {
+            return RISKY_BUILTINS.contains(&name.as_str());
+        }
+        RISKY_ATTRS.iter().any(|(m, n)| m == module && n == name)
+    }
+}
+
+#[derive(Clone)]
+enum Value {
+    Mark,
+    Text(String),
+    Other,
+}
+
+fn line(data: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let end = data[from..].iter().position(|&b| b == b'\n')? + from;
+    Some((&data[from..end], end + 1))
+}
+
+fn le(data: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw[..data.len()].copy_from_slice(data);
+    u64::from_le_bytes(raw)
+}
+
+/// The imports named by the pickle at the start of `data`, in order of appearance,
+/// without duplicates. Scanning stops at STOP or at the first malformed opcode.
+pub fn imports(data: &[u8]) -> Vec<Import> {
+    let mut found: Vec<Import> = Vec::new();
+    let mut stack: Vec<Value> = Vec::new();
+    let mut memo: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
+    let mut pos = 0usize;
+    let mut note = |import: Import| {
+        if !found.contains(&import) {
+            found.push(import);
+        }
+    };
+    let pop_to_mark = |stack: &mut Vec<Value>| {
+        while let Some(v) = stack.pop() {
+            if matches!(v, Value::Mark) {
+                break;
+            }
+        }
+    };
+    while pos < data.len() {
+        let code = data[pos];
+        pos += 1;
+        let Some(layout) = arg_layout(code) else {
+            break;
+        };
+        let arg_start = pos;
+        let arg: &[u8] = match layout {
+            ArgLayout::None => &[],
+            ArgLayout::Fixed(n) => {
+                let Some(a) = data.get(pos..pos + n) else {
+                    break;
+                };
+                pos += n;
+                a
+            }
+            ArgLayout::Line => {
+                let Some((a, next)) = line(data, pos) else {
+                    break;
+                };
+                pos = next;
+                a
+            }
+            ArgLayout::TwoLines => {
+                let Some((_, mid)) = line(data, pos) else {
+                    break;
+                };
+                let Some((_, next)) = line(data, mid) else {
+                    break;
+                };
+                pos = next;
+                &data[arg_start..next]
+            }
+            ArgLayout::Counted { width, .. } => {
+                let Some(len) = data.get(pos..pos + width).map(le) else {
+                    break;
+                };
+                pos += width;
+                let Ok(len) = usize::try_from(len) else { break };
+                let Some(a) = pos.checked_add(len).and_then(|end| data.get(pos..end)) else {
+                    break;
+                };
+                pos += len;
+                a
+            }
+        };
+        let text = |bytes: &[u8]| Value::Text(String::from_utf8_lossy(bytes).into_owned());
+        match code {
+            op::STOP => break,
+            op::MARK => stack.push(Value::Mark),
+            op::POP => {
+                stack.pop();
+            }
+            op::POP_MARK => pop_to_mark(&mut stack),
+            op::DUP => {
+                let top = stack.last().cloned().unwrap_or(Value::Other);
+                stack.push(top);
+            }
+            op::SHORT_BINUNICODE
+            | op::BINUNICODE
+            | op::BINUNICODE8
+            | op::SHORT_BINSTRING
+            | op::BINSTRING => stack.push(text(arg)),
+            op::UNICODE => stack.push(text(arg)),
+            op::STRING => {
+                let trimmed = arg
+                    .strip_prefix(b"'")
+                    .and_then(|a| a.strip_suffix(b"'"))
+                    .or_else(|| arg.strip_prefix(b"\"").and_then(|a| a.strip_suffix(b"\"")))
+                    .unwrap_or(arg);
+                stack.push(text(trimmed))
+            }
+            op::GLOBAL | op::INST => {
+                let mut parts = arg.split(|&b| b == b'\n');
+                let module = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                note(Import::Global { module, name });
+                if code == op::INST {
+                    pop_to_mark(&mut stack);
+                }
+                stack.push(Value::Other);
+            }
+            op::STACK_GLOBAL => {
+                let name = stack.pop();
+                let module = stack.pop();
+                match (module, name) {
+                    (Some(Value::Text(module)), Some(Value::Text(name))) => {
+                        note(Import::Global { module, name })
+                    }
+                    _ => note(Import::Dynamic),
+                }
+                stack.push(Value::Other);
+            }
+            op::EXT1 | op::EXT2 | op::EXT4 => {
+                note(Import::Extension(le(arg) as u32));
+                stack.push(Value::Other);
+            }
+            op::PUT | op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
+                let key = match code {
+                    op::PUT => std::str::from_utf8(arg)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(u64::MAX),
+                    op::MEMOIZE => memo.len() as u64,
+                    _ => le(arg),
+                };
+                memo.insert(key, stack.last().cloned().unwrap_or(Value::Other));
+            }
+            op::GET | op::BINGET | op::LONG_BINGET => {
+                let key = match code {
+                    op::GET => std::str::from_utf8(arg)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(u64::MAX),
+                    _ => le(arg),
+                };
+                stack.push(memo.get(&key).cloned().unwrap_or(Value::Other));
+            }
+            op::APPEND | op::BUILD | op::BINPERSID | op::READONLY_BUFFER => {
+                let top = stack.pop();
+                if matches!(code, op::BINPERSID | op::READONLY_BUFFER) {
+                    stack.push(top.map(|_| Value::Other).unwrap_or(Value::Other));
+                }
+            }
+            op::SETITEM => {
+                stack.pop();
+                stack.pop();
+            }
+            op::REDUCE | op::NEWOBJ => {
+                stack.pop();
+                stack.pop();
+                stack.push(Value::Other);
+            }
+            op::NEWOBJ_EX => {
+                stack.truncate(stack.len().saturating_sub(3));
+                stack.push(Value::Other);
+            }
+            op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                let n = (code - op::TUPLE1 + 1) as usize;
+                stack.truncate(stack.len().saturating_sub(n));
+                stack.push(Value::Other);
+            }
+            op::APPENDS | op::SETITEMS | op::ADDITEMS => pop_to_mark(&mut stack),
+            op::TUPLE | op::LIST | op::DICT | op::FROZENSET | op::OBJ => {
+                pop_to_mark(&mut stack);
+                stack.push(Value::Other);
+            }
+            op::PROTO | op::FRAME => {}
+            _ => stack.push(Value::Other),
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(m: &str, n: &str) -> Import {
+        Import::Global {
+            module: m.into(),
+            name: n.into(),
+        }
+    }
+
+    #[test]
+    fn protocol0_global_and_inst() {
+        let found = imports(b"cos\nsystem\n(S'echo'\ntR(ibuiltins\nlist\n.");
+        assert_eq!(
+            found,
+            vec![global("os", "system"), global("builtins", "list")]
+        );
+        assert!(found[0].is_risky());
+        assert!(!found[1].is_risky());
+    }
+
+    #[test]
+    fn stack_global_with_memoized_operands() {
+        // "os" memoized, fetched back with BINGET, then "system": STACK_GLOBAL.
+        let data = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x8c\x02os\x94h\x00h\x01\x93.";
+        let found = imports(data);
+        assert_eq!(found, vec![global("os", "system")]);
+    }
+
+    #[test]
+    fn computed_and_extension_imports_are_risky() {
+        let found = imports(b"\x80\x04K\x01K\x02\x93\x82\x05.");
+        assert_eq!(found, vec![Import::Dynamic, Import::Extension(5)]);
+        assert!(found.iter().all(Import::is_risky));
+    }
+
+    #[test]
+    fn dotted_names_and_builtins() {
+        assert!(global("builtins", "eval").is_risky());
+        assert!(global("os.path", "join").is_risky());
+        assert!(!global("collections", "OrderedDict").is_risky());
+        assert!(!global("numpy.core.multiarray", "_reconstruct").is_risky());
+    }
+}
