@@ -146,6 +146,10 @@ impl Manifest {
                 hint: hint.to_owned(),
             }
         };
+        // Line numbers of entries, by binary search over newline offsets: linear in
+        // the size of the manifest, which may hold tens of thousands of entries.
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+        let line_of = |offset: usize| newlines.partition_point(|&nl| nl < offset) + 1;
         let parse_patterns = |patterns: &[Spanned<String>]| {
             patterns
                 .iter()
@@ -204,7 +208,7 @@ impl Manifest {
                 None => None,
                 Some(patterns) => Some(parse_patterns(&patterns)?),
             };
-            let line = position(text, entry.sha256.span().start).0;
+            let line = line_of(entry.sha256.span().start);
             manifest.push(Entry {
                 sha256,
                 stack,
@@ -229,7 +233,7 @@ impl Manifest {
                 ));
             }
             manifest.channels.push(ChannelRule {
-                line: position(text, channel.name.span().start).0,
+                line: line_of(channel.name.span().start),
                 name: channel.name.into_inner(),
                 callers: parse_patterns(channel.callers.get_ref())?,
                 note: channel.note,
