@@ -632,6 +632,13 @@ fn walk_frames(
             .and_then(|g| g.get_item("__name__").ok().flatten())
             .and_then(|n| n.extract::<String>().ok())
             .unwrap_or_else(|| "<unknown>".into());
+        // multiprocessing's spawn and forkserver children import the main script as
+        // __mp_main__ (and alias it as __main__): name it the same in every process.
+        let module = if module == "__mp_main__" {
+            "__main__".to_owned()
+        } else {
+            module
+        };
         let code = frame.getattr("f_code")?;
         let qualname = match code.getattr("co_qualname") {
             Ok(q) => q,

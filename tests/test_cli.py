@@ -94,3 +94,42 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "loaded: epoch 3" in proc.stdout
     assert "refused: pickle sha256:" in proc.stdout
     assert not (tmp_path / "sentinel").exists()
+
+
+def test_inspect_lists_globals_without_loading(tmp_path):
+    from conftest import hostile
+
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel, protocol=4))
+    proc = cli("inspect", "p.pkl", cwd=tmp_path)
+    assert proc.returncode == 1  # a risky import is a finding
+    assert "RISKY posix.mkdir" in proc.stdout
+    assert not sentinel.exists()
+    import collections
+
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=1), protocol=2))
+    proc = cli("inspect", "--json", "ok.pkl", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["results"][0]["imports"] == ["collections.OrderedDict"]
+
+
+def test_hash_and_inspect_look_inside_zip_checkpoints(tmp_path):
+    import zipfile
+
+    import pickleguard
+
+    inner = pickle.dumps({"state": [1, 2]}, protocol=2)
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:
+        archive.writestr("model/data.pkl", inner)
+        archive.writestr("model/data/0", b"\x00" * 16)
+    report = json.loads(cli("hash", "--json", "model.pt", cwd=tmp_path).stdout)
+    member = report["results"][0]["members"][0]
+    assert member["name"] == "model/data.pkl"
+    assert "sha256:" + member["pickles"][0]["sha256"] == pickleguard.identify(inner)
+    assert cli("inspect", "model.pt", cwd=tmp_path).returncode == 0
+
+
+def test_hash_of_an_empty_file_is_a_finding(tmp_path):
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    proc = cli("hash", "empty.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "empty" in proc.stderr

@@ -286,6 +286,8 @@ def _record(args: argparse.Namespace) -> int:
             )
         if risky:
             print("hint: review the entries marked RISKY before you trust them")
+    if returncode < 0:  # killed by a signal: report it as a shell would
+        returncode = 128 - returncode
     if returncode != 0:
         print(
             f"warning: the command exited with {returncode}; "

@@ -1,0 +1,313 @@
+"""Deployment: activation at interpreter start, `pickleguard record`, `pickleguard run`.
+
+These tests need pickleguard installed from its wheel, which carries the .pth file
+that activates it in every Python process started with PICKLEGUARD_ variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from conftest import REPO, hostile, write_manifest
+
+PIPELINE = REPO / "examples" / "pipeline"
+
+
+def _pth_installed() -> bool:
+    dirs = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    return any((Path(d) / "00-pickleguard.pth").exists() for d in dirs)
+
+
+@pytest.fixture(autouse=True)
+def require_wheel_install() -> None:
+    if not _pth_installed():
+        pytest.fail(
+            "00-pickleguard.pth is not installed: install pickleguard from its wheel "
+            "(pip install . or .ci/run), not in editable mode, to run these tests"
+        )
+
+
+def clean_env(**settings: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
+    env.update(settings)
+    return env
+
+
+def run(
+    args: List[str], cwd: Path, env: Optional[Dict[str, str]] = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def pg(*args: str, cwd: Path, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "pickleguard", *args], cwd=cwd, env=env)
+
+
+APP = [sys.executable, str(PIPELINE / "app.py"), "artifacts"]
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["--start-method", "fork"],
+        ["--start-method", "spawn"],
+        ["--start-method", "forkserver"],
+        ["--executor", "--start-method", "spawn"],
+    ],
+    ids=["fork", "spawn", "forkserver", "ProcessPoolExecutor"],
+)
+def test_record_then_run_then_tamper(variant, tmp_path):
+    make = [sys.executable, str(PIPELINE / "make_artifacts.py"), "artifacts"]
+    assert run(make, tmp_path).returncode == 0
+    app = APP + variant
+
+    recorded = pg("record", "-o", "pickleguard.toml", "--json", "--", *app, cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    summary = json.loads(recorded.stdout[recorded.stdout.index("{") :])
+    assert summary["processes"] >= 3  # parent, workers, the report subprocess
+    manifest = (tmp_path / "pickleguard.toml").read_text()
+    assert "[[channel]]" in manifest and 'name = "multiprocessing"' in manifest
+    for name in ("vocabulary", "shard0", "shard1", "shard2", "model"):
+        assert f'source = "artifacts/{name}.pkl"' in manifest
+
+    enforced = pg("run", "--manifest", "pickleguard.toml", "--", *app, cwd=tmp_path)
+    assert enforced.returncode == 0, enforced.stderr
+    assert "report: model ranker v14" in enforced.stdout
+    assert "pickleguard" not in enforced.stderr
+
+    by_env = run(app, tmp_path, clean_env(PICKLEGUARD_MANIFEST=str(tmp_path / "pickleguard.toml")))
+    assert by_env.returncode == 0, by_env.stderr
+
+    # Technique: swap one artifact for a payload; it is loaded in a pool worker.
+    assert run(make + ["--tamper"], tmp_path).returncode == 0
+    tampered = (tmp_path / "artifacts" / "shard1.pkl").read_bytes()
+    import pickleguard
+
+    digest = pickleguard.identify(tampered)[len("sha256:") :]
+    refused = pg("run", "--manifest", "pickleguard.toml", "--", *app, cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "NoPickleError" in refused.stderr
+    assert digest in refused.stderr
+    assert "loaded by __main__:score_shard" in refused.stderr
+    assert not (tmp_path / "artifacts" / "PWNED").exists()
+    # The same payload fires without the guard.
+    fired = run(
+        [sys.executable, "-c", "import pickle; pickle.load(open('artifacts/shard1.pkl', 'rb'))"],
+        tmp_path,
+    )
+    assert fired.returncode == 0 and (tmp_path / "artifacts" / "PWNED").exists()
+
+
+def test_user_code_in_a_worker_is_not_covered_by_the_channel_rule(tmp_path):
+    (tmp_path / "app.py").write_text(
+        "import multiprocessing, pickle, sys\n"
+        "def task(data):\n    return pickle.loads(data)\n"
+        "if __name__ == '__main__':\n"
+        "    data = bytes.fromhex(sys.argv[1])\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        print(pool.apply(task, (data,)))\n"
+    )
+    benign = pickle.dumps(["trusted"])
+    recorded = pg(
+        "record", "-o", "m.toml", "--", sys.executable, "app.py", benign.hex(), cwd=tmp_path
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    sentinel = tmp_path / "sentinel"
+    payload = hostile(sentinel)
+    refused = pg(
+        "run", "--manifest", "m.toml", "--", sys.executable, "app.py", payload.hex(), cwd=tmp_path
+    )
+    assert refused.returncode != 0 and "NoPickleError" in refused.stderr
+    assert "__main__:task" in refused.stderr
+    assert not sentinel.exists()
+
+
+def test_warn_mode_reports_to_the_audit_log(tmp_path):
+    data = pickle.dumps({"unlisted": True})
+    (tmp_path / "d.pkl").write_bytes(data)
+    write_manifest(tmp_path / "m.toml")
+    proc = pg(
+        "run",
+        "--manifest",
+        "m.toml",
+        "--mode",
+        "warn",
+        "--log",
+        "audit.jsonl",
+        "--",
+        sys.executable,
+        "-c",
+        "import pickle; print(pickle.load(open('d.pkl', 'rb')))",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "{'unlisted': True}" in proc.stdout
+    assert "warn mode, allowed anyway" in proc.stderr
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len(events) == 1
+    import pickleguard
+
+    assert events[0]["event"] == "warn"
+    assert events[0]["code"] == "not-listed"
+    assert events[0]["sha256"] == pickleguard.identify(data)[len("sha256:") :]
+    assert events[0]["source"] == "d.pkl"
+
+
+def test_record_keeps_existing_entries_and_comments(tmp_path):
+    original = (
+        "# Reviewed by the platform team, 2026-11.\n"
+        "version = 1\n\n"
+        "# the label map\n"
+        "[[pickle]]\n"
+        'sha256 = "' + "ab" * 32 + '"\n'
+        'note = "kept as is"\n'
+    )
+    (tmp_path / "m.toml").write_text(original)
+    first, second = pickle.dumps("first"), pickle.dumps("second")
+    code = f"import pickle; pickle.loads({first!r}); pickle.loads({second!r})"
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    merged = (tmp_path / "m.toml").read_text()
+    assert merged.startswith(original)
+    import pickleguard
+
+    for data in (first, second):
+        assert pickleguard.identify(data)[len("sha256:") :] in merged
+    assert pickleguard._core.check_manifest(str(tmp_path / "m.toml")) == 3
+    again = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert again.returncode == 0
+    assert (tmp_path / "m.toml").read_text() == merged
+
+
+def test_many_processes_recording_at_once_lose_no_entry(tmp_path):
+    (tmp_path / "worker.py").write_text(
+        "import pickle, sys\n"
+        "base = int(sys.argv[1])\n"
+        "for i in range(50):\n    pickle.loads(pickle.dumps(('item', base, i)))\n"
+    )
+    (tmp_path / "fanout.py").write_text(
+        "import subprocess, sys\n"
+        "procs = [subprocess.Popen([sys.executable, 'worker.py', str(n)]) for n in range(8)]\n"
+        "sys.exit(max(p.wait() for p in procs))\n"
+    )
+    proc = pg("record", "-o", "m.toml", "--json", "--", sys.executable, "fanout.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["loads"] == 400 and summary["processes"] == 8
+    assert pickleguard_entries(tmp_path / "m.toml") == 400
+
+
+def pickleguard_entries(path: Path) -> int:
+    import pickleguard
+
+    entries, _ = pickleguard._core.manifest_summary(str(path))
+    return len(entries)
+
+
+def test_a_killed_command_loses_nothing_already_journaled(tmp_path):
+    code = (
+        "import os, pickle, signal\n"
+        "for i in range(3):\n    pickle.loads(pickle.dumps(i))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert proc.returncode == 128 + 9  # as a shell reports SIGKILL
+    assert pickleguard_entries(tmp_path / "m.toml") == 3
+
+
+def test_record_flags_risky_imports_for_review(tmp_path):
+    # os.getcwd pickles as posix.getcwd: harmless to run, but from a risky module.
+    data = pickle.dumps(os.getcwd)
+    code = f"import pickle; pickle.loads({data!r})"
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = (tmp_path / "m.toml").read_text()
+    assert "# RISKY imports, review before trusting: posix.getcwd" in manifest
+    assert "review the entries marked RISKY" in proc.stdout
+
+
+def test_env_activation_is_idempotent_and_hands_out_no_token(tmp_path):
+    write_manifest(tmp_path / "m.toml")
+    code = (
+        "import site, sysconfig, pickle, pickleguard, pickleguard._core as core\n"
+        "site.addsitedir(sysconfig.get_paths()['purelib'])  # the .pth runs again\n"
+        "assert len(core.process_layers()) == 1, core.process_layers()\n"
+        "token = pickleguard.activate(mode='warn')  # a token for its own layer only\n"
+        "with pickleguard.allow_pickles(token):\n"
+        "    try:\n        pickle.loads(pickle.dumps(1))\n"
+        "    except pickleguard.NoPickleError as e:\n        print(e.code)\n"
+    )
+    env = clean_env(PICKLEGUARD_MANIFEST=str(tmp_path / "m.toml"))
+    proc = run([sys.executable, "-c", code], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "not-listed"
+
+
+def test_activate_in_code_reaches_child_processes(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    write_manifest(tmp_path / "m.toml")
+    child = "import pickle; pickle.load(open('p.pkl', 'rb'))"
+    code = (
+        "import multiprocessing, pickle, subprocess, sys, pickleguard\n"
+        "def spawned():\n    pickle.load(open('p.pkl', 'rb'))\n"
+        "if __name__ == '__main__':\n"
+        "    pickleguard.activate('m.toml')\n"
+        f"    r = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True)\n"
+        "    print('subprocess', r.returncode != 0 and 'NoPickleError' in r.stderr)\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=spawned)\n"
+        "    p.start(); p.join()\n"
+        "    print('spawn', p.exitcode != 0)\n"
+    )
+    (tmp_path / "main.py").write_text(code)
+    proc = run([sys.executable, "main.py"], tmp_path)
+    assert proc.stdout.split() == ["subprocess", "True", "spawn", "True"], proc.stderr
+    assert not sentinel.exists()
+
+
+def test_a_bad_environment_refuses_to_start(tmp_path):
+    proc = run(
+        [sys.executable, "-c", "print('ran')"], tmp_path, clean_env(PICKLEGUARD_MODE="bogus")
+    )
+    assert proc.returncode == 70 and "ran" not in proc.stdout
+    assert "PICKLEGUARD_MODE" in proc.stderr and "refusing to run unguarded" in proc.stderr
+
+
+def test_a_broken_manifest_in_the_environment_denies_everything(tmp_path):
+    (tmp_path / "bad.toml").write_text("version = 1\n[[pickle]]\nsha256 = 12\n")
+    code = (
+        "import pickle, pickleguard\n"
+        "try:\n    pickle.loads(pickle.dumps(1))\n"
+        "except pickleguard.NoPickleError as e:\n    print(e.code)\n"
+    )
+    proc = run([sys.executable, "-c", code], tmp_path, clean_env(PICKLEGUARD_MANIFEST="bad.toml"))
+    assert proc.stdout.strip() == "broken-manifest"
+    assert "bad.toml:3:" in proc.stderr
+
+
+def test_run_refuses_an_invalid_manifest_and_a_missing_command(tmp_path):
+    (tmp_path / "bad.toml").write_text("version = 1\n[[pickle]]\nsha = 1\n")
+    proc = pg("run", "--manifest", "bad.toml", "--", sys.executable, "-c", "pass", cwd=tmp_path)
+    assert proc.returncode == 1 and "bad.toml:3:1" in proc.stderr and "hint:" in proc.stderr
+    write_manifest(tmp_path / "m.toml")
+    assert pg("run", "--manifest", "m.toml", cwd=tmp_path).returncode == 2
+    assert (
+        pg("run", "--manifest", "m.toml", "--", "no-such-command-xyz", cwd=tmp_path).returncode == 2
+    )
