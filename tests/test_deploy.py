@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pickle
 import site
 import subprocess
@@ -311,3 +312,14 @@ def test_run_refuses_an_invalid_manifest_and_a_missing_command(tmp_path):
     assert (
         pg("run", "--manifest", "m.toml", "--", "no-such-command-xyz", cwd=tmp_path).returncode == 2
     )
+
+
+def test_the_readme_workflow_runs_end_to_end(tmp_path):
+    # The README's main command ends with this script; keep it true.
+    env = clean_env(PYTHON=sys.executable)
+    proc = run(["bash", str(PIPELINE / "run.sh"), str(tmp_path / "work")], tmp_path, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"recorded \d+ loads in [3-9] processes", proc.stdout), proc.stdout
+    assert "NoPickleError" in proc.stdout
+    assert "its payload never ran" in proc.stdout
+    assert not (tmp_path / "work" / "artifacts" / "PWNED").exists()
