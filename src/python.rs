@@ -1240,12 +1240,24 @@ fn py_fspath<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
 // not bind as methods when stored on a class (`loads = pickle.loads`).
 
 static ORIGINAL_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ORIGINAL_C_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ORIGINAL_PY_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXPLAIN_UNDELIMITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// Hand the core the C `loads` to run verified bytes with, and the gate's explainer.
+/// Hand the core the originals it runs admitted bytes with (C `loads`, the C
+/// `Unpickler.load`, the pure-Python `_Unpickler.load`) and the gate's explainer.
+/// Only the first call counts, so they cannot be swapped afterwards.
 #[pyfunction]
-fn bind_gate(py: Python<'_>, original_loads: Py<PyAny>, explain: Py<PyAny>) {
+fn bind_gate(
+    py: Python<'_>,
+    original_loads: Py<PyAny>,
+    c_unpickler_load: Py<PyAny>,
+    py_unpickler_load: Py<PyAny>,
+    explain: Py<PyAny>,
+) {
     let _ = ORIGINAL_LOADS.set(py, original_loads);
+    let _ = ORIGINAL_C_LOAD.set(py, c_unpickler_load);
+    let _ = ORIGINAL_PY_LOAD.set(py, py_unpickler_load);
     let _ = EXPLAIN_UNDELIMITED.set(py, explain);
 }
 
@@ -1282,23 +1294,354 @@ fn run_original<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (feed, feed_buffers) = match admitted {
         Ok(found) => found,
-        Err(GuardError::Undelimited { data, error }) => {
-            let undelimited = _UndelimitedPickle::new_err((data, error.into_value(py)));
-            gate_part(py, &EXPLAIN_UNDELIMITED)?.call1((
-                undelimited.into_value(py),
-                "c",
-                &options,
-            ))?;
-            return Err(PickleGuardError::new_err(
-                "undelimited pickle was not explained",
-            ));
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(explain(py, e, "c", &options)),
     };
     if let Some(b) = feed_buffers {
         options.set_item("buffers", b)?;
     }
+    let _admitted = Admitted::enter();
     gate_part(py, &ORIGINAL_LOADS)?.call((feed,), Some(&options))
+}
+
+/// Turn an admission failure into the exception to raise: for input that could not
+/// be delimited, the one plain pickle raises (found by the gate's dry run).
+fn explain(py: Python<'_>, error: GuardError, flavor: &str, options: &Bound<'_, PyDict>) -> PyErr {
+    let GuardError::Undelimited { data, error } = error else {
+        return error.into();
+    };
+    let undelimited = _UndelimitedPickle::new_err((data, error.into_value(py)));
+    let explained = gate_part(py, &EXPLAIN_UNDELIMITED)
+        .and_then(|f| f.call1((undelimited.into_value(py), flavor, options)));
+    match explained {
+        Err(e) => e,
+        Ok(_) => PickleGuardError::new_err("undelimited pickle was not explained"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loads through the Python-level unpickler classes. Each call admits one pickle
+// and runs the original `load` on it, in one step, so no Python-visible function
+// runs an original unpickler on bytes that were not admitted.
+
+/// A private file holding only admitted bytes: the input of the real unpickler.
+/// Its contents can be set from Rust only.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct Feed {
+    state: Mutex<(Vec<u8>, usize)>,
+}
+
+#[pymethods]
+impl Feed {
+    #[new]
+    fn new() -> Self {
+        Feed {
+            state: Mutex::new((Vec::new(), 0)),
+        }
+    }
+
+    #[pyo3(signature = (n=-1))]
+    fn read<'py>(&self, py: Python<'py>, n: Option<isize>) -> Bound<'py, PyBytes> {
+        let mut state = self.state.lock();
+        let (data, pos) = &mut *state;
+        let available = data.len() - *pos;
+        let take = match n {
+            Some(n) if n >= 0 => (n as usize).min(available),
+            _ => available,
+        };
+        let out = PyBytes::new(py, &data[*pos..*pos + take]);
+        *pos += take;
+        out
+    }
+
+    #[pyo3(signature = (size=-1))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
+        let mut state = self.state.lock();
+        let (data, pos) = &mut *state;
+        let rest = &data[*pos..];
+        let mut take = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        if let Some(size) = size.filter(|&s| s >= 0) {
+            take = take.min(size as usize);
+        }
+        let out = PyBytes::new(py, &rest[..take]);
+        *pos += take;
+        out
+    }
+
+    fn readinto(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let target = PyMemoryView::from(buffer)?;
+        let capacity: usize = target.len()?;
+        let mut state = self.state.lock();
+        let (data, pos) = &mut *state;
+        let take = capacity.min(data.len() - *pos);
+        target.set_item(
+            PySlice::new(py, 0, take as isize, 1),
+            PyBytes::new(py, &data[*pos..*pos + take]),
+        )?;
+        *pos += take;
+        Ok(take)
+    }
+}
+
+impl Feed {
+    fn set(&self, bytes: &[u8]) {
+        let mut state = self.state.lock();
+        state.0.clear();
+        state.0.extend_from_slice(bytes);
+        state.1 = 0;
+    }
+}
+
+fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
+    let name = unpickler
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Unpickler".into());
+    UnpicklingError::new_err(format!(
+        "Unpickler.__init__() was not called by {name}.__init__()"
+    ))
+}
+
+/// `load()` of the guarded `pickle.Unpickler`: admit one pickle from the source,
+/// put it in the private feed, and run the C unpickler's `load` on it.
+#[pyfunction]
+fn unpickler_load<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(source) = unpickler.getattr("_pickleguard_source") else {
+        return Err(init_not_called(unpickler));
+    };
+    let (read, readline): (Bound<'py, PyAny>, Bound<'py, PyAny>) = source.extract()?;
+    let buffers = Some(unpickler.getattr("_pickleguard_buffers")?).filter(|b| !b.is_none());
+    let file = unpickler.getattr("_pickleguard_file")?;
+    let feed = unpickler.getattr("_pickleguard_feed")?;
+    let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
+    let name = source_name(&file);
+    match admit_stream_inner(py, &read, &readline, buffers, None, name) {
+        Ok((data, feed_buffers)) => {
+            feed.get().set(data.as_bytes());
+            if let Some(b) = feed_buffers {
+                unpickler
+                    .getattr("_pickleguard_buffer_feed")?
+                    .setattr("current", b)?;
+            }
+            let _admitted = Admitted::enter();
+            gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
+        }
+        Err(e) => {
+            let options = unpickler
+                .getattr("_pickleguard_options")?
+                .cast_into::<PyDict>()
+                .map_err(PyErr::from)?;
+            Err(explain(py, e, "c", &options))
+        }
+    }
+}
+
+/// `pickle._Unpickler.load`, patched on the class: admit one pickle from the
+/// instance's file, swap in a private feed holding it, run the original `load`.
+#[pyfunction]
+fn py_unpickler_load<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_PY_LOAD)?;
+    let (Ok(read), Ok(readline)) = (
+        unpickler.getattr("_file_read"),
+        unpickler.getattr("_file_readline"),
+    ) else {
+        // Not initialised: the original raises its own error, reading nothing.
+        return original.call1((unpickler,));
+    };
+    let buffers = Some(unpickler.getattr("_buffers")?).filter(|b| !b.is_none());
+    let file = read.getattr("__self__").ok();
+    let name = file.as_ref().and_then(source_name);
+    let (data, feed_buffers) = match admit_stream_inner(py, &read, &readline, buffers, None, name) {
+        Ok(found) => found,
+        Err(e) => {
+            let options = PyDict::new(py);
+            for key in ["fix_imports", "encoding", "errors"] {
+                options.set_item(key, unpickler.getattr(key)?)?;
+            }
+            return Err(explain(py, e, "py", &options));
+        }
+    };
+    let feed = Bound::new(py, Feed::new())?;
+    feed.get().set(data.as_bytes());
+    unpickler.setattr("_file_read", feed.getattr("read")?)?;
+    unpickler.setattr("_file_readline", feed.getattr("readline")?)?;
+    if let Some(b) = feed_buffers {
+        unpickler.setattr("_buffers", b)?;
+    }
+    let result = {
+        let _admitted = Admitted::enter();
+        original.call1((unpickler,))
+    };
+    unpickler.setattr("_file_read", read)?;
+    unpickler.setattr("_file_readline", readline)?;
+    result
+}
+
+// ---------------------------------------------------------------------------
+// The backstop: a C-level audit hook that refuses `pickle.find_class` (the event
+// every unpickler raises before importing a global) unless this thread is running
+// an original unpickler on admitted bytes. An unpickler reached by a path the gate
+// does not cover (a function bound before activation, a second `_pickle`, a
+// subclass of the original C class) then cannot import a single global.
+
+thread_local! {
+    static ADMITTED_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, this thread runs an original unpickler on admitted bytes.
+struct Admitted;
+
+impl Admitted {
+    fn enter() -> Self {
+        ADMITTED_DEPTH.with(|d| d.set(d.get() + 1));
+        Admitted
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        ADMITTED_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+type AuditHookFunction = unsafe extern "C" fn(
+    *const std::ffi::c_char,
+    *mut pyo3::ffi::PyObject,
+    *mut std::ffi::c_void,
+) -> std::ffi::c_int;
+
+extern "C" {
+    // Part of CPython's C API since 3.8; not wrapped by pyo3-ffi.
+    fn PySys_AddAuditHook(
+        hook: AuditHookFunction,
+        user_data: *mut std::ffi::c_void,
+    ) -> std::ffi::c_int;
+}
+
+static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Why the backstop refuses `module.name`, or None to let it through.
+fn backstop_refusal(module: &str, name: &str) -> Option<(&'static str, String)> {
+    let own = module == "pickleguard" || module.starts_with("pickleguard.");
+    if own && module != "pickleguard.errors" {
+        return Some((
+            "backstop-self",
+            format!("a pickle may not import pickleguard's own {module}.{name}"),
+        ));
+    }
+    if ADMITTED_DEPTH.with(|d| d.get()) > 0 {
+        return None;
+    }
+    Some((
+        "backstop",
+        format!(
+            "an unpickler that pickleguard did not admit tried to import {module}.{name}; \
+             something loaded a pickle through a path the gate does not cover (a function \
+             bound before activation, a second copy of _pickle, a subclass of the original \
+             C Unpickler)"
+        ),
+    ))
+}
+
+fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (module, name): (String, String) = args
+        .extract()
+        .unwrap_or_else(|_| ("<unknown>".into(), "<unknown>".into()));
+    match backstop_refusal(&module, &name) {
+        None => Ok(()),
+        Some((code, why)) => {
+            let denial = Denial {
+                message: format!(
+                    "pickleguard refused a global import: {why}.\nhint: load pickles through pickle.load/loads/Unpickler after activation, or activate pickleguard at interpreter start (PICKLEGUARD_MANIFEST) so no loader is bound before it"
+                ),
+                digest_hex: String::new(),
+                size: 0,
+                caller: caller(py).map(|c| c.name).unwrap_or_default(),
+                code,
+                entry: String::new(),
+            };
+            if module != "pickleguard.selftest" {
+                if let Ok(log) = logger(py) {
+                    let _ = log.call_method1("error", ("%s", denial.message.as_str()));
+                }
+            }
+            Err(denial.into_pyerr(py))
+        }
+    }
+}
+
+unsafe extern "C" fn audit_hook(
+    event: *const std::ffi::c_char,
+    args: *mut pyo3::ffi::PyObject,
+    _user_data: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: CPython passes a NUL-terminated event name valid for this call.
+    let event = unsafe { std::ffi::CStr::from_ptr(event) };
+    if event.to_bytes() != b"pickle.find_class" {
+        return 0;
+    }
+    // SAFETY: audit hooks are called with the GIL held, and `args` is a tuple
+    // borrowed for the duration of the call.
+    let outcome = std::panic::catch_unwind(|| unsafe {
+        let py = Python::assume_attached();
+        let args = Bound::from_borrowed_ptr(py, args);
+        backstop_check(py, &args).map_err(|e| e.restore(py))
+    });
+    match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(())) => -1,
+        Err(_) => {
+            // Never let a global through on a panic.
+            // SAFETY: as above, the GIL is held.
+            let py = unsafe { Python::assume_attached() };
+            PickleGuardError::new_err("pickleguard's backstop failed").restore(py);
+            -1
+        }
+    }
+}
+
+/// Register the audit hook (once) and prove it is in place: an unadmitted
+/// `pickle.find_class` event must be refused. Raises PickleGuardError otherwise,
+/// so no one reports "enforcing" without the backstop.
+#[pyfunction]
+fn install_backstop(py: Python<'_>) -> PyResult<()> {
+    if !BACKSTOP_REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: `audit_hook` is a static C-ABI function that stays valid for the
+        // life of the process, and it takes no user data.
+        let status = unsafe { PySys_AddAuditHook(audit_hook, std::ptr::null_mut()) };
+        if status != 0 {
+            BACKSTOP_REGISTERED.store(false, Ordering::Release);
+            let cause = PyErr::take(py)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(PickleGuardError::new_err(format!(
+                "could not register pickleguard's audit hook: {cause}"
+            )));
+        }
+    }
+    let probe = py.import("sys")?.call_method1(
+        "audit",
+        ("pickle.find_class", "pickleguard.selftest", "probe"),
+    );
+    match probe {
+        Err(e) if e.is_instance_of::<NoPickleError>(py) => Ok(()),
+        Err(e) => Err(PickleGuardError::new_err(format!(
+            "pickleguard's audit-hook backstop failed its self-test: {e}"
+        ))),
+        Ok(_) => Err(PickleGuardError::new_err(
+            "pickleguard's audit-hook backstop is not in place: another audit hook refused its \
+             registration, so pickleguard will not report enforcing",
+        )),
+    }
 }
 
 /// The `read` and `readline` of `file`, looked up as the C unpickler does (after
@@ -1450,6 +1793,10 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pinned_loads, m)?)?;
     m.add_function(wrap_pyfunction!(pinned_load, m)?)?;
     m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
+    m.add_function(wrap_pyfunction!(unpickler_load, m)?)?;
+    m.add_function(wrap_pyfunction!(py_unpickler_load, m)?)?;
+    m.add_function(wrap_pyfunction!(install_backstop, m)?)?;
+    m.add_class::<Feed>()?;
     m.add_function(wrap_pyfunction!(seal_type, m)?)?;
     m.add_function(wrap_pyfunction!(start_journal, m)?)?;
     m.add_function(wrap_pyfunction!(set_audit_log, m)?)?;

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import pickle
+import re
 import site
 import subprocess
 import sys

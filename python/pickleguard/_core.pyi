@@ -1,6 +1,8 @@
 """Type stubs for pickleguard's native core (built from src/python.rs)."""
 
 __all__ = [
+    "Feed",
+    "Feed",
     "Grant",
     "Token",
     "activate",
@@ -11,6 +13,8 @@ __all__ = [
     "delimit",
     "identify",
     "imports",
+    "install_backstop",
+    "install_backstop",
     "load",
     "loads",
     "manifest_summary",
@@ -18,11 +22,14 @@ __all__ = [
     "pinned_load",
     "pinned_loads",
     "process_layers",
+    "py_unpickler_load",
+    "py_unpickler_load",
     "record_layer",
     "seal_type",
     "set_audit_log",
     "sha256",
     "start_journal",
+    "unpickler_load",
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
@@ -54,7 +61,25 @@ def loads(data: Any, /, **kwargs: Any) -> Any: ...
 def load(file: Any, **kwargs: Any) -> Any: ...
 def pinned_loads(data: Any, sha256: str, /, **kwargs: Any) -> Any: ...
 def pinned_load(file: Any, sha256: str, /, **kwargs: Any) -> Any: ...
-def bind_gate(original_loads: Callable[..., Any], explain: Callable[..., Any]) -> None: ...
+def bind_gate(
+    original_loads: Callable[..., Any],
+    c_unpickler_load: Callable[..., Any],
+    py_unpickler_load: Callable[..., Any],
+    explain: Callable[..., Any],
+) -> None: ...
+def unpickler_load(unpickler: Any) -> Any: ...
+def py_unpickler_load(unpickler: Any) -> Any: ...
+def install_backstop() -> None: ...
+
+@final
+class Feed:
+    """A private file holding only admitted bytes."""
+
+    def __init__(self) -> None: ...
+    def read(self, n: Optional[int] = ...) -> bytes: ...
+    def readline(self, size: Optional[int] = ...) -> bytes: ...
+    def readinto(self, buffer: Any) -> int: ...
+
 def admit_stream(
     read: Callable[..., Any],
     readline: Callable[..., Any],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _pickle
 import io
 import pickle
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
 
@@ -19,6 +20,7 @@ from .errors import _UndelimitedPickle
 
 # The originals, captured before anything is patched.
 _c_loads = _pickle.loads
+_c_load = _pickle.load
 _CUnpickler = _pickle.Unpickler
 _py_load = pickle._Unpickler.load
 
@@ -150,7 +152,7 @@ class Unpickler(_CUnpickler):
         self._pickleguard_source = _file_methods(file)
         self._pickleguard_file = file
         self._pickleguard_options = dict(fix_imports=fix_imports, encoding=encoding, errors=errors)
-        self._pickleguard_feed = io.BytesIO()
+        self._pickleguard_feed = _core.Feed()
         self._pickleguard_buffers = None if buffers is None else iter(buffers)
         self._pickleguard_buffer_feed = None if buffers is None else _BufferFeed()
         super().__init__(
@@ -162,72 +164,61 @@ class Unpickler(_CUnpickler):
         )
 
     def load(self) -> Any:
-        try:
-            read, readline = self._pickleguard_source
-        except AttributeError:
-            # This class's __init__ did not run, so there is no verified input. Plain
-            # pickle raises this when no __init__ ran; it is also the safe answer when
-            # a subclass called the C base class's __init__ directly.
-            raise pickle.UnpicklingError(
-                f"Unpickler.__init__() was not called by {type(self).__name__}.__init__()"
-            ) from None
-        try:
-            data, feed_buffers = _core.admit_stream(
-                read, readline, self._pickleguard_buffers, None, self._pickleguard_file
-            )
-        except _UndelimitedPickle as undelimited:
-            _explain_undelimited(undelimited, "c", self._pickleguard_options)
-        feed = self._pickleguard_feed
-        feed.seek(0)
-        feed.truncate()
-        feed.write(data)
-        feed.seek(0)
-        if self._pickleguard_buffer_feed is not None and feed_buffers is not None:
-            self._pickleguard_buffer_feed.current = feed_buffers
-        return super().load()
+        # Admits one pickle, puts it in the private feed and runs the C load on it,
+        # all in the core; raises like plain pickle if __init__ was not called.
+        return _core.unpickler_load(self)
 
 
 def _guarded_py_load(self: Any) -> Any:
     """``pickle._Unpickler.load``, patched on the class so every subclass is covered."""
-    try:
-        read, readline = self._file_read, self._file_readline
-    except AttributeError:
-        return _py_load(self)
-    try:
-        data, feed_buffers = _core.admit_stream(
-            read, readline, self._buffers, None, getattr(read, "__self__", None)
-        )
-    except _UndelimitedPickle as undelimited:
-        _explain_undelimited(
-            undelimited,
-            "py",
-            dict(fix_imports=self.fix_imports, encoding=self.encoding, errors=self.errors),
-        )
-    feed = io.BytesIO(data)
-    self._file_read, self._file_readline = feed.read, feed.readline
-    if feed_buffers is not None:
-        self._buffers = feed_buffers
-    try:
-        return _py_load(self)
-    finally:
-        self._file_read, self._file_readline = read, readline
+    return _core.py_unpickler_load(self)
 
 
 _guarded_py_load.__name__ = "load"
 _guarded_py_load.__qualname__ = "_Unpickler.load"
 
 
+def _rebind_captured_originals() -> None:
+    """Point names bound to the original loaders before activation at the guarded
+    ones: ``from pickle import loads`` in modules imported earlier, shelve's
+    ``Unpickler``, multiprocessing's ``ForkingPickler.loads``. Whatever this misses
+    still meets the backstop."""
+    replacements = {id(_c_loads): loads, id(_c_load): load, id(_CUnpickler): Unpickler}
+    for name, module in list(sys.modules.items()):
+        if module is None or name in ("pickle", "_pickle") or name.startswith("pickleguard"):
+            continue
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        for attr, value in list(namespace.items()):
+            replacement = replacements.get(id(value))
+            if replacement is not None and value is not replacement:
+                try:
+                    setattr(module, attr, replacement)
+                except (AttributeError, TypeError):
+                    pass
+    reduction = sys.modules.get("multiprocessing.reduction")
+    forking = getattr(reduction, "ForkingPickler", None)
+    if forking is not None and forking.__dict__.get("loads") is _c_loads:
+        forking.loads = loads
+
+
 def install() -> None:
-    """Replace the loading entry points of ``pickle`` and ``_pickle``. Idempotent."""
+    """Replace the loading entry points of ``pickle`` and ``_pickle``, register the
+    audit-hook backstop and prove it works. Idempotent. Raises PickleGuardError if
+    the backstop cannot be put in place."""
     global _installed
     with _install_lock:
         if _installed:
             return
+        _core.install_backstop()
         for module in (pickle, _pickle):
             module.load = load  # type: ignore[attr-defined]
             module.loads = loads  # type: ignore[attr-defined]
             module.Unpickler = Unpickler  # type: ignore[attr-defined]
         pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
+        _rebind_captured_originals()
         _installed = True
 
 
@@ -235,5 +226,5 @@ def installed() -> bool:
     return _installed
 
 
-_core.bind_gate(_c_loads, _explain_undelimited)
+_core.bind_gate(_c_loads, _CUnpickler.load, _py_load, _explain_undelimited)
 _core.seal_type(Unpickler)

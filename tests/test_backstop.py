@@ -1,0 +1,193 @@
+"""The backstop: an audit hook that refuses every global import by an unpickler the
+gate did not admit. Each bypass below is first shown to work without pickleguard."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import hostile, write_manifest
+
+# Each technique loads DATA (a payload) in a way that dodges the patched entry
+# points. SETUP runs before activation; LOAD after it.
+BYPASSES = {
+    # A reference captured before activation, where no rebinding reaches it.
+    "original loads captured in a dict": (
+        "import pickle\ncaptured = {'loads': pickle.loads}",
+        "captured['loads'](DATA)",
+    ),
+    # A subclass of the original C Unpickler, defined before activation.
+    "subclass of the original C Unpickler": (
+        "import io, _pickle\nclass Early(_pickle.Unpickler):\n    pass",
+        "Early(io.BytesIO(DATA)).load()",
+    ),
+    # A second, fresh instance of the C accelerator module. On 3.12+ it has its own,
+    # unpatched functions; before that the import system returns the patched one.
+    "a second instance of _pickle": (
+        "import importlib.util",
+        "spec = importlib.util.find_spec('_pickle')\n"
+        "second = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(second)\n"
+        "second.loads(DATA)",
+    ),
+    # The pure-Python unpickler of a reloaded pickle module: a new, unpatched class.
+    "importlib.reload(pickle)": (
+        "import importlib, io, pickle",
+        "importlib.reload(pickle)\npickle._loads(DATA)",
+    ),
+    # A fresh pickle module imported after deleting the patched one.
+    'del sys.modules["pickle"]': (
+        "import io, sys",
+        "del sys.modules['pickle']\nimport pickle as fresh\nfresh._Unpickler(io.BytesIO(DATA)).load()",
+    ),
+    # The original pure-Python load, captured before activation.
+    "original _Unpickler.load captured": (
+        "import io, pickle\noriginal_load = pickle._Unpickler.load",
+        "original_load(pickle._Unpickler(io.BytesIO(DATA)))",
+    ),
+}
+
+
+def scenario(setup: str, load: str, guarded: bool, mode: str = "warn") -> str:
+    activate = f"pickleguard.activate(mode={mode!r})" if guarded else "pass"
+    return f"""
+import json, os, pickle, sys
+{setup}
+import pickleguard
+DATA = open('p.pkl', 'rb').read()
+{activate}
+try:
+{chr(10).join("    " + line for line in load.splitlines())}
+except pickleguard.NoPickleError as e:
+    print(json.dumps({{"refused": e.code}}))
+else:
+    print(json.dumps({{"refused": None}}))
+"""
+
+
+@pytest.mark.parametrize("technique", BYPASSES)
+def test_the_backstop_refuses_loads_that_dodge_the_gate(technique, run_py, tmp_path):
+    setup, load = BYPASSES[technique]
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel, protocol=2))
+    unguarded = run_py(scenario(setup, load, guarded=False))
+    assert '"refused": null' in unguarded.stdout
+    assert sentinel.exists(), "the bypass must work without pickleguard"
+    sentinel.rmdir()
+    if technique == "a second instance of _pickle" and sys.version_info < (3, 12):
+        # The "second instance" is the patched module itself: the gate refuses it.
+        guarded = run_py(scenario(setup, load, guarded=True, mode="enforce"))
+        assert '"refused": "no-manifest"' in guarded.stdout, guarded.stdout + guarded.stderr
+    else:
+        # Warn mode allows every admitted load: only the backstop can refuse these.
+        guarded = run_py(scenario(setup, load, guarded=True))
+        assert '"refused": "backstop"' in guarded.stdout, guarded.stdout + guarded.stderr
+    assert not sentinel.exists()
+
+
+def test_an_allowed_pickle_cannot_reach_pickleguard_itself(run_py, tmp_path):
+    # Technique: a listed (so admitted) pickle whose REDUCE calls pickleguard's own
+    # functions to loosen the policy.
+    import pickle
+
+    import pickleguard._core as core
+
+    class Loosen:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (core.record_layer, ())
+
+    data = pickle.dumps(Loosen(), protocol=2)
+    (tmp_path / "p.pkl").write_bytes(data)
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(data)})
+    proc = run_py(
+        f"""
+import pickle, pickleguard, pickleguard._core as core
+pickleguard.activate({str(manifest)!r})
+try:
+    pickle.load(open("p.pkl", "rb"))
+except pickleguard.NoPickleError as e:
+    print(e.code)
+print(len(core.process_layers()))
+"""
+    )
+    assert proc.stdout.split() == ["backstop-self", "1"]
+
+
+def test_pickled_pickleguard_errors_still_load(run_py, tmp_path):
+    # Workers send NoPickleError back to their parent as a pickle.
+    run_py(
+        """
+import pickle, pickleguard
+token = pickleguard.activate()
+error = pickleguard.NoPickleError("refused", sha256="ab", code="not-listed")
+data = pickle.dumps(error)
+with pickleguard.allow_pickles(token):
+    copy = pickle.loads(data)
+assert copy.code == "not-listed" and copy.sha256 == "ab"
+"""
+    )
+
+
+def test_activation_fails_loudly_when_the_backstop_cannot_register(run_py):
+    proc = run_py(
+        """
+import sys, pickle
+def veto(event, args):
+    if event == "sys.addaudithook":
+        raise RuntimeError("no more hooks")
+sys.addaudithook(veto)
+import pickleguard
+try:
+    pickleguard.activate()
+except pickleguard.PickleGuardError as e:
+    print("refused to report enforcing:", e)
+"""
+    )
+    assert "refused to report enforcing" in proc.stdout
+    assert "backstop is not in place" in proc.stdout
+
+
+def test_names_bound_before_activation_are_rebound(run_py, tmp_path):
+    # multiprocessing binds ForkingPickler.loads = pickle.loads at import time;
+    # shelve binds Unpickler. Activation in code after those imports still guards them.
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    run_py(
+        """
+import io, shelve, multiprocessing.reduction as reduction
+from pickle import loads as early_loads
+import pickle, pickleguard
+pickleguard.activate(mode="warn")
+assert reduction.ForkingPickler.loads is pickle.loads
+assert shelve.Unpickler is pickle.Unpickler
+assert early_loads is pickle.loads
+"""
+    )
+
+
+def test_multiprocessing_imported_before_activation_keeps_working(run_py, tmp_path):
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        'version = 1\n[[channel]]\nname = "multiprocessing"\n'
+        'callers = ["multiprocessing.connection:_ConnectionBase.recv",'
+        ' "multiprocessing.connection:recv", "multiprocessing.queues:SimpleQueue.get",'
+        ' "multiprocessing.queues:get", "multiprocessing.spawn:_main"]\n'
+    )
+    proc = run_py(
+        f"""
+import multiprocessing
+import pickleguard
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    pickleguard.activate({str(manifest)!r})
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        print(sum(pool.map(square, range(10))))
+"""
+    )
+    assert proc.stdout.strip() == "285"
