@@ -1510,6 +1510,31 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         ADMITTED_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        // Both unpicklers take EXT codes from copyreg's cache without raising
+        // pickle.find_class; an entry an admitted load left there would let an
+        // unadmitted unpickler reach that global past the backstop.
+        // SAFETY: Admitted lives only inside functions that hold the GIL.
+        let py = unsafe { Python::assume_attached() };
+        clear_extension_cache(py);
+    }
+}
+
+static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+
+fn clear_extension_cache(py: Python<'_>) {
+    let cache = EXTENSION_CACHE.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        Ok(py
+            .import("copyreg")?
+            .getattr("_extension_cache")?
+            .cast_into::<PyDict>()
+            .map_err(PyErr::from)?
+            .unbind())
+    });
+    if let Ok(cache) = cache {
+        let cache = cache.bind(py);
+        if !cache.is_empty() {
+            cache.clear();
+        }
     }
 }
 
@@ -1628,6 +1653,8 @@ fn install_backstop(py: Python<'_>) -> PyResult<()> {
             )));
         }
     }
+    // Entries cached before activation would reach unadmitted unpicklers too.
+    clear_extension_cache(py);
     let probe = py.import("sys")?.call_method1(
         "audit",
         ("pickle.find_class", "pickleguard.selftest", "probe"),
@@ -1774,6 +1801,13 @@ fn identify(
     Ok(format!("sha256:{}", to_hex(&digest)))
 }
 
+/// Whether the gate may dry-run `data` to explain why it cannot be delimited.
+#[pyfunction]
+fn dry_run_safe(data: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let bytes = snapshot_bytes(data)?;
+    Ok(scan::dry_run_safe(bytes.as_bytes()))
+}
+
 /// SHA-256 of `data` as hex, with the GIL released for large inputs.
 #[pyfunction]
 #[pyo3(name = "sha256")]
@@ -1806,6 +1840,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
     m.add_function(wrap_pyfunction!(identify, m)?)?;
+    m.add_function(wrap_pyfunction!(dry_run_safe, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_hex, m)?)?;
     m.add_function(wrap_pyfunction!(process_layers, m)?)?;
     m.add_function(wrap_pyfunction!(check_manifest, m)?)?;

@@ -310,9 +310,98 @@ pub fn imports(data: &[u8]) -> Vec<Import> {
     found
 }
 
+/// Whether the unpickler can be run on `data` with every global replaced by an inert
+/// placeholder, to find the error plain pickle would raise, without it using memory
+/// the input does not pay for or code the input does not name:
+///
+/// * no EXT opcodes: both unpicklers take extensions from `copyreg`'s cache without
+///   asking `find_class`, so a warm cache would hand the run real functions;
+/// * no memo index beyond the input's length: the C unpickler grows its memo array
+///   to twice the index it is given;
+/// * no counted length beyond what is left of the input: the C unpickler allocates
+///   the object before it reads into it.
+pub fn dry_run_safe(data: &[u8]) -> bool {
+    let limit = data.len() as u64;
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let code = data[pos];
+        pos += 1;
+        let Some(layout) = arg_layout(code) else {
+            return true; // the run stops at this opcode too
+        };
+        match layout {
+            ArgLayout::None => {}
+            ArgLayout::Fixed(n) => {
+                let Some(arg) = data.get(pos..pos + n) else {
+                    return true;
+                };
+                pos += n;
+                match code {
+                    op::EXT1 | op::EXT2 | op::EXT4 => return false,
+                    op::BINPUT | op::LONG_BINPUT if le(arg) > limit => return false,
+                    _ => {}
+                }
+            }
+            ArgLayout::Line => {
+                let Some((arg, next)) = line(data, pos) else {
+                    return true;
+                };
+                pos = next;
+                if code == op::PUT {
+                    let index = std::str::from_utf8(arg)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok());
+                    if index.is_none_or(|i| i > limit) {
+                        return false;
+                    }
+                }
+            }
+            ArgLayout::TwoLines => {
+                let Some((_, mid)) = line(data, pos) else {
+                    return true;
+                };
+                let Some((_, next)) = line(data, mid) else {
+                    return true;
+                };
+                pos = next;
+            }
+            ArgLayout::Counted { width, .. } => {
+                let Some(len) = data.get(pos..pos + width).map(le) else {
+                    return true;
+                };
+                pos += width;
+                let remaining = (data.len() - pos) as u64;
+                // Signed widths (BINSTRING, LONG4) are refused when negative anyway.
+                let len = if width == 4 { len as u32 as u64 } else { len };
+                if len > remaining {
+                    return false;
+                }
+                pos += len as usize;
+            }
+        }
+        if code == op::STOP {
+            return true;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dry_run_safety() {
+        assert!(dry_run_safe(b"\x80\x02]q\x00K\x01a"));
+        // EXT opcodes read copyreg's cache.
+        assert!(!dry_run_safe(b"\x80\x02\x82\xf1"));
+        // A memo index the input does not pay for.
+        assert!(!dry_run_safe(b"\x80\x02]r\x00\x00\x00\x01"));
+        assert!(!dry_run_safe(b"]p4294967295\n"));
+        // A length longer than the rest of the input.
+        assert!(!dry_run_safe(b"\x8e\x00\x00\x00\x00\x01\x00\x00\x00ab"));
+        assert!(dry_run_safe(b"C\x02ab"));
+    }
 
     fn global(m: &str, n: &str) -> Import {
         Import::Global {

@@ -54,9 +54,14 @@ class _PlaceholderMeta(type):
         raise _ImportRefused
 
 
+def _refuse_new(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    raise _ImportRefused
+
+
 # A class, so the C unpickler's "is it a type" checks pass and the run stops at the
-# placeholder's first use, as plain pickle would go on to use the real class.
-_Placeholder = _PlaceholderMeta("_Placeholder", (), {})
+# placeholder's first use (NEWOBJ calls its __new__ slot directly), as plain pickle
+# would go on to use the real class.
+_Placeholder = _PlaceholderMeta("_Placeholder", (), {"__new__": _refuse_new})
 
 
 # Globals the dry run may really use: the builtin exception classes. Constructing
@@ -98,6 +103,9 @@ def _explain_undelimited(
     one plain pickle raises; otherwise the reader's own error stands.
     """
     data, reader_error = undelimited.args
+    if not _core.dry_run_safe(data):
+        # EXT opcodes, or a memo index or length the input does not pay for.
+        raise reader_error from None
     options = {k: v for k, v in options.items() if k != "buffers"}
     try:
         if flavor == "c":
