@@ -191,3 +191,29 @@ if __name__ == "__main__":
 """
     )
     assert proc.stdout.strip() == "285"
+
+
+def test_putting_the_originals_back_does_not_loosen_the_policy(run_py, tmp_path):
+    # Technique: restore the unpatched functions and class from where pickleguard
+    # keeps them, then load. The originals run, but cannot import a global.
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    proc = run_py(
+        """
+import io, pickle, _pickle, pickleguard
+from pickleguard import _gate
+pickleguard.activate(mode="warn")
+pickle.loads, pickle.Unpickler = _gate._c_loads, pickleguard._gate.Unpickler.__bases__[0]
+pickle._Unpickler.load = _gate._py_load
+data = open("p.pkl", "rb").read()
+codes = []
+for load in (pickle.loads, lambda d: pickle.Unpickler(io.BytesIO(d)).load(), pickle._loads):
+    try:
+        load(data)
+    except pickleguard.NoPickleError as e:
+        codes.append(e.code)
+print(codes)
+"""
+    )
+    assert proc.stdout.strip() == "['backstop', 'backstop', 'backstop']"
+    assert not sentinel.exists()
