@@ -198,6 +198,9 @@ def test_putting_the_originals_back_does_not_loosen_the_policy(run_py, tmp_path)
     # keeps them, then load. The originals run, but cannot import a global.
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    run_py("from pickleguard import _gate; _gate._c_loads(open('p.pkl', 'rb').read())")
+    assert sentinel.exists(), "the payload must fire through the original without the guard"
+    sentinel.rmdir()
     proc = run_py(
         """
 import io, pickle, _pickle, pickleguard
