@@ -33,6 +33,8 @@ class _Report:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.items: List[Dict[str, Any]] = []
+        # Raised by callers that hit an I/O error while producing the report.
+        self.floor = EXIT_OK
 
     def add(self, item: Dict[str, Any], human: str) -> None:
         self.items.append(item)
@@ -46,6 +48,7 @@ class _Report:
             print(f"hint: {hint}", file=sys.stderr)
 
     def finish(self, status: int) -> int:
+        status = max(status, self.floor)
         if self.as_json:
             json.dump({"status": status, "results": self.items}, sys.stdout, indent=2)
             sys.stdout.write("\n")
@@ -115,6 +118,7 @@ def _read(path: str, report: _Report) -> Optional[bytes]:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
+        report.floor = EXIT_USAGE
         report.error(
             {"file": path, "error": str(e)},
             f"could not read {path}: {e.strerror}",
@@ -123,14 +127,18 @@ def _read(path: str, report: _Report) -> Optional[bytes]:
         return None
 
 
+def _readable(paths: Sequence[str], report: _Report) -> Iterator[Tuple[str, bytes]]:
+    """Each file's path and contents; an unreadable one is reported and skipped."""
+    for path in paths:
+        data = _read(path, report)
+        if data is not None:
+            yield path, data
+
+
 def _hash(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
-    for path in args.files:
-        data = _read(path, report)
-        if data is None:
-            status = max(status, EXIT_USAGE)
-            continue
+    for path, data in _readable(args.files, report):
         whole = hashlib.sha256(data).hexdigest()
         item: Dict[str, Any] = {"file": path, "sha256": whole, "size": len(data)}
         lines = [f"{path}: file sha256:{whole} ({len(data)} bytes)"]
@@ -165,11 +173,7 @@ def _hash(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
-    for path in args.files:
-        data = _read(path, report)
-        if data is None:
-            status = max(status, EXIT_USAGE)
-            continue
+    for path, data in _readable(args.files, report):
         members = list(_zip_pickles(path)) if zipfile.is_zipfile(path) else [("", data)]
         for name, blob in members:
             pickles, problem = _pickles_in(blob)
