@@ -1242,6 +1242,8 @@ fn py_fspath<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
 static ORIGINAL_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ORIGINAL_C_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ORIGINAL_PY_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ORIGINAL_C_FIND_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ORIGINAL_PY_FIND_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXPLAIN_UNDELIMITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Hand the core the originals it runs admitted bytes with (C `loads`, the C
@@ -1253,8 +1255,12 @@ fn bind_gate(
     original_loads: Py<PyAny>,
     c_unpickler_load: Py<PyAny>,
     py_unpickler_load: Py<PyAny>,
+    c_find_class: Py<PyAny>,
+    py_find_class: Py<PyAny>,
     explain: Py<PyAny>,
 ) {
+    let _ = ORIGINAL_C_FIND_CLASS.set(py, c_find_class);
+    let _ = ORIGINAL_PY_FIND_CLASS.set(py, py_find_class);
     let _ = ORIGINAL_LOADS.set(py, original_loads);
     let _ = ORIGINAL_C_LOAD.set(py, c_unpickler_load);
     let _ = ORIGINAL_PY_LOAD.set(py, py_unpickler_load);
@@ -1484,6 +1490,54 @@ fn py_unpickler_load<'py>(
     unpickler.setattr("_file_read", read)?;
     unpickler.setattr("_file_readline", readline)?;
     result
+}
+
+/// `find_class` of the guarded `pickle.Unpickler`, called directly or by its own
+/// admitted `load()`. A direct call is an import the caller could make anyway, so it
+/// runs admitted; the C `find_class` then raises its audit event.
+#[pyfunction]
+fn unpickler_find_class<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+    module: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
+    let _admitted = Admitted::enter();
+    original.call1((unpickler, module, name))
+}
+
+/// `pickle._Unpickler.find_class`, patched on the class. Called by an admitted load,
+/// or directly by code that is not loading, it runs admitted. Called while an
+/// original pure-Python `load` runs that the gate did not admit (one captured before
+/// activation), it stays unadmitted, so the backstop refuses it.
+#[pyfunction]
+fn py_unpickler_find_class<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+    module: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
+    if ADMITTED_DEPTH.with(|d| d.get()) > 0 || !inside_unadmitted_py_load(py)? {
+        let _admitted = Admitted::enter();
+        return original.call1((unpickler, module, name));
+    }
+    original.call1((unpickler, module, name))
+}
+
+/// Whether a frame of the original pure-Python `_Unpickler.load` is on this thread's
+/// stack (this is asked only when no admitted load is running).
+fn inside_unadmitted_py_load(py: Python<'_>) -> PyResult<bool> {
+    let load_code = gate_part(py, &ORIGINAL_PY_LOAD)?.getattr("__code__")?;
+    let mut frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    while !frame.is_none() {
+        if frame.getattr("f_code")?.is(&load_code) {
+            return Ok(true);
+        }
+        frame = frame.getattr("f_back")?;
+    }
+    Ok(false)
 }
 
 // ---------------------------------------------------------------------------
@@ -1828,6 +1882,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pinned_load, m)?)?;
     m.add_function(wrap_pyfunction!(bind_gate, m)?)?;
     m.add_function(wrap_pyfunction!(unpickler_load, m)?)?;
+    m.add_function(wrap_pyfunction!(unpickler_find_class, m)?)?;
+    m.add_function(wrap_pyfunction!(py_unpickler_find_class, m)?)?;
     m.add_function(wrap_pyfunction!(py_unpickler_load, m)?)?;
     m.add_function(wrap_pyfunction!(install_backstop, m)?)?;
     m.add_class::<Feed>()?;

@@ -23,13 +23,16 @@ __all__ = [
     "pinned_load",
     "pinned_loads",
     "process_layers",
+    "py_unpickler_find_class",
     "py_unpickler_load",
+    "py_unpickler_find_class",
     "py_unpickler_load",
     "record_layer",
     "seal_type",
     "set_audit_log",
     "sha256",
     "start_journal",
+    "unpickler_find_class",
     "unpickler_load",
 ]
 
@@ -66,8 +69,12 @@ def bind_gate(
     original_loads: Callable[..., Any],
     c_unpickler_load: Callable[..., Any],
     py_unpickler_load: Callable[..., Any],
+    c_find_class: Callable[..., Any],
+    py_find_class: Callable[..., Any],
     explain: Callable[..., Any],
 ) -> None: ...
+def unpickler_find_class(unpickler: Any, module: Any, name: Any) -> Any: ...
+def py_unpickler_find_class(unpickler: Any, module: Any, name: Any) -> Any: ...
 def unpickler_load(unpickler: Any) -> Any: ...
 def py_unpickler_load(unpickler: Any) -> Any: ...
 def install_backstop() -> None: ...

@@ -23,6 +23,7 @@ _c_loads = _pickle.loads
 _c_load = _pickle.load
 _CUnpickler = _pickle.Unpickler
 _py_load = pickle._Unpickler.load
+_py_find_class = pickle._Unpickler.find_class
 
 _install_lock = threading.Lock()
 _installed = False
@@ -176,12 +177,23 @@ class Unpickler(_CUnpickler):
         # all in the core; raises like plain pickle if __init__ was not called.
         return _core.unpickler_load(self)
 
+    def find_class(self, module_name: str, global_name: str, /) -> Any:
+        # A direct call is an ordinary import; see _core.unpickler_find_class.
+        return _core.unpickler_find_class(self, module_name, global_name)
+
 
 def _guarded_py_load(self: Any) -> Any:
     """``pickle._Unpickler.load``, patched on the class so every subclass is covered."""
     return _core.py_unpickler_load(self)
 
 
+def _guarded_py_find_class(self: Any, module: str, name: str) -> Any:
+    """``pickle._Unpickler.find_class``, patched on the class; see the core."""
+    return _core.py_unpickler_find_class(self, module, name)
+
+
+_guarded_py_find_class.__name__ = "find_class"
+_guarded_py_find_class.__qualname__ = "_Unpickler.find_class"
 _guarded_py_load.__name__ = "load"
 _guarded_py_load.__qualname__ = "_Unpickler.load"
 
@@ -226,6 +238,7 @@ def install() -> None:
             module.loads = loads  # type: ignore[attr-defined]
             module.Unpickler = Unpickler  # type: ignore[attr-defined]
         pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
+        pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
         _rebind_captured_originals()
         _installed = True
 
@@ -234,5 +247,12 @@ def installed() -> bool:
     return _installed
 
 
-_core.bind_gate(_c_loads, _CUnpickler.load, _py_load, _explain_undelimited)
+_core.bind_gate(
+    _c_loads,
+    _CUnpickler.load,
+    _py_load,
+    _CUnpickler.find_class,
+    _py_find_class,
+    _explain_undelimited,
+)
 _core.seal_type(Unpickler)
