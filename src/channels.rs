@@ -23,6 +23,14 @@ pub const KNOWN_CHANNELS: &[(&str, &[&str])] = &[(
     ],
 )];
 
+/// The callers of the known channel `name`.
+pub fn known_callers(name: &str) -> &'static [&'static str] {
+    KNOWN_CHANNELS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(&[], |(_, callers)| callers)
+}
+
 /// The known channel whose callers include `caller`, if any.
 pub fn known_channel(caller: &str) -> Option<&'static str> {
     KNOWN_CHANNELS

@@ -570,6 +570,12 @@ fn manifest_summary(
     Ok((entries, channels))
 }
 
+/// The functions through which the known channel `name` loads its messages.
+#[pyfunction]
+fn channel_callers(name: &str) -> Vec<&'static str> {
+    crate::channels::known_callers(name).to_vec()
+}
+
 /// Add a process layer that allows every load (`pickleguard record`).
 #[pyfunction]
 fn record_layer() {
@@ -1893,6 +1899,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(imports, m)?)?;
     m.add_function(wrap_pyfunction!(manifest_summary, m)?)?;
     m.add_function(wrap_pyfunction!(record_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_callers, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
     m.add_function(wrap_pyfunction!(identify, m)?)?;

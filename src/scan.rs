@@ -108,6 +108,7 @@ impl Import {
             ("types", "CodeType"),
             ("types", "MethodType"),
             ("copyreg", "_reconstructor"),
+            ("copy_reg", "_reconstructor"),
         ];
         if RISKY_MODULES.contains(&top) || RISKY_MODULES.contains(&module.as_str()) {
             return true;

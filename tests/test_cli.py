@@ -133,3 +133,32 @@ def test_hash_of_an_empty_file_is_a_finding(tmp_path):
     (tmp_path / "empty.pkl").write_bytes(b"")
     proc = cli("hash", "empty.pkl", cwd=tmp_path)
     assert proc.returncode == 1 and "empty" in proc.stderr
+
+
+def test_a_pickle_that_contains_a_zip_record_is_still_inspected(tmp_path):
+    from conftest import hostile
+
+    sentinel = tmp_path / "sentinel"
+    payload = hostile(sentinel, protocol=2)
+    # The payload, then a list holding bytes that look like a zip's end record.
+    data = payload[:-1] + pickle.dumps(b"PK\x05\x06" + b"\0" * 18, protocol=2)[2:-1] + b"\x86."
+    (tmp_path / "d.pkl").write_bytes(data)
+    proc = cli("inspect", "d.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "RISKY posix.mkdir" in proc.stdout
+    assert not sentinel.exists()
+
+
+def test_a_damaged_zip_is_a_finding_not_a_crash(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.pt", "w") as archive:
+        archive.writestr("m/data.pkl", pickle.dumps([1]))
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    at = raw.index(b"PK\x01\x02")
+    raw[at : at + 4] = b"XXXX"
+    (tmp_path / "m.pt").write_bytes(bytes(raw))
+    for command in ("hash", "inspect"):
+        proc = cli(command, "--json", "m.pt", cwd=tmp_path)
+        assert proc.returncode == 1, (command, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        json.loads(proc.stdout)

@@ -323,3 +323,67 @@ def test_the_readme_workflow_runs_end_to_end(tmp_path):
     assert "NoPickleError" in proc.stdout
     assert "its payload never ran" in proc.stdout
     assert not (tmp_path / "work" / "artifacts" / "PWNED").exists()
+
+
+def test_an_empty_manifest_variable_refuses_to_start(tmp_path):
+    proc = run([sys.executable, "-c", "print('ran')"], tmp_path, clean_env(PICKLEGUARD_MANIFEST=""))
+    assert proc.returncode == 70 and "ran" not in proc.stdout
+    assert "PICKLEGUARD_MANIFEST is set but empty" in proc.stderr
+
+
+def test_a_relative_manifest_path_reaches_children_in_other_directories(tmp_path):
+    data = pickle.dumps("listed")
+    import pickleguard
+
+    write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(data)})
+    (tmp_path / "sub").mkdir()
+    child = f"import pickle; print(pickle.loads({data!r}))"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], cwd='sub', check=True)"
+    proc = run([sys.executable, "-c", code], tmp_path, clean_env(PICKLEGUARD_MANIFEST="m.toml"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "listed"
+
+
+def test_run_and_record_keep_the_layers_they_run_under(tmp_path):
+    write_manifest(tmp_path / "m.toml")
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    load = "import pickle; pickle.load(open('p.pkl', 'rb'))"
+    enforcing = clean_env(PICKLEGUARD_MODE="enforce")  # nopickle around the CLI itself
+    proc = pg(
+        "run",
+        "--manifest",
+        "m.toml",
+        "--mode",
+        "warn",
+        "--",
+        sys.executable,
+        "-c",
+        load,
+        cwd=tmp_path,
+        env=enforcing,
+    )
+    assert proc.returncode != 0 and "NoPickleError" in proc.stderr
+    assert not sentinel.exists()
+    proc = pg(
+        "record", "-o", "out.toml", "--", sys.executable, "-c", load, cwd=tmp_path, env=enforcing
+    )
+    assert proc.returncode == 2 and "record allows every load" in proc.stderr
+    assert not sentinel.exists()
+
+
+def test_a_manifest_recorded_with_fork_works_with_spawn(tmp_path):
+    make = [sys.executable, str(PIPELINE / "make_artifacts.py"), "artifacts"]
+    assert run(make, tmp_path).returncode == 0
+    recorded = pg("record", "-o", "m.toml", "--", *APP, "--start-method", "fork", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    for method in ("spawn", "forkserver"):
+        enforced = pg(
+            "run", "--manifest", "m.toml", "--", *APP, "--start-method", method, cwd=tmp_path
+        )
+        assert enforced.returncode == 0, enforced.stderr
+
+
+def test_run_with_a_missing_manifest_is_an_io_error(tmp_path):
+    proc = pg("run", "--manifest", "missing.toml", "--", sys.executable, "-c", "pass", cwd=tmp_path)
+    assert proc.returncode == 2 and "could not read the manifest" in proc.stderr

@@ -81,7 +81,7 @@ def _check(args: argparse.Namespace) -> int:
             status = max(status, EXIT_FINDING)
         else:
             report.add(
-                {"manifest": path, "ok": True, "entries": entries},
+                {"manifest": path, "ok": True, "rules": entries},
                 f"ok: {path} ({entries} {'rule' if entries == 1 else 'rules'})",
             )
     return report.finish(status)
@@ -105,12 +105,28 @@ def _pickles_in(data: bytes) -> Tuple[List[Dict[str, Any]], Optional[str]]:
     return pickles, None
 
 
+def _is_zip(data: bytes) -> bool:
+    # A zip archive (a torch checkpoint) starts with a local file header; a pickle
+    # that merely contains an end-of-archive record does not.
+    return data[:4] == b"PK\x03\x04"
+
+
 def _zip_pickles(path: str) -> Iterator[Tuple[str, bytes]]:
     """The pickles inside a zip archive, such as a torch checkpoint's data.pkl."""
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
             if name.endswith(".pkl"):
                 yield name, archive.read(name)
+
+
+def _members(path: str, data: bytes) -> Tuple[List[Tuple[str, bytes]], Optional[str]]:
+    """(name, bytes) of each pickle to look at: the zip's .pkl members, or the file."""
+    if not _is_zip(data):
+        return [("", data)], None
+    try:
+        return list(_zip_pickles(path)), None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return [], f"damaged zip archive: {e}"
 
 
 def _read(path: str, report: _Report) -> Optional[bytes]:
@@ -142,10 +158,10 @@ def _hash(args: argparse.Namespace) -> int:
         whole = hashlib.sha256(data).hexdigest()
         item: Dict[str, Any] = {"file": path, "sha256": whole, "size": len(data)}
         lines = [f"{path}: file sha256:{whole} ({len(data)} bytes)"]
-        problem = None
-        if zipfile.is_zipfile(path):
+        members, problem = _members(path, data)
+        if _is_zip(data):
             item["members"] = []
-            for name, member in _zip_pickles(path):
+            for name, member in members:
                 pickles, problem = _pickles_in(member)
                 item["members"].append({"name": name, "pickles": pickles})
                 lines += [f"  {name}: sha256:{p['sha256']} ({p['size']} bytes)" for p in pickles]
@@ -174,7 +190,12 @@ def _inspect(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
     for path, data in _readable(args.files, report):
-        members = list(_zip_pickles(path)) if zipfile.is_zipfile(path) else [("", data)]
+        members, damaged = _members(path, data)
+        if damaged:
+            report.error(
+                {"file": path, "error": damaged}, f"{path}: {damaged}", "the file is damaged"
+            )
+            status = max(status, EXIT_FINDING)
         for name, blob in members:
             pickles, problem = _pickles_in(blob)
             label = f"{path}:{name}" if name else path
@@ -207,11 +228,34 @@ def _inspect(args: argparse.Namespace) -> int:
     return report.finish(status)
 
 
+def _inherited_layers() -> List[List[Optional[str]]]:
+    """The layers this process runs under, as PICKLEGUARD_LAYERS entries, so that a
+    command started from here keeps them: layers only add up down a process tree."""
+    layers: List[List[Optional[str]]] = []
+    manifest = os.environ.get("PICKLEGUARD_MANIFEST")
+    if manifest is not None or "PICKLEGUARD_MODE" in os.environ:
+        mode = os.environ.get("PICKLEGUARD_MODE") or "enforce"
+        layers.append([mode, os.path.abspath(manifest) if manifest else None])
+    try:
+        layers += json.loads(os.environ.get("PICKLEGUARD_LAYERS") or "[]")
+    except ValueError:
+        pass
+    return layers
+
+
 def _child_env(**settings: Optional[str]) -> Dict[str, str]:
-    """This environment without any PICKLEGUARD_ variable, plus ``settings``."""
+    """This environment with its PICKLEGUARD_ variables replaced by ``settings``, and
+    the layers it ran under carried over in PICKLEGUARD_LAYERS."""
+    inherited = _inherited_layers()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
     env.update({k: v for k, v in settings.items() if v is not None})
+    if inherited:
+        env["PICKLEGUARD_LAYERS"] = json.dumps(inherited)
     return env
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def _command(args: argparse.Namespace) -> Optional[List[str]]:
@@ -239,6 +283,13 @@ def _record(args: argparse.Namespace) -> int:
             print(f"error: cannot merge into {output}: {e}", file=sys.stderr)
             print("hint: fix the manifest or choose another with -o", file=sys.stderr)
             return EXIT_FINDING if isinstance(e, ManifestError) else EXIT_USAGE
+    if _inherited_layers():
+        print(
+            "error: record allows every load, and this environment enforces a policy",
+            file=sys.stderr,
+        )
+        print("hint: record in a trusted setting without PICKLEGUARD_ variables", file=sys.stderr)
+        return EXIT_USAGE
     keep = args.journal is not None
     journal_dir = Path(args.journal) if keep else Path(tempfile.mkdtemp(prefix="pickleguard-"))
     journal_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +299,8 @@ def _record(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         returncode = 130
     except OSError as e:
+        if not keep:
+            shutil.rmtree(journal_dir, ignore_errors=True)
         print(f"error: could not run {command[0]}: {e.strerror}", file=sys.stderr)
         print("hint: check the command after --", file=sys.stderr)
         return EXIT_USAGE
@@ -306,6 +359,13 @@ def _run(args: argparse.Namespace) -> int:
     if command is None:
         return EXIT_USAGE
     manifest = args.manifest or os.environ.get("PICKLEGUARD_MANIFEST") or "pickleguard.toml"
+    try:
+        with open(manifest, "rb"):
+            pass
+    except OSError as e:
+        print(f"error: could not read the manifest {manifest}: {e.strerror}", file=sys.stderr)
+        print("hint: pass --manifest, or record one with `pickleguard record`", file=sys.stderr)
+        return EXIT_USAGE
     try:
         _core.check_manifest(manifest)
     except ManifestError as e:
@@ -367,7 +427,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log", metavar="FILE", help="append warn reports and denials here as JSON lines"
     )
-    run.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     run.set_defaults(run=_run)
     return parser

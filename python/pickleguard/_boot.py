@@ -61,6 +61,12 @@ def boot() -> None:
         inherited = [(str(m), None if p is None else str(p)) for m, p in inherited]
     except (ValueError, TypeError) as e:
         raise BootError(f"PICKLEGUARD_LAYERS is not a JSON list of [mode, manifest]: {e}") from e
+    manifest = env.get("PICKLEGUARD_MANIFEST")
+    if manifest is not None:
+        if not manifest.strip():
+            raise BootError("PICKLEGUARD_MANIFEST is set but empty")
+        # Children may start in another directory: give them the absolute path.
+        manifest = env["PICKLEGUARD_MANIFEST"] = os.path.abspath(manifest)
     _gate.install()
     if env.get("PICKLEGUARD_LOG"):
         _core.set_audit_log(env["PICKLEGUARD_LOG"])
@@ -68,8 +74,8 @@ def boot() -> None:
         _core.start_journal(env["PICKLEGUARD_RECORD"])
         _core.record_layer()
         return
-    if env.get("PICKLEGUARD_MANIFEST") or "PICKLEGUARD_MODE" in env:
-        _activate(_core, env.get("PICKLEGUARD_MANIFEST") or None, mode)
+    if manifest is not None or "PICKLEGUARD_MODE" in env:
+        _activate(_core, manifest, mode)
     for layer_mode, manifest in inherited:
         _activate(_core, manifest, layer_mode)
 

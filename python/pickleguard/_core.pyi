@@ -9,6 +9,7 @@ __all__ = [
     "admit_stream",
     "allow_pickles",
     "bind_gate",
+    "channel_callers",
     "check_manifest",
     "delimit",
     "dry_run_safe",
@@ -109,3 +110,4 @@ def manifest_summary(
     path: str,
 ) -> Tuple[List[Tuple[str, Optional[List[str]]]], List[Tuple[str, List[str]]]]: ...
 def record_layer() -> None: ...
+def channel_callers(name: str) -> List[str]: ...

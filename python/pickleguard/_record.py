@@ -116,7 +116,10 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     added: List[Recorded] = []
     channels_added: Dict[str, List[str]] = {}
     for name in sorted(journal.channels):
-        new = sorted(journal.channels[name] - have_callers.get(name, set()))
+        # Every function the channel loads through, not only those this run used:
+        # another start method (spawn, forkserver) uses others.
+        used = journal.channels[name] | set(_core.channel_callers(name))
+        new = sorted(used - have_callers.get(name, set()))
         if not new:
             continue
         channels_added[name] = new
