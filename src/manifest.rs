@@ -172,7 +172,7 @@ impl Manifest {
             fail(
                 e.span(),
                 e.message().trim_end().to_owned(),
-                "a manifest has `version = 1` and [[pickle]] tables with the keys sha256, stack, note and source; see docs/manifest.md",
+                "a manifest has `version = 1`, [[pickle]] tables (sha256, stack, note, source) and [[channel]] tables (name, callers, note); see docs/manifest.md",
             )
         })?;
         match &raw.version {

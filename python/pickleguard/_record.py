@@ -86,7 +86,10 @@ def _toml_string(text: str) -> str:
 
 
 def _toml_list(items: List[str]) -> str:
-    return "[" + ", ".join(_toml_string(i) for i in items) + "]"
+    if len(items) <= 2:
+        return "[" + ", ".join(_toml_string(i) for i in items) + "]"
+    # One item a line, so a reviewer reads (and diffs) them one by one.
+    return "[\n" + "".join(f"    {_toml_string(i)},\n" for i in items) + "]"
 
 
 @dataclass
