@@ -37,6 +37,63 @@ impl Mode {
     }
 }
 
+/// A manifest parsed on a background thread, so that activation at interpreter
+/// start does not wait for a large file; the first decision that needs it waits.
+#[derive(Debug)]
+pub struct DeferredManifest {
+    pub origin: String,
+    result: std::sync::OnceLock<Result<Manifest, ManifestError>>,
+    worker: parking_lot::Mutex<Option<std::thread::JoinHandle<Result<Manifest, ManifestError>>>>,
+}
+
+impl DeferredManifest {
+    /// Start `load(origin)` on a new thread.
+    pub fn start<F>(origin: String, load: F) -> std::sync::Arc<Self>
+    where
+        F: FnOnce(&str) -> Result<Manifest, ManifestError> + Send + 'static,
+    {
+        let path = origin.clone();
+        let worker = std::thread::Builder::new()
+            .name("pickleguard-manifest".into())
+            .spawn(move || load(&path));
+        let deferred = DeferredManifest {
+            origin,
+            result: std::sync::OnceLock::new(),
+            worker: parking_lot::Mutex::new(None),
+        };
+        match worker {
+            Ok(handle) => *deferred.worker.lock() = Some(handle),
+            // No thread to be had: there is nothing to defer to; fail closed now.
+            Err(e) => {
+                let _ = deferred.result.set(Err(deferred.failure(&format!(
+                    "could not start the thread that reads the manifest: {e}"
+                ))));
+            }
+        }
+        std::sync::Arc::new(deferred)
+    }
+
+    fn failure(&self, message: &str) -> ManifestError {
+        ManifestError {
+            origin: self.origin.clone(),
+            line: 0,
+            column: 0,
+            message: message.to_owned(),
+            hint: "please report this with the manifest attached".into(),
+        }
+    }
+
+    /// The parsed manifest (or why it failed), waiting for the thread if needed.
+    pub fn get(&self) -> &Result<Manifest, ManifestError> {
+        self.result.get_or_init(|| match self.worker.lock().take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(self.failure("internal error while reading the manifest"))),
+            None => Err(self.failure("the manifest reader went away")),
+        })
+    }
+}
+
 /// What a process layer lets through on its own, before grants.
 #[derive(Debug)]
 pub enum Rules {
@@ -47,6 +104,8 @@ pub enum Rules {
     Broken(ManifestError),
     /// Everything loads (`pickleguard record`, which journals each load instead).
     Everything,
+    /// A manifest still being read (activation at interpreter start).
+    Deferred(std::sync::Arc<DeferredManifest>),
 }
 
 #[derive(Debug)]
@@ -148,31 +207,39 @@ fn check_rules(rules: &Rules, digest: &Digest, frames: &mut LazyFrames<'_>) -> O
         Rules::Nothing => Some(Reason::NoManifest),
         Rules::Everything => None,
         Rules::Broken(err) => Some(Reason::BrokenManifest(err.located_message())),
-        Rules::Manifest(manifest) => {
-            let mut patterns = Vec::new();
-            for entry in manifest.entries_for(digest) {
-                match &entry.stack {
-                    None => return None,
-                    Some(stack) if stack_matches(stack, &frames.get().frames) => return None,
-                    Some(stack) => {
-                        patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect())
-                    }
-                }
-            }
-            if !manifest.channels().is_empty() {
-                if let Some(caller) = frames.get().caller.as_deref() {
-                    if manifest.channel_for(caller).is_some() {
-                        return None;
-                    }
-                }
-            }
-            Some(if patterns.is_empty() {
-                Reason::NotListed
-            } else {
-                Reason::StackMismatch { patterns }
-            })
+        Rules::Deferred(deferred) => match deferred.get() {
+            Ok(manifest) => check_manifest(manifest, digest, frames),
+            Err(err) => Some(Reason::BrokenManifest(err.located_message())),
+        },
+        Rules::Manifest(manifest) => check_manifest(manifest, digest, frames),
+    }
+}
+
+fn check_manifest(
+    manifest: &Manifest,
+    digest: &Digest,
+    frames: &mut LazyFrames<'_>,
+) -> Option<Reason> {
+    let mut patterns = Vec::new();
+    for entry in manifest.entries_for(digest) {
+        match &entry.stack {
+            None => return None,
+            Some(stack) if stack_matches(stack, &frames.get().frames) => return None,
+            Some(stack) => patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect()),
         }
     }
+    if !manifest.channels().is_empty() {
+        if let Some(caller) = frames.get().caller.as_deref() {
+            if manifest.channel_for(caller).is_some() {
+                return None;
+            }
+        }
+    }
+    Some(if patterns.is_empty() {
+        Reason::NotListed
+    } else {
+        Reason::StackMismatch { patterns }
+    })
 }
 
 /// Decide a load of `digest` under `process` layers and the deny `scopes` active in
@@ -195,6 +262,7 @@ pub fn decide(
                 mode: layer.mode,
                 origin: match &layer.rules {
                     Rules::Manifest(m) => Some(m.origin.clone()),
+                    Rules::Deferred(d) => Some(d.origin.clone()),
                     Rules::Broken(e) => Some(e.origin.clone()),
                     Rules::Nothing | Rules::Everything => None,
                 },
@@ -350,6 +418,31 @@ mod tests {
         // User code below a worker's frames is not the channel.
         let user = ["multiprocessing.pool:worker", "app:task"];
         assert!(!run(&[l], &[], &[], &user).allowed());
+    }
+
+    #[test]
+    fn deferred_manifests_decide_like_loaded_ones() {
+        let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n");
+        let deferred = DeferredManifest::start("m.toml".into(), move |origin| {
+            Manifest::parse(&text, origin)
+        });
+        let l = Arc::new(ProcessLayer {
+            id: 1,
+            mode: Mode::Enforce,
+            rules: Rules::Deferred(deferred),
+        });
+        assert!(run(&[l], &[], &[], &[]).allowed());
+        let broken =
+            DeferredManifest::start("bad.toml".into(), |origin| Manifest::parse("nope", origin));
+        let l = Arc::new(ProcessLayer {
+            id: 2,
+            mode: Mode::Enforce,
+            rules: Rules::Deferred(broken),
+        });
+        assert!(matches!(
+            run(&[l], &[], &[], &[]).denial().unwrap().reason,
+            Reason::BrokenManifest(_)
+        ));
     }
 
     #[test]

@@ -506,6 +506,41 @@ fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token>
     })
 }
 
+/// Add a process layer whose manifest is read on a background thread, for
+/// activation at interpreter start; the first load that needs it waits for it. A
+/// manifest that fails to read refuses every load, as with `activate()`.
+#[pyfunction]
+#[pyo3(signature = (manifest, mode="enforce"))]
+fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> PyResult<()> {
+    let mode = Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "mode must be \"enforce\" or \"warn\", not {mode:?}"
+        ))
+    })?;
+    let origin = manifest.to_string_lossy().into_owned();
+    let deferred = crate::policy::DeferredManifest::start(origin, load_manifest);
+    PROCESS_LAYERS.write().push(Arc::new(ProcessLayer {
+        id: next_layer_id(),
+        mode,
+        rules: Rules::Deferred(deferred),
+    }));
+    Ok(())
+}
+
+/// Wait for manifests still being read (before a fork: a child has no thread to
+/// wait for).
+#[pyfunction]
+fn settle_manifests(py: Python<'_>) {
+    let layers = PROCESS_LAYERS.read().clone();
+    py.detach(|| {
+        for layer in &layers {
+            if let Rules::Deferred(d) = &layer.rules {
+                let _ = d.get();
+            }
+        }
+    });
+}
+
 /// The process layers, for status reports: (mode, manifest origin or None, entries).
 #[pyfunction]
 fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
@@ -516,6 +551,10 @@ fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
             Rules::Everything => (Some("<record: everything>".to_owned()), 0, None),
             Rules::Manifest(m) => (Some(m.origin.clone()), m.entries().len(), None),
             Rules::Broken(e) => (Some(e.origin.clone()), 0, Some(e.to_string())),
+            Rules::Deferred(d) => match d.get() {
+                Ok(m) => (Some(m.origin.clone()), m.entries().len(), None),
+                Err(e) => (Some(e.origin.clone()), 0, Some(e.to_string())),
+            },
         };
         list.append((layer.mode.as_str(), origin, entries, broken))?;
     }
@@ -1880,6 +1919,8 @@ fn sha256_hex(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<String> {
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(activate, m)?)?;
+    m.add_function(wrap_pyfunction!(activate_deferred, m)?)?;
+    m.add_function(wrap_pyfunction!(settle_manifests, m)?)?;
     m.add_function(wrap_pyfunction!(no_pickles, m)?)?;
     m.add_function(wrap_pyfunction!(allow_pickles, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;

@@ -387,3 +387,31 @@ def test_a_manifest_recorded_with_fork_works_with_spawn(tmp_path):
 def test_run_with_a_missing_manifest_is_an_io_error(tmp_path):
     proc = pg("run", "--manifest", "missing.toml", "--", sys.executable, "-c", "pass", cwd=tmp_path)
     assert proc.returncode == 2 and "could not read the manifest" in proc.stderr
+
+
+def test_forking_while_a_large_manifest_is_read_is_safe(tmp_path):
+    # Activation at start reads the manifest on a background thread; a fork right
+    # away must wait for it (the child has no such thread) and still enforce it.
+    import secrets
+
+    import pickleguard
+
+    data = pickle.dumps("listed")
+    lines = ["version = 1"]
+    for _ in range(20_000):
+        lines += ["[[pickle]]", f'sha256 = "{secrets.token_hex(32)}"']
+    lines += ["[[pickle]]", f'sha256 = "{pickleguard.identify(data)[7:]}"']
+    (tmp_path / "big.toml").write_text("\n".join(lines) + "\n")
+    code = (
+        "import os, pickle, sys\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        f"    ok = pickle.loads({data!r}) == 'listed'\n"
+        "    try:\n        pickle.loads(pickle.dumps('other'))\n        ok = False\n"
+        "    except Exception as e:\n        ok = ok and type(e).__name__ == 'NoPickleError'\n"
+        "    os._exit(0 if ok else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    proc = run([sys.executable, "-c", code], tmp_path, clean_env(PICKLEGUARD_MANIFEST="big.toml"))
+    assert proc.returncode == 0, proc.stderr

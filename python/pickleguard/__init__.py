@@ -7,13 +7,15 @@ process-wide layer; ``no_pickles()`` and ``allow_pickles()`` scope loads in code
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Iterable, Optional, Union
 
 from . import _core, _gate
 from ._core import Token, allow_pickles, identify
 from .errors import BadTokenError, ManifestError, NoPickleError, PickleGuardError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any, Iterable, Optional, Union
 
 __all__ = [
     "BadTokenError",
@@ -63,6 +65,8 @@ def activate(
 
 
 def _inherit_layer(mode: str, manifest: Optional[str]) -> None:
+    import json
+
     try:
         layers = json.loads(os.environ.get("PICKLEGUARD_LAYERS") or "[]")
     except ValueError:

@@ -22,10 +22,12 @@ can lift these layers.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from typing import Any, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any, Optional
+
 
 VARIABLES = (
     "PICKLEGUARD_MANIFEST",
@@ -40,13 +42,13 @@ class BootError(Exception):
 
 
 def _activate(core: Any, manifest: Optional[str], mode: str) -> None:
-    from .errors import ManifestError
-
-    try:
-        core.activate(manifest, mode)
-    except ManifestError as e:
-        # The layer is in place and refuses every load; say why, once, at start.
-        sys.stderr.write(f"pickleguard: {e}\npickleguard: every pickle load will be refused\n")
+    if manifest is None:
+        core.activate(None, mode)
+    else:
+        # Read on a background thread so start-up does not wait for a large
+        # manifest; the first load waits instead. A manifest that fails to read
+        # refuses every load, and each refusal says why.
+        core.activate_deferred(manifest, mode)
 
 
 def boot() -> None:
@@ -56,8 +58,12 @@ def boot() -> None:
     mode = env.get("PICKLEGUARD_MODE") or "enforce"
     if mode not in ("enforce", "warn"):
         raise BootError(f'PICKLEGUARD_MODE must be "enforce" or "warn", not {mode!r}')
+    inherited = []
     try:
-        inherited = json.loads(env.get("PICKLEGUARD_LAYERS") or "[]")
+        if env.get("PICKLEGUARD_LAYERS"):
+            import json  # only children of activate() in code pay for it
+
+            inherited = json.loads(env["PICKLEGUARD_LAYERS"])
         inherited = [(str(m), None if p is None else str(p)) for m, p in inherited]
     except (ValueError, TypeError) as e:
         raise BootError(f"PICKLEGUARD_LAYERS is not a JSON list of [mode, manifest]: {e}") from e
@@ -68,6 +74,8 @@ def boot() -> None:
         # Children may start in another directory: give them the absolute path.
         manifest = env["PICKLEGUARD_MANIFEST"] = os.path.abspath(manifest)
     _gate.install()
+    # A forked child has no manifest-reading thread to wait for: finish reading first.
+    os.register_at_fork(before=_core.settle_manifests)
     if env.get("PICKLEGUARD_LOG"):
         _core.set_audit_log(env["PICKLEGUARD_LOG"])
     if env.get("PICKLEGUARD_RECORD"):

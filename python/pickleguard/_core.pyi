@@ -6,6 +6,7 @@ __all__ = [
     "Grant",
     "Token",
     "activate",
+    "activate_deferred",
     "admit_stream",
     "allow_pickles",
     "bind_gate",
@@ -30,6 +31,7 @@ __all__ = [
     "py_unpickler_load",
     "record_layer",
     "seal_type",
+    "settle_manifests",
     "set_audit_log",
     "sha256",
     "start_journal",
@@ -60,6 +62,8 @@ class Grant:
     def __exit__(self, *args: object) -> bool: ...
 
 def activate(manifest: Optional[str] = None, mode: str = "enforce") -> Token: ...
+def activate_deferred(manifest: str, mode: str = "enforce") -> None: ...
+def settle_manifests() -> None: ...
 def no_pickles() -> Token: ...
 def allow_pickles(token: Any, only_objects: Optional[List[str]] = None) -> Grant: ...
 def loads(data: Any, /, **kwargs: Any) -> Any: ...

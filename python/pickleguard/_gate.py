@@ -9,14 +9,17 @@ unverified bytes.
 from __future__ import annotations
 
 import _pickle
+import _thread
 import io
 import pickle
 import sys
-import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
 
 from . import _core
 from .errors import _UndelimitedPickle
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
 
 # The originals, captured before anything is patched.
 _c_loads = _pickle.loads
@@ -25,7 +28,7 @@ _CUnpickler = _pickle.Unpickler
 _py_load = pickle._Unpickler.load
 _py_find_class = pickle._Unpickler.find_class
 
-_install_lock = threading.Lock()
+_install_lock = _thread.allocate_lock()
 _installed = False
 
 

@@ -7,7 +7,10 @@ denial must never be mistaken for a damaged file.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any
+
 
 __all__ = ["BadTokenError", "ManifestError", "NoPickleError", "PickleGuardError"]
 
