@@ -152,7 +152,19 @@ fn scopes_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 }
 
 fn current_nodes(py: Python<'_>) -> PyResult<Vec<ScopeNode>> {
-    let value = scopes_var(py)?.call_method0("get")?;
+    let var = scopes_var(py)?;
+    let mut value_ptr: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: the GIL is held and `var` is a ContextVar; PyContextVar_Get stores a
+    // new reference (or NULL when unset, given no default) in `value_ptr`.
+    let status =
+        unsafe { pyo3::ffi::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut value_ptr) };
+    if status < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `value_ptr` is a new reference or NULL, as above.
+    let Some(value) = (unsafe { Bound::from_owned_ptr_or_opt(py, value_ptr) }) else {
+        return Ok(Vec::new());
+    };
     if value.is_none() {
         return Ok(Vec::new());
     }
@@ -664,11 +676,16 @@ struct FrameInfo {
 }
 
 /// Frames of the Python call stack, innermost first.
-fn walk_frames(
-    py: Python<'_>,
-    mut visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool,
+fn walk_frames(py: Python<'_>, visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool) -> PyResult<()> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    walk_frames_from(frame, visit)
+}
+
+/// Frames from `frame` outwards, named `module:qualname`, until `visit` says stop.
+fn walk_frames_from<'py>(
+    mut frame: Bound<'py, PyAny>,
+    mut visit: impl FnMut(&str, &Bound<'py, PyAny>) -> bool,
 ) -> PyResult<()> {
-    let mut frame = py.import("sys")?.call_method1("_getframe", (0,))?;
     while !frame.is_none() {
         let globals = frame.getattr("f_globals")?;
         let module = globals
@@ -701,20 +718,74 @@ fn walk_frames(
     Ok(())
 }
 
+/// `module:qualname` of a frame's code object, cached by the code object (held, so
+/// its address is not reused while cached). Computing it takes several attribute
+/// lookups; stack patterns need it for every frame of every load they check.
+type FrameNameCache = std::collections::HashMap<usize, (Py<PyAny>, Arc<str>)>;
+
+static FRAME_NAMES: once_cell::sync::Lazy<Mutex<FrameNameCache>> =
+    once_cell::sync::Lazy::new(|| Mutex::new(FrameNameCache::new()));
+
+const FRAME_NAME_CACHE_LIMIT: usize = 16_384;
+
+fn frame_name(frame: &Bound<'_, PyAny>, code: &Bound<'_, PyAny>) -> PyResult<Arc<str>> {
+    let key = code.as_ptr() as usize;
+    if let Some((_, name)) = FRAME_NAMES.lock().get(&key) {
+        return Ok(name.clone());
+    }
+    let mut name = None;
+    let _ = walk_frames_from(frame.clone(), |n, _| {
+        name = Some(n.to_owned());
+        false
+    });
+    let name: Arc<str> = name.unwrap_or_else(|| "<unknown>:<unknown>".into()).into();
+    let mut cache = FRAME_NAMES.lock();
+    if cache.len() >= FRAME_NAME_CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(key, (code.clone().unbind(), name.clone()));
+    Ok(name)
+}
+
 /// The loading call stack: every frame but pickleguard's own, outermost first, and
 /// the innermost frame outside pickle and pickleguard.
 fn call_stack(py: Python<'_>) -> CallStack {
     let mut stack = CallStack::default();
-    let _ = walk_frames(py, |name, _| {
-        let module = name.split(':').next().unwrap_or_default();
-        if !is_internal(module) {
-            stack.frames.push(name.to_owned());
+    // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
+    // running frame (or NULL), which from_borrowed_ptr_or_opt turns into an owned one.
+    let mut frame = unsafe {
+        Bound::from_borrowed_ptr_or_opt(
+            py,
+            pyo3::ffi::PyEval_GetFrame().cast::<pyo3::ffi::PyObject>(),
+        )
+    };
+    while let Some(current) = frame {
+        let frame_ptr = current.as_ptr().cast::<pyo3::ffi::PyFrameObject>();
+        // SAFETY: `current` is a live frame object; PyFrame_GetCode returns a new
+        // (never NULL) reference and PyFrame_GetBack a new reference or NULL.
+        let (code, back) = unsafe {
+            (
+                Bound::from_owned_ptr(
+                    py,
+                    pyo3::ffi::PyFrame_GetCode(frame_ptr).cast::<pyo3::ffi::PyObject>(),
+                ),
+                Bound::from_owned_ptr_or_opt(
+                    py,
+                    pyo3::ffi::PyFrame_GetBack(frame_ptr).cast::<pyo3::ffi::PyObject>(),
+                ),
+            )
+        };
+        if let Ok(name) = frame_name(&current, &code) {
+            let module = name.split(':').next().unwrap_or_default();
+            if stack.caller.is_none() && !is_pickle_machinery(module) {
+                stack.caller = Some(name.to_string());
+            }
+            if !is_internal(module) {
+                stack.frames.push(name.to_string());
+            }
         }
-        if stack.caller.is_none() && !is_pickle_machinery(module) {
-            stack.caller = Some(name.to_owned());
-        }
-        true
-    });
+        frame = back;
+    }
     stack.frames.reverse();
     stack
 }
@@ -866,7 +937,19 @@ const DEBUG: i32 = 10;
 
 fn log_allowed(py: Python<'_>, digest: &Digest, size: usize) -> PyResult<()> {
     let logger = logger(py)?;
-    if logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()? {
+    // Logger.isEnabledFor caches its answer per level in `_cache` (cleared by
+    // logging whenever levels change); reading it skips a Python-level call on
+    // every load. Without the cache entry, ask isEnabledFor, which fills it.
+    let cached = logger
+        .getattr(pyo3::intern!(py, "_cache"))
+        .ok()
+        .and_then(|c| c.cast_into::<PyDict>().ok())
+        .and_then(|c| c.get_item(DEBUG).ok().flatten());
+    let enabled = match cached {
+        Some(flag) => flag.is_truthy()?,
+        None => logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()?,
+    };
+    if enabled {
         logger.call_method1(
             "debug",
             ("allowed pickle sha256:%s (%d bytes)", to_hex(digest), size),
@@ -1328,8 +1411,8 @@ fn split_kwargs<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyAny>>)> {
     let options = match kwargs {
-        Some(k) => k.copy()?,
-        None => PyDict::new(py),
+        Some(k) if !k.is_empty() => k.copy()?,
+        _ => PyDict::new(py),
     };
     let buffers = options.get_item("buffers")?.filter(|b| !b.is_none());
     if buffers.is_some() {
@@ -1351,7 +1434,12 @@ fn run_original<'py>(
         options.set_item("buffers", b)?;
     }
     let _admitted = Admitted::enter();
-    gate_part(py, &ORIGINAL_LOADS)?.call((feed,), Some(&options))
+    let original = gate_part(py, &ORIGINAL_LOADS)?;
+    if options.is_empty() {
+        original.call1((feed,))
+    } else {
+        original.call((feed,), Some(&options))
+    }
 }
 
 /// Turn an admission failure into the exception to raise: for input that could not
