@@ -1233,13 +1233,13 @@ fn admit_bytes<'py>(
     data: &Bound<'py, PyAny>,
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
-) -> Result<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
+) -> Result<AdmittedInput<'py>> {
     let bytes = snapshot_bytes(data)?;
     let raw = bytes.as_bytes();
     let extent = match reader::delimit(raw) {
         Ok(extent) => extent,
         // Nothing to run: let the real unpickler raise its own EOFError.
-        Err(ReadError::Empty) => return Ok((bytes.into_any(), buffers)),
+        Err(ReadError::Empty) => return Ok((bytes.into_any(), buffers, false)),
         Err(error) => {
             return Err(GuardError::Undelimited {
                 data: bytes.unbind(),
@@ -1261,7 +1261,7 @@ fn admit_bytes<'py>(
     } else {
         PyMemoryView::from(bytes.as_any())?.get_item(PySlice::new(py, 0, extent.len as isize, 1))?
     };
-    Ok((feed, feed_buffers))
+    Ok((feed, feed_buffers, extent.uses_globals))
 }
 
 /// A Python file's `read` and `readline`, called exactly as the C unpickler calls
@@ -1301,12 +1301,12 @@ fn admit_stream_inner<'py>(
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
     source_name: Option<String>,
-) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
+) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>, bool)> {
     let mut source = PyFileSource { read, readline };
     let mut pickle = Vec::new();
     let extent = match reader::read_one_into(&mut source, &mut pickle) {
         Ok(extent) => extent,
-        Err(ReadError::Empty) => return Ok((PyBytes::new(py, b""), buffers)),
+        Err(ReadError::Empty) => return Ok((PyBytes::new(py, b""), buffers, false)),
         Err(ReadError::Source(e)) => return Err(e.into()),
         Err(error) => {
             return Err(GuardError::Undelimited {
@@ -1323,7 +1323,7 @@ fn admit_stream_inner<'py>(
         source: source_name,
     };
     judge(py, &load, sha256)?;
-    Ok((PyBytes::new(py, &pickle), feed_buffers))
+    Ok((PyBytes::new(py, &pickle), feed_buffers, extent.uses_globals))
 }
 
 /// `admit_stream` for the Python-level unpickler classes: raises `_UndelimitedPickle`
@@ -1339,9 +1339,8 @@ fn admit_stream<'py>(
     file: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
     let name = file.as_ref().and_then(source_name);
-    Ok(admit_stream_inner(
-        py, read, readline, buffers, sha256, name,
-    )?)
+    let (data, feed_buffers, _) = admit_stream_inner(py, read, readline, buffers, sha256, name)?;
+    Ok((data, feed_buffers))
 }
 
 /// The name of the file a pickle is read from, for the journal and the audit log
@@ -1368,6 +1367,7 @@ fn py_fspath<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
 // not bind as methods when stored on a class (`loads = pickle.loads`).
 
 static ORIGINAL_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ADMITTED_UNPICKLER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ORIGINAL_C_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ORIGINAL_PY_LOAD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ORIGINAL_C_FIND_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -1385,8 +1385,10 @@ fn bind_gate(
     py_unpickler_load: Py<PyAny>,
     c_find_class: Py<PyAny>,
     py_find_class: Py<PyAny>,
+    admitted_unpickler: Py<PyAny>,
     explain: Py<PyAny>,
 ) {
+    let _ = ADMITTED_UNPICKLER.set(py, admitted_unpickler);
     let _ = ORIGINAL_C_FIND_CLASS.set(py, c_find_class);
     let _ = ORIGINAL_PY_FIND_CLASS.set(py, py_find_class);
     let _ = ORIGINAL_LOADS.set(py, original_loads);
@@ -1423,24 +1425,39 @@ fn split_kwargs<'py>(
 
 fn run_original<'py>(
     py: Python<'py>,
-    admitted: Result<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)>,
+    admitted: Result<AdmittedInput<'py>>,
     options: Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (feed, feed_buffers) = match admitted {
+    let (feed, feed_buffers, uses_globals) = match admitted {
         Ok(found) => found,
         Err(e) => return Err(explain(py, e, "c", &options)),
     };
     if let Some(b) = feed_buffers {
         options.set_item("buffers", b)?;
     }
-    let _admitted = Admitted::enter();
-    let original = gate_part(py, &ORIGINAL_LOADS)?;
-    if options.is_empty() {
-        original.call1((feed,))
+    let result = if uses_globals {
+        // Through a subclass whose find_class admits each import in its own frame,
+        // so no other unpickler started meanwhile counts as admitted.
+        let file = py.import("io")?.call_method1("BytesIO", (feed,))?;
+        gate_part(py, &ADMITTED_UNPICKLER)?
+            .call((file,), Some(&options))?
+            .call_method0("load")
     } else {
-        original.call((feed,), Some(&options))
-    }
+        // No global to import, nothing to call: the plain C loads.
+        let original = gate_part(py, &ORIGINAL_LOADS)?;
+        if options.is_empty() {
+            original.call1((feed,))
+        } else {
+            original.call((feed,), Some(&options))
+        }
+    };
+    clear_extension_cache(py);
+    result
 }
+
+/// What admission hands back: the verified input for the real unpickler, the
+/// out-of-band buffers to pass with it, and whether the pickle names any global.
+type AdmittedInput<'py> = (Bound<'py, PyAny>, Option<Bound<'py, PyAny>>, bool);
 
 /// Turn an admission failure into the exception to raise: for input that could not
 /// be delimited, the one plain pickle raises (found by the gate's dry run).
@@ -1561,15 +1578,17 @@ fn unpickler_load<'py>(
     let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
     let name = source_name(&file);
     match admit_stream_inner(py, &read, &readline, buffers, None, name) {
-        Ok((data, feed_buffers)) => {
+        Ok((data, feed_buffers, _)) => {
             feed.get().set(data.as_bytes());
             if let Some(b) = feed_buffers {
                 unpickler
                     .getattr("_pickleguard_buffer_feed")?
                     .setattr("current", b)?;
             }
-            let _admitted = Admitted::enter();
-            gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
+            // Its globals are admitted one by one, in the class's find_class.
+            let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
+            clear_extension_cache(py);
+            result
         }
         Err(e) => {
             let options = unpickler
@@ -1599,16 +1618,17 @@ fn py_unpickler_load<'py>(
     let buffers = Some(unpickler.getattr("_buffers")?).filter(|b| !b.is_none());
     let file = read.getattr("__self__").ok();
     let name = file.as_ref().and_then(source_name);
-    let (data, feed_buffers) = match admit_stream_inner(py, &read, &readline, buffers, None, name) {
-        Ok(found) => found,
-        Err(e) => {
-            let options = PyDict::new(py);
-            for key in ["fix_imports", "encoding", "errors"] {
-                options.set_item(key, unpickler.getattr(key)?)?;
+    let (data, feed_buffers, _) =
+        match admit_stream_inner(py, &read, &readline, buffers, None, name) {
+            Ok(found) => found,
+            Err(e) => {
+                let options = PyDict::new(py);
+                for key in ["fix_imports", "encoding", "errors"] {
+                    options.set_item(key, unpickler.getattr(key)?)?;
+                }
+                return Err(explain(py, e, "py", &options));
             }
-            return Err(explain(py, e, "py", &options));
-        }
-    };
+        };
     let feed = Bound::new(py, Feed::new())?;
     feed.get().set(data.as_bytes());
     unpickler.setattr("_file_read", feed.getattr("read")?)?;
@@ -1617,9 +1637,12 @@ fn py_unpickler_load<'py>(
         unpickler.setattr("_buffers", b)?;
     }
     let result = {
-        let _admitted = Admitted::enter();
+        // Its globals are admitted one by one in the patched find_class, which
+        // checks that the load running is this one.
+        let _load = AdmittedPyLoad::enter(py);
         original.call1((unpickler,))
     };
+    clear_extension_cache(py);
     unpickler.setattr("_file_read", read)?;
     unpickler.setattr("_file_readline", readline)?;
     result
@@ -1636,7 +1659,8 @@ fn unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
-    let _admitted = Admitted::enter();
+    // The C find_class runs in this frame and raises its event here.
+    let _admitted = Admitted::at_current_frame(py);
     original.call1((unpickler, module, name))
 }
 
@@ -1652,25 +1676,46 @@ fn py_unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
-    if ADMITTED_DEPTH.with(|d| d.get()) > 0 || !inside_unadmitted_py_load(py)? {
-        let _admitted = Admitted::enter();
+    if innermost_py_load_is_admitted(py)? {
+        // The original find_class is a Python function: its own frame, called
+        // from this one, raises the event.
+        let code = original.getattr("__code__")?;
+        let _admitted = Admitted::for_callee(py, &code);
         return original.call1((unpickler, module, name));
     }
     original.call1((unpickler, module, name))
 }
 
-/// Whether a frame of the original pure-Python `_Unpickler.load` is on this thread's
-/// stack (this is asked only when no admitted load is running).
-fn inside_unadmitted_py_load(py: Python<'_>) -> PyResult<bool> {
+/// Whether the innermost frame of the original pure-Python `_Unpickler.load` on this
+/// thread's stack was started by the gate (true as well when there is none: a
+/// direct call of find_class, an ordinary import).
+fn innermost_py_load_is_admitted(py: Python<'_>) -> PyResult<bool> {
     let load_code = gate_part(py, &ORIGINAL_PY_LOAD)?.getattr("__code__")?;
-    let mut frame = py.import("sys")?.call_method1("_getframe", (0,))?;
-    while !frame.is_none() {
-        if frame.getattr("f_code")?.is(&load_code) {
-            return Ok(true);
+    let mut frame = current_frame(py);
+    while let Some(current) = frame {
+        if current.getattr("f_code")?.is(&load_code) {
+            let caller = current.getattr("f_back")?;
+            let admitted = ADMITTED_PY_LOADS.with(|l| l.borrow().last().copied());
+            return Ok(admitted == Some(caller.as_ptr() as usize));
         }
-        frame = frame.getattr("f_back")?;
+        frame = Some(current.getattr("f_back")?).filter(|f| !f.is_none());
     }
-    Ok(false)
+    Ok(true)
+}
+
+fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
+    // running frame or NULL, which from_borrowed_ptr_or_opt turns into an owned one.
+    unsafe {
+        Bound::from_borrowed_ptr_or_opt(
+            py,
+            pyo3::ffi::PyEval_GetFrame().cast::<pyo3::ffi::PyObject>(),
+        )
+    }
+}
+
+fn current_frame_ptr(py: Python<'_>) -> usize {
+    current_frame(py).map_or(0, |f| f.as_ptr() as usize)
 }
 
 // ---------------------------------------------------------------------------
@@ -1680,23 +1725,48 @@ fn inside_unadmitted_py_load(py: Python<'_>) -> PyResult<bool> {
 // does not cover (a function bound before activation, a second `_pickle`, a
 // subclass of the original C class) then cannot import a single global.
 
-thread_local! {
-    static ADMITTED_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+/// Where an admitted unpickler raises its `pickle.find_class` events: from
+/// `frame` itself, or (`code` set) from a call of that code object made by `frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Admission {
+    frame: usize,
+    code: usize,
 }
 
-/// While alive, this thread runs an original unpickler on admitted bytes.
+thread_local! {
+    /// Admissions in force on this thread, innermost last. Only the innermost one
+    /// counts, and only for events raised where it says: code that an admitted
+    /// pickle calls (a REDUCE target, a persistent_load, an import) runs in other
+    /// frames, so an unpickler it starts is not admitted by the outer load.
+    static ADMISSIONS: std::cell::RefCell<Vec<Admission>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Caller frames of the original pure-Python loads the gate started.
+    static ADMITTED_PY_LOADS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// While alive, one admission is in force on this thread.
 struct Admitted;
 
 impl Admitted {
-    fn enter() -> Self {
-        ADMITTED_DEPTH.with(|d| d.set(d.get() + 1));
+    /// For an original unpickler called from the current frame with no Python frame
+    /// of its own (the C `loads`, the C `find_class`).
+    fn at_current_frame(py: Python<'_>) -> Self {
+        let frame = current_frame_ptr(py);
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code: 0 }));
+        Admitted
+    }
+
+    /// For a Python function `code` called from the current frame.
+    fn for_callee(py: Python<'_>, code: &Bound<'_, PyAny>) -> Self {
+        let frame = current_frame_ptr(py);
+        let code = code.as_ptr() as usize;
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code }));
         Admitted
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        ADMITTED_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        ADMISSIONS.with(|a| a.borrow_mut().pop());
         // Both unpicklers take EXT codes from copyreg's cache without raising
         // pickle.find_class; an entry an admitted load left there would let an
         // unadmitted unpickler reach that global past the backstop.
@@ -1704,6 +1774,40 @@ impl Drop for Admitted {
         let py = unsafe { Python::assume_attached() };
         clear_extension_cache(py);
     }
+}
+
+/// Marks an original pure-Python load started by the gate, by its caller's frame.
+struct AdmittedPyLoad;
+
+impl AdmittedPyLoad {
+    fn enter(py: Python<'_>) -> Self {
+        let frame = current_frame_ptr(py);
+        ADMITTED_PY_LOADS.with(|l| l.borrow_mut().push(frame));
+        AdmittedPyLoad
+    }
+}
+
+impl Drop for AdmittedPyLoad {
+    fn drop(&mut self) {
+        ADMITTED_PY_LOADS.with(|l| l.borrow_mut().pop());
+    }
+}
+
+/// Whether the `pickle.find_class` event being raised comes from where the
+/// innermost admission says.
+fn admitted_here(py: Python<'_>) -> bool {
+    let Some(admission) = ADMISSIONS.with(|a| a.borrow().last().copied()) else {
+        return false;
+    };
+    let frame = current_frame(py);
+    if admission.code == 0 {
+        return frame.map_or(0, |f| f.as_ptr() as usize) == admission.frame;
+    }
+    let Some(frame) = frame else { return false };
+    let code = frame.getattr("f_code").ok();
+    let back = frame.getattr("f_back").ok();
+    code.is_some_and(|c| c.as_ptr() as usize == admission.code)
+        && back.is_some_and(|b| b.as_ptr() as usize == admission.frame)
 }
 
 static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
@@ -1742,7 +1846,7 @@ extern "C" {
 static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Why the backstop refuses `module.name`, or None to let it through.
-fn backstop_refusal(module: &str, name: &str) -> Option<(&'static str, String)> {
+fn backstop_refusal(py: Python<'_>, module: &str, name: &str) -> Option<(&'static str, String)> {
     let own = module == "pickleguard" || module.starts_with("pickleguard.");
     if own && module != "pickleguard.errors" {
         return Some((
@@ -1750,7 +1854,21 @@ fn backstop_refusal(module: &str, name: &str) -> Option<(&'static str, String)> 
             format!("a pickle may not import pickleguard's own {module}.{name}"),
         ));
     }
-    if ADMITTED_DEPTH.with(|d| d.get()) > 0 {
+    // A dotted name walks attributes (protocol 4). Picklers write dotted names for
+    // nested classes and methods, never through dunders such as __self__ or
+    // __base__, which reach pickleguard's internals or the original unpicklers.
+    let dotted = name.split('.').collect::<Vec<_>>();
+    if dotted.len() > 1
+        && dotted[..dotted.len() - 1]
+            .iter()
+            .any(|p| p.starts_with("__") && p.ends_with("__"))
+    {
+        return Some((
+            "backstop-self",
+            format!("a pickle may not reach {module}.{name} through a special attribute"),
+        ));
+    }
+    if admitted_here(py) {
         return None;
     }
     Some((
@@ -1768,7 +1886,7 @@ fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
     let (module, name): (String, String) = args
         .extract()
         .unwrap_or_else(|_| ("<unknown>".into(), "<unknown>".into()));
-    match backstop_refusal(&module, &name) {
+    match backstop_refusal(py, &module, &name) {
         None => Ok(()),
         Some((code, why)) => {
             let denial = Denial {
@@ -1902,7 +2020,7 @@ fn load<'py>(
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
     let admitted = admit_stream_inner(py, &read, &readline, buffers, None, name)
-        .map(|(bytes, b)| (bytes.into_any(), b));
+        .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
     run_original(py, admitted, options)
 }
 
@@ -1932,7 +2050,7 @@ fn pinned_load<'py>(
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
     let admitted = admit_stream_inner(py, &read, &readline, buffers, Some(sha256), name)
-        .map(|(bytes, b)| (bytes.into_any(), b));
+        .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
     run_original(py, admitted, options)
 }
 

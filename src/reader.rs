@@ -237,6 +237,9 @@ pub struct Extent {
     pub len: usize,
     /// How many NEXT_BUFFER opcodes the pickle holds: out-of-band buffers it consumes.
     pub out_of_band_buffers: usize,
+    /// Whether it names any global (GLOBAL, INST, STACK_GLOBAL, EXT1/2/4). Without
+    /// one, a pickle can build only literals and containers, and call nothing.
+    pub uses_globals: bool,
 }
 
 /// A byte stream read the way the C unpickler reads a file without `peek`:
@@ -401,6 +404,7 @@ impl<I: Input> Scanner<I> {
 
     fn scan(&mut self) -> Result<Extent, ReadError<I::Error>> {
         let mut out_of_band_buffers = 0usize;
+        let mut uses_globals = false;
         if !self.input.ensure(0, 1).map_err(ReadError::Source)? {
             return Err(ReadError::Empty);
         }
@@ -431,6 +435,9 @@ impl<I: Input> Scanner<I> {
             }
             match code {
                 op::NEXT_BUFFER => out_of_band_buffers += 1,
+                op::GLOBAL | op::INST | op::STACK_GLOBAL | op::EXT1 | op::EXT2 | op::EXT4 => {
+                    uses_globals = true
+                }
                 op::STOP => {
                     if self.frame_end.is_some_and(|end| end > self.pos) {
                         return Err(ReadError::FramePastStop);
@@ -438,6 +445,7 @@ impl<I: Input> Scanner<I> {
                     return Ok(Extent {
                         len: self.pos,
                         out_of_band_buffers,
+                        uses_globals,
                     });
                 }
                 _ => {}
@@ -610,6 +618,18 @@ mod tests {
             delimit(b"\x95\x09\x00\x00\x00\x00\x00\x00\x00N."),
             Err(ReadError::Truncated)
         );
+    }
+
+    #[test]
+    fn notes_whether_globals_are_named() {
+        assert!(!delimit(b"\x80\x04K\x01.").unwrap().uses_globals);
+        assert!(delimit(b"cos\nsystem\n.").unwrap().uses_globals);
+        assert!(
+            delimit(b"\x80\x04\x8c\x01a\x8c\x01b\x93.")
+                .unwrap()
+                .uses_globals
+        );
+        assert!(delimit(b"\x80\x02\x82\x01.").unwrap().uses_globals);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use pickleguard::reader::{delimit, read_one, read_one_into, Extent, ReadError, Source};
+use pickleguard::reader::{delimit, read_one, read_one_into, ReadError, Source};
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -110,11 +110,9 @@ struct Built {
 }
 
 impl Built {
-    fn extent(&self) -> Extent {
-        Extent {
-            len: self.bytes.len(),
-            out_of_band_buffers: self.out_of_band_buffers,
-        }
+    /// (length, out-of-band buffers): what `delimit` must report.
+    fn extent(&self) -> (usize, usize) {
+        (self.bytes.len(), self.out_of_band_buffers)
     }
 }
 
@@ -400,11 +398,12 @@ proptest! {
         trailing in vec(any::<u8>(), 0..64),
     ) {
         let data = [built.bytes.as_slice(), &trailing].concat();
-        prop_assert_eq!(delimit(&data), Ok(built.extent()));
+        let found = delimit(&data).map(|e| (e.len, e.out_of_band_buffers));
+        prop_assert_eq!(found, Ok(built.extent()));
 
         let mut rest: &[u8] = &data;
         let (bytes, extent) = read_one(&mut rest).expect("a hand-built pickle");
-        prop_assert_eq!(extent, built.extent());
+        prop_assert_eq!((extent.len, extent.out_of_band_buffers), built.extent());
         prop_assert_eq!(&bytes, &built.bytes);
         prop_assert_eq!(rest, &trailing[..]);
 

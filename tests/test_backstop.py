@@ -220,3 +220,110 @@ print(codes)
     )
     assert proc.stdout.strip() == "['backstop', 'backstop', 'backstop']"
     assert not sentinel.exists()
+
+
+def _sbu(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def test_a_listed_pickle_cannot_run_a_file_through_the_original_unpickler(run_py, tmp_path):
+    # Technique (found in review): a listed pickle reaches the original C Unpickler
+    # as pickle.Unpickler.__base__ (a dotted protocol-4 name) and loads an attacker
+    # file with it, inside its own admitted load.
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "attacker.pkl").write_bytes(hostile(sentinel, protocol=2))
+    run_py("import pickle; pickle.load(open('attacker.pkl', 'rb'))")
+    assert sentinel.exists(), "the attacker file must fire without the guard"
+    sentinel.rmdir()
+    outer = (
+        b"\x80\x04"
+        + _sbu("pickle")
+        + _sbu("Unpickler.__base__.load")
+        + b"\x93"
+        + _sbu("pickle")
+        + _sbu("Unpickler.__base__")
+        + b"\x93"
+        + _sbu("builtins")
+        + _sbu("open")
+        + b"\x93"
+        + _sbu(str(tmp_path / "attacker.pkl"))
+        + _sbu("rb")
+        + b"\x86R"
+        + b"\x85R\x85R."
+    )
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(outer)})
+    proc = run_py(
+        f"""
+import pickle, pickleguard
+pickleguard.activate({str(manifest)!r})
+try:
+    pickle.loads({outer!r})
+except pickleguard.NoPickleError as e:
+    print(e.code)
+"""
+    )
+    assert proc.stdout.strip() == "backstop-self"
+    assert not sentinel.exists()
+
+
+def test_a_listed_pickle_cannot_reach_pickleguard_through_a_dotted_name(run_py, tmp_path):
+    # Technique (found in review): "pickle" / "loads.__self__.record_layer" resolves
+    # to pickleguard._core.record_layer, because pickle.loads is the core's builtin.
+    loosen = b"\x80\x04" + _sbu("pickle") + _sbu("loads.__self__.record_layer") + b"\x93)R."
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(loosen)})
+    proc = run_py(
+        f"""
+import pickle, pickleguard, pickleguard._core as core
+pickleguard.activate({str(manifest)!r})
+try:
+    pickle.loads({loosen!r})
+except pickleguard.NoPickleError as e:
+    print(e.code)
+print(len(core.process_layers()))
+"""
+    )
+    assert proc.stdout.split() == ["backstop-self", "1"]
+
+
+def test_a_nested_load_through_a_loader_bound_before_activation_is_not_admitted(run_py, tmp_path):
+    # Technique (found in review): a listed pickle's persistent_load fetches a side
+    # file through a library's loader bound before activation (a class attribute,
+    # which activation does not rebind). Admission belongs to the outer load's own
+    # imports, not to everything that runs while it does.
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "side.pkl").write_bytes(hostile(sentinel, protocol=2))
+    side = str(tmp_path / "side.pkl")
+    raw = side.encode()
+    outer = b"\x80\x02X" + len(raw).to_bytes(4, "little") + raw + b"Q."
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(outer)})
+    script = f"""
+import io, pickle
+class SideStore:
+    _loads = staticmethod(pickle.loads)  # bound before activation
+    def fetch(self, pid):
+        return self._loads(open(pid, "rb").read())
+GUARD = {{guard}}
+if GUARD:
+    import pickleguard
+    pickleguard.activate({str(manifest)!r})
+class U(pickle.Unpickler):
+    def persistent_load(self, pid):
+        return SideStore().fetch(pid)
+try:
+    U(io.BytesIO({outer!r})).load()
+    print("loaded")
+except Exception as e:
+    print(getattr(e, "code", type(e).__name__))
+"""
+    assert run_py(script.replace("{guard}", "False")).stdout.strip() == "loaded"
+    assert sentinel.exists(), "the side file must fire without the guard"
+    sentinel.rmdir()
+    assert run_py(script.replace("{guard}", "True")).stdout.strip() == "backstop"
+    assert not sentinel.exists()

@@ -76,6 +76,7 @@ def bind_gate(
     py_unpickler_load: Callable[..., Any],
     c_find_class: Callable[..., Any],
     py_find_class: Callable[..., Any],
+    admitted_unpickler: Callable[..., Any],
     explain: Callable[..., Any],
 ) -> None: ...
 def unpickler_find_class(unpickler: Any, module: Any, name: Any) -> Any: ...

@@ -250,12 +250,21 @@ def installed() -> bool:
     return _installed
 
 
+class _AdmittedUnpickler(_CUnpickler):
+    """What the guarded ``loads``/``load`` run a pickle that names globals with:
+    the C unpickler, with each import admitted in its own find_class frame."""
+
+    def find_class(self, module_name: str, global_name: str, /) -> Any:
+        return _core.unpickler_find_class(self, module_name, global_name)
+
+
 _core.bind_gate(
     _c_loads,
     _CUnpickler.load,
     _py_load,
     _CUnpickler.find_class,
     _py_find_class,
+    _AdmittedUnpickler,
     _explain_undelimited,
 )
 _core.seal_type(Unpickler)
