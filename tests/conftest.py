@@ -48,6 +48,24 @@ def hostile(sentinel: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
     return pickle.dumps(Boom(sentinel), protocol=protocol)
 
 
+def assert_fires(payload: bytes, sentinel: Path) -> None:
+    """Show that `payload` runs its code when loaded without pickleguard: load it in
+    a fresh interpreter, check the sentinel appeared, and remove it again."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import pickle, sys; pickle.loads(bytes.fromhex(sys.argv[1]))",
+            payload.hex(),
+        ],
+        check=True,
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")},
+    )
+    assert sentinel.exists(), "the payload must fire without the guard"
+    sentinel.rmdir()
+
+
 @pytest.fixture
 def run_py(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run a Python snippet in a fresh interpreter, in tmp_path; return the result."""

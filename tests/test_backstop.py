@@ -153,8 +153,6 @@ except pickleguard.PickleGuardError as e:
 def test_names_bound_before_activation_are_rebound(run_py, tmp_path):
     # multiprocessing binds ForkingPickler.loads = pickle.loads at import time;
     # shelve binds Unpickler. Activation in code after those imports still guards them.
-    sentinel = tmp_path / "sentinel"
-    (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
     run_py(
         """
 import io, shelve, multiprocessing.reduction as reduction

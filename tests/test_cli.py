@@ -97,10 +97,11 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_inspect_lists_globals_without_loading(tmp_path):
-    from conftest import hostile
+    from conftest import assert_fires, hostile
 
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel, protocol=4))
+    assert_fires(hostile(sentinel, protocol=4), sentinel)
     proc = cli("inspect", "p.pkl", cwd=tmp_path)
     assert proc.returncode == 1  # a risky import is a finding
     assert "RISKY posix.mkdir" in proc.stdout
@@ -136,10 +137,11 @@ def test_hash_of_an_empty_file_is_a_finding(tmp_path):
 
 
 def test_a_pickle_that_contains_a_zip_record_is_still_inspected(tmp_path):
-    from conftest import hostile
+    from conftest import assert_fires, hostile
 
     sentinel = tmp_path / "sentinel"
     payload = hostile(sentinel, protocol=2)
+    assert_fires(payload, sentinel)
     # The payload, then a list holding bytes that look like a zip's end record.
     data = payload[:-1] + pickle.dumps(b"PK\x05\x06" + b"\0" * 18, protocol=2)[2:-1] + b"\x86."
     (tmp_path / "d.pkl").write_bytes(data)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from conftest import REPO, hostile, write_manifest
+from conftest import REPO, assert_fires, hostile, write_manifest
 
 PIPELINE = REPO / "examples" / "pipeline"
 
@@ -132,6 +132,7 @@ def test_user_code_in_a_worker_is_not_covered_by_the_channel_rule(tmp_path):
     assert recorded.returncode == 0, recorded.stderr
     sentinel = tmp_path / "sentinel"
     payload = hostile(sentinel)
+    assert_fires(payload, sentinel)
     refused = pg(
         "run", "--manifest", "m.toml", "--", sys.executable, "app.py", payload.hex(), cwd=tmp_path
     )
@@ -264,6 +265,7 @@ def test_env_activation_is_idempotent_and_hands_out_no_token(tmp_path):
 def test_activate_in_code_reaches_child_processes(tmp_path):
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    assert_fires(hostile(sentinel), sentinel)
     write_manifest(tmp_path / "m.toml")
     child = "import pickle; pickle.load(open('p.pkl', 'rb'))"
     code = (
@@ -348,6 +350,7 @@ def test_run_and_record_keep_the_layers_they_run_under(tmp_path):
     write_manifest(tmp_path / "m.toml")
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    assert_fires(hostile(sentinel), sentinel)
     load = "import pickle; pickle.load(open('p.pkl', 'rb'))"
     enforcing = clean_env(PICKLEGUARD_MODE="enforce")  # nopickle around the CLI itself
     proc = pg(

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from conftest import hostile, write_manifest
+from conftest import assert_fires, hostile, write_manifest
 
 PRELUDE = """
 import io, json, os, pickle, _pickle, sys
@@ -166,6 +166,7 @@ except NoPickleError as e:
 def test_manifest_none_is_nopickle_and_the_process_token_lifts_it(run_py, tmp_path):
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    assert_fires(hostile(sentinel), sentinel)
     run_py(
         PRELUDE
         + """

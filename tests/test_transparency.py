@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import hostile
+from conftest import assert_fires, hostile
 
 PRELUDE = """
 import io, os, pickle, _pickle, sys
@@ -119,6 +119,7 @@ def test_a_file_that_changes_between_reads_cannot_smuggle_bytes(run_py, tmp_path
     # payload to any second one. pickleguard reads once and runs only those bytes.
     sentinel = tmp_path / "sentinel"
     (tmp_path / "p.pkl").write_bytes(hostile(sentinel))
+    assert_fires(hostile(sentinel), sentinel)
     run_py(
         PRELUDE
         + """
