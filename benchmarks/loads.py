@@ -2,7 +2,8 @@
 
     python benchmarks/loads.py [--rounds N] [--quick]
 
-For each payload (about 50 B, a 10 KB and a 1 MB object graph, 64 MB of bytes)
+For each payload (about 50 B, a 10 KB and a 1 MB object graph, 10 KB of class
+instances, 64 MB of bytes)
 and each entry point (`pickle.loads`, `pickle.load` from a file on disk,
 `Unpickler.load`), it times loads in fresh interpreters:
 
@@ -35,6 +36,10 @@ PAYLOADS = {
     "50 B": "{'id': 7, 'name': 'x', 'ok': True}",
     "10 KB graph": "[{'k%d' % i: [i, float(i), str(i)] * 3} for i in range(120)]",
     "1 MB graph": "[{'k%d' % i: [i, float(i), str(i)] * 3} for i in range(12000)]",
+    # Class instances: the pickle names globals, so the guard admits each import.
+    "10 KB objects": (
+        "[__import__('datetime').date(2000 + i % 50, 1 + i % 12, 1) for i in range(600)]"
+    ),
     "64 MB bytes": "b'\\x01' * (64 << 20)",
 }
 
