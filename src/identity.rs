@@ -1,31 +1,198 @@
-//! A payload's identity: SHA-256 over the exact bytes the unpickler consumes.
+//! A payload's identity: a cryptographic hash over the exact bytes the unpickler
+//! consumes (or, for an artifact, over the whole file). SHA-256 is the default and
+//! what `sha256sum` and model hubs print; BLAKE3 is the faster alternative.
+
+use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::manifest::Digest;
+/// A digest; both algorithms produce 32 bytes.
+pub type Digest = [u8; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Sha256,
+    Blake3,
+}
+
+impl Algorithm {
+    /// Every algorithm, cheapest first: the order a load tries them in.
+    pub const CHEAPEST_FIRST: [Algorithm; 2] = [Algorithm::Blake3, Algorithm::Sha256];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+            Algorithm::Blake3 => "blake3",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        match name {
+            "sha256" => Some(Algorithm::Sha256),
+            "blake3" => Some(Algorithm::Blake3),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 0,
+            Algorithm::Blake3 => 1,
+        }
+    }
+}
+
+/// One identity: an algorithm and the digest it gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Id {
+    pub algorithm: Algorithm,
+    pub digest: Digest,
+}
+
+impl Id {
+    /// Parse `algorithm:hex`; bare hex is SHA-256, as `sha256sum` prints it.
+    pub fn parse(text: &str) -> Result<Id, String> {
+        match text.split_once(':') {
+            Some((name, _)) => match Algorithm::parse(name) {
+                Some(algorithm) => Id::parse_as(algorithm, text),
+                None => Err(format!(
+                    "unknown hash algorithm {name:?} in {text:?}: use sha256 or blake3"
+                )),
+            },
+            None => Id::parse_as(Algorithm::Sha256, text),
+        }
+    }
+
+    /// Parse the value of a manifest key named after `algorithm`: 64 hex digits,
+    /// optionally prefixed with `algorithm:`.
+    pub fn parse_as(algorithm: Algorithm, text: &str) -> Result<Id, String> {
+        let name = algorithm.name();
+        let hex_part = text
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .unwrap_or(text);
+        if hex_part.len() != 64 {
+            return Err(format!(
+                "{name} must be 64 hex digits, got {} characters in {text:?}",
+                hex_part.chars().count()
+            ));
+        }
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut digest)
+            .map_err(|_| format!("{name} {text:?} is not hexadecimal"))?;
+        Ok(Id { algorithm, digest })
+    }
+
+    pub fn hex(&self) -> String {
+        to_hex(&self.digest)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.name(), self.hex())
+    }
+}
+
+enum Hasher {
+    Sha256(Box<Sha256>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm) -> Hasher {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Box::default()),
+            Algorithm::Blake3 => Hasher::Blake3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    fn finalize(self) -> Digest {
+        match self {
+            Hasher::Sha256(h) => h.finalize().into(),
+            Hasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
+pub fn digest(algorithm: Algorithm, data: &[u8]) -> Digest {
+    match algorithm {
+        Algorithm::Sha256 => Sha256::digest(data).into(),
+        Algorithm::Blake3 => *blake3::hash(data).as_bytes(),
+    }
+}
 
 pub fn sha256(data: &[u8]) -> Digest {
-    Sha256::digest(data).into()
+    digest(Algorithm::Sha256, data)
 }
 
 /// The identity of a pickle that consumes protocol-5 out-of-band buffers: the
 /// pickle's bytes, then each buffer as its length (u64, little-endian) and its bytes.
 /// Lengths make the boundaries unambiguous.
-pub fn sha256_with_buffers<'a>(
+pub fn digest_with_buffers<'a>(
+    algorithm: Algorithm,
     pickle: &[u8],
     buffers: impl IntoIterator<Item = &'a [u8]>,
 ) -> Digest {
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new(algorithm);
     hasher.update(pickle);
     for buffer in buffers {
-        hasher.update((buffer.len() as u64).to_le_bytes());
+        hasher.update(&(buffer.len() as u64).to_le_bytes());
         hasher.update(buffer);
     }
-    hasher.finalize().into()
+    hasher.finalize()
 }
 
 pub fn to_hex(digest: &Digest) -> String {
     hex::encode(digest)
+}
+
+/// The identities of one payload, each computed at most once and only when a rule
+/// asks for it: a load pays for a second hash only if the first did not decide.
+pub struct Identities<'f> {
+    compute: &'f mut dyn FnMut(Algorithm) -> Digest,
+    known: [Option<Digest>; 2],
+}
+
+impl<'f> Identities<'f> {
+    pub fn new(compute: &'f mut dyn FnMut(Algorithm) -> Digest) -> Self {
+        Identities {
+            compute,
+            known: [None, None],
+        }
+    }
+
+    pub fn get(&mut self, algorithm: Algorithm) -> Id {
+        let slot = &mut self.known[algorithm.index()];
+        let digest = *slot.get_or_insert_with(|| (self.compute)(algorithm));
+        Id { algorithm, digest }
+    }
+
+    pub fn known(&self, algorithm: Algorithm) -> Option<Id> {
+        self.known[algorithm.index()].map(|digest| Id { algorithm, digest })
+    }
+
+    /// The identity already computed, if any (SHA-256 first), for messages.
+    pub fn any_known(&self) -> Option<Id> {
+        self.known(Algorithm::Sha256)
+            .or_else(|| self.known(Algorithm::Blake3))
+    }
+
+    /// `algorithms` reordered so that those already computed come first.
+    pub fn cheapest_order(&self, algorithms: &[Algorithm]) -> Vec<Algorithm> {
+        let mut order = algorithms.to_vec();
+        order.sort_by_key(|a| self.known[a.index()].is_none());
+        order
+    }
 }
 
 #[cfg(test)]
@@ -33,18 +200,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn known_vector() {
+    fn known_vectors() {
         assert_eq!(
             to_hex(&sha256(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            to_hex(&digest(Algorithm::Blake3, b"abc")),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
         );
     }
 
     #[test]
     fn buffers_change_the_identity_and_boundaries_matter() {
-        let a = sha256_with_buffers(b"p", [b"ab".as_slice(), b"c".as_slice()]);
-        let b = sha256_with_buffers(b"p", [b"a".as_slice(), b"bc".as_slice()]);
-        assert_ne!(a, b);
-        assert_ne!(a, sha256(b"p"));
+        for algorithm in Algorithm::CHEAPEST_FIRST {
+            let a = digest_with_buffers(algorithm, b"p", [b"ab".as_slice(), b"c".as_slice()]);
+            let b = digest_with_buffers(algorithm, b"p", [b"a".as_slice(), b"bc".as_slice()]);
+            assert_ne!(a, b);
+            assert_ne!(a, digest(algorithm, b"p"));
+            assert_eq!(
+                digest_with_buffers(algorithm, b"p", []),
+                digest(algorithm, b"p")
+            );
+        }
+    }
+
+    #[test]
+    fn ids_parse_with_and_without_prefix() {
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let bare = Id::parse(hex).unwrap();
+        assert_eq!(bare.algorithm, Algorithm::Sha256);
+        assert_eq!(Id::parse(&format!("sha256:{hex}")).unwrap(), bare);
+        let b3 = Id::parse(&format!("blake3:{hex}")).unwrap();
+        assert_eq!(b3.algorithm, Algorithm::Blake3);
+        assert_eq!(b3.to_string(), format!("blake3:{hex}"));
+        assert!(Id::parse(&format!("md5:{hex}"))
+            .unwrap_err()
+            .contains("md5"));
+        assert!(Id::parse_as(Algorithm::Blake3, &format!("sha256:{hex}")).is_err());
+        assert!(Id::parse("abc").is_err());
+    }
+
+    #[test]
+    fn identities_are_computed_once_and_on_demand() {
+        let mut calls = Vec::new();
+        let mut compute = |a: Algorithm| {
+            calls.push(a);
+            digest(a, b"x")
+        };
+        let mut ids = Identities::new(&mut compute);
+        assert!(ids.any_known().is_none());
+        let first = ids.get(Algorithm::Blake3);
+        assert_eq!(ids.get(Algorithm::Blake3), first);
+        assert_eq!(
+            ids.cheapest_order(&[Algorithm::Sha256, Algorithm::Blake3]),
+            [Algorithm::Blake3, Algorithm::Sha256]
+        );
+        assert_eq!(calls, [Algorithm::Blake3]);
     }
 }

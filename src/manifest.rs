@@ -7,17 +7,38 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::identity::{Algorithm, Id};
 use crate::pattern::FramePattern;
 
-/// A SHA-256 digest.
-pub type Digest = [u8; 32];
+pub use crate::identity::Digest;
 
 pub const SUPPORTED_VERSION: i64 = 1;
 
-/// One `[[pickle]]` entry.
+/// What an entry pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `[[pickle]]`: one pickle stream, the exact bytes an unpickler consumes.
+    Pickle,
+    /// `[[artifact]]`: a whole file, as `sha256sum` hashes it, for loaders whose
+    /// pickles do not stand alone (torch checkpoints, joblib files).
+    Artifact,
+}
+
+impl Kind {
+    pub fn table(self) -> &'static str {
+        match self {
+            Kind::Pickle => "pickle",
+            Kind::Artifact => "artifact",
+        }
+    }
+}
+
+/// One `[[pickle]]` or `[[artifact]]` entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub sha256: Digest,
+    pub kind: Kind,
+    /// One or two identities of the same content (sha256, blake3); any one matches.
+    pub ids: Vec<Id>,
     /// `None` matches any caller.
     pub stack: Option<Vec<FramePattern>>,
     pub note: Option<String>,
@@ -43,7 +64,9 @@ pub struct Manifest {
     pub origin: String,
     entries: Vec<Entry>,
     channels: Vec<ChannelRule>,
-    by_digest: HashMap<Digest, Vec<usize>>,
+    by_id: HashMap<(Kind, Id), Vec<usize>>,
+    /// Which algorithms each kind's entries use, so a load hashes only with those.
+    used: Vec<(Kind, Algorithm)>,
 }
 
 /// A manifest that could not be read, with the position of the problem.
@@ -84,7 +107,9 @@ impl std::error::Error for ManifestError {}
 struct RawManifest {
     version: Option<Spanned<i64>>,
     #[serde(default)]
-    pickle: Vec<RawEntry>,
+    pickle: Vec<Spanned<RawEntry>>,
+    #[serde(default)]
+    artifact: Vec<Spanned<RawEntry>>,
     #[serde(default)]
     channel: Vec<RawChannel>,
 }
@@ -100,7 +125,8 @@ struct RawChannel {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
-    sha256: Spanned<String>,
+    sha256: Option<Spanned<String>>,
+    blake3: Option<Spanned<String>>,
     stack: Option<Vec<Spanned<String>>>,
     note: Option<String>,
     source: Option<String>,
@@ -120,17 +146,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 
 /// Parse a `sha256` value: 64 hex digits, optionally prefixed `sha256:`.
 pub fn parse_digest(text: &str) -> Result<Digest, String> {
-    let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
-    if hex_part.len() != 64 {
-        return Err(format!(
-            "sha256 must be 64 hex digits, got {} characters in {text:?}",
-            hex_part.chars().count()
-        ));
-    }
-    let mut digest = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut digest)
-        .map_err(|_| format!("sha256 {text:?} is not hexadecimal"))?;
-    Ok(digest)
+    Id::parse_as(Algorithm::Sha256, text).map(|id| id.digest)
 }
 
 impl Manifest {
@@ -172,7 +188,7 @@ impl Manifest {
             fail(
                 e.span(),
                 e.message().trim_end().to_owned(),
-                "a manifest has `version = 1`, [[pickle]] tables (sha256, stack, note, source) and [[channel]] tables (name, callers, note); see docs/manifest.md",
+                "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, note); see docs/manifest.md",
             )
         })?;
         match &raw.version {
@@ -196,25 +212,49 @@ impl Manifest {
             origin: origin.to_owned(),
             ..Manifest::default()
         };
-        for entry in raw.pickle {
-            let sha256 = parse_digest(entry.sha256.get_ref()).map_err(|message| {
-                fail(
-                    Some(entry.sha256.span()),
-                    message,
-                    "copy the digest from `pickleguard hash FILE` or from the denial message",
-                )
-            })?;
+        let tables = raw
+            .pickle
+            .into_iter()
+            .map(|e| (Kind::Pickle, e))
+            .chain(raw.artifact.into_iter().map(|e| (Kind::Artifact, e)));
+        for (kind, spanned) in tables {
+            let table_span = spanned.span();
+            let entry = spanned.into_inner();
+            let mut ids = Vec::new();
+            let mut first_key = None;
+            for (algorithm, value) in [
+                (Algorithm::Sha256, &entry.sha256),
+                (Algorithm::Blake3, &entry.blake3),
+            ] {
+                let Some(value) = value else { continue };
+                first_key.get_or_insert(value.span().start);
+                let id = Id::parse_as(algorithm, value.get_ref()).map_err(|message| {
+                    fail(
+                        Some(value.span()),
+                        message,
+                        "copy the digest from `pickleguard hash FILE`, `sha256sum FILE` or the denial message",
+                    )
+                })?;
+                ids.push(id);
+            }
+            let Some(first_key) = first_key else {
+                return Err(fail(
+                    Some(table_span),
+                    format!("a [[{}]] entry needs a `sha256` or `blake3` key", kind.table()),
+                    "add sha256 = \"<64 hex digits>\" (what `sha256sum` or `pickleguard hash` prints)",
+                ));
+            };
             let stack = match entry.stack {
                 None => None,
                 Some(patterns) => Some(parse_patterns(&patterns)?),
             };
-            let line = line_of(entry.sha256.span().start);
             manifest.push(Entry {
-                sha256,
+                kind,
+                ids,
                 stack,
                 note: entry.note,
                 source: entry.source,
-                line,
+                line: line_of(first_key),
             });
         }
         for channel in raw.channel {
@@ -266,10 +306,15 @@ impl Manifest {
     }
 
     pub fn push(&mut self, entry: Entry) {
-        self.by_digest
-            .entry(entry.sha256)
-            .or_default()
-            .push(self.entries.len());
+        for id in &entry.ids {
+            if !self.used.contains(&(entry.kind, id.algorithm)) {
+                self.used.push((entry.kind, id.algorithm));
+            }
+            self.by_id
+                .entry((entry.kind, *id))
+                .or_default()
+                .push(self.entries.len());
+        }
         self.entries.push(entry);
     }
 
@@ -277,14 +322,31 @@ impl Manifest {
         &self.entries
     }
 
-    /// The entries pinning `digest`, in file order.
-    pub fn entries_for<'a>(&'a self, digest: &Digest) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.by_digest
-            .get(digest)
+    /// The entries of `kind` pinning `id`, in file order.
+    pub fn entries_for<'a>(&'a self, kind: Kind, id: &Id) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.by_id
+            .get(&(kind, *id))
             .map(|ids| ids.as_slice())
             .unwrap_or(&[])
             .iter()
             .map(|&i| &self.entries[i])
+    }
+
+    /// The algorithms the entries of `kind` use, cheapest first.
+    pub fn algorithms(&self, kind: Kind) -> Vec<Algorithm> {
+        Algorithm::CHEAPEST_FIRST
+            .into_iter()
+            .filter(|a| self.used.contains(&(kind, *a)))
+            .collect()
+    }
+
+    /// The algorithm a new entry of `kind` should use: BLAKE3 if the manifest pins
+    /// that kind with BLAKE3 alone, SHA-256 otherwise.
+    pub fn preferred_algorithm(&self, kind: Kind) -> Algorithm {
+        match self.algorithms(kind).as_slice() {
+            [Algorithm::Blake3] => Algorithm::Blake3,
+            _ => Algorithm::Sha256,
+        }
     }
 }
 
@@ -301,12 +363,52 @@ mod tests {
         );
         let m = Manifest::parse(&text, "m.toml").unwrap();
         assert_eq!(m.entries().len(), 2);
-        let digest = parse_digest(HASH).unwrap();
-        let found: Vec<_> = m.entries_for(&digest).collect();
+        let id = Id::parse(HASH).unwrap();
+        let found: Vec<_> = m.entries_for(Kind::Pickle, &id).collect();
         assert_eq!(found.len(), 2);
         assert!(found[0].stack.is_none());
         assert_eq!(found[1].stack.as_ref().unwrap().len(), 2);
         assert_eq!(found[1].line, 6);
+    }
+
+    #[test]
+    fn artifacts_and_blake3_entries_are_kept_apart() {
+        let text = format!(
+            "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\nnote = \"resnet\"\n[[pickle]]\nblake3 = \"{HASH}\"\n"
+        );
+        let m = Manifest::parse(&text, "m").unwrap();
+        let sha = Id::parse(HASH).unwrap();
+        let b3 = Id::parse(&format!("blake3:{HASH}")).unwrap();
+        assert_eq!(m.entries_for(Kind::Artifact, &sha).count(), 1);
+        assert_eq!(m.entries_for(Kind::Pickle, &sha).count(), 0);
+        assert_eq!(m.entries_for(Kind::Pickle, &b3).count(), 1);
+        assert_eq!(m.algorithms(Kind::Pickle), [Algorithm::Blake3]);
+        assert_eq!(m.algorithms(Kind::Artifact), [Algorithm::Sha256]);
+        assert_eq!(m.preferred_algorithm(Kind::Pickle), Algorithm::Blake3);
+        assert_eq!(m.preferred_algorithm(Kind::Artifact), Algorithm::Sha256);
+    }
+
+    #[test]
+    fn an_entry_may_carry_both_identities() {
+        let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\nblake3 = \"{HASH}\"\n");
+        let m = Manifest::parse(&text, "m").unwrap();
+        assert_eq!(m.entries()[0].ids.len(), 2);
+        assert_eq!(
+            m.algorithms(Kind::Pickle),
+            [Algorithm::Blake3, Algorithm::Sha256]
+        );
+        assert_eq!(m.preferred_algorithm(Kind::Pickle), Algorithm::Sha256);
+    }
+
+    #[test]
+    fn an_entry_without_a_hash_is_an_error_at_its_table() {
+        let err = Manifest::parse("version = 1\n\n[[artifact]]\nnote = \"x\"\n", "m").unwrap_err();
+        assert!(err.message.contains("[[artifact]]"), "{}", err.message);
+        assert!(err.message.contains("sha256"), "{}", err.message);
+        assert!(err.line >= 3, "{err}");
+        let err = Manifest::parse("version = 1\n[[pickle]]\nblake3 = \"00\"\n", "m").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 10));
+        assert!(err.message.contains("blake3"), "{}", err.message);
     }
 
     #[test]

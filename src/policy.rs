@@ -7,7 +7,8 @@
 
 use std::collections::HashSet;
 
-use crate::manifest::{Digest, Manifest, ManifestError};
+use crate::identity::{Algorithm, Id, Identities};
+use crate::manifest::{Kind, Manifest, ManifestError};
 use crate::pattern::stack_matches;
 
 pub type LayerId = u64;
@@ -119,8 +120,8 @@ pub struct ProcessLayer {
 #[derive(Debug, Clone, Copy)]
 pub struct ActiveGrant<'a> {
     pub layer: LayerId,
-    /// `None` lifts the layer for every digest.
-    pub only: Option<&'a HashSet<Digest>>,
+    /// `None` lifts the layer for every payload.
+    pub only: Option<&'a HashSet<Id>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +146,8 @@ pub struct Refusal {
     /// The manifest's origin, for a process layer that has one.
     pub origin: Option<String>,
     pub reason: Reason,
+    /// The algorithm an entry added to this layer's manifest should use.
+    pub algorithm: Algorithm,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -168,10 +171,14 @@ impl Decision {
     }
 }
 
-fn lifted(layer: LayerId, digest: &Digest, grants: &[ActiveGrant<'_>]) -> bool {
-    grants
-        .iter()
-        .any(|g| g.layer == layer && g.only.is_none_or(|only| only.contains(digest)))
+fn lifted(layer: LayerId, ids: &mut Identities<'_>, grants: &[ActiveGrant<'_>]) -> bool {
+    grants.iter().any(|g| {
+        g.layer == layer
+            && g.only.is_none_or(|only| {
+                only.iter()
+                    .any(|listed| ids.get(listed.algorithm) == *listed)
+            })
+    })
 }
 
 /// The loading call stack as the policy sees it.
@@ -202,33 +209,44 @@ impl<'f> LazyFrames<'f> {
     }
 }
 
-fn check_rules(rules: &Rules, digest: &Digest, frames: &mut LazyFrames<'_>) -> Option<Reason> {
+fn check_rules(
+    rules: &Rules,
+    kind: Kind,
+    ids: &mut Identities<'_>,
+    frames: &mut LazyFrames<'_>,
+) -> Option<Reason> {
     match rules {
         Rules::Nothing => Some(Reason::NoManifest),
         Rules::Everything => None,
         Rules::Broken(err) => Some(Reason::BrokenManifest(err.located_message())),
         Rules::Deferred(deferred) => match deferred.get() {
-            Ok(manifest) => check_manifest(manifest, digest, frames),
+            Ok(manifest) => check_manifest(manifest, kind, ids, frames),
             Err(err) => Some(Reason::BrokenManifest(err.located_message())),
         },
-        Rules::Manifest(manifest) => check_manifest(manifest, digest, frames),
+        Rules::Manifest(manifest) => check_manifest(manifest, kind, ids, frames),
     }
 }
 
 fn check_manifest(
     manifest: &Manifest,
-    digest: &Digest,
+    kind: Kind,
+    ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
 ) -> Option<Reason> {
     let mut patterns = Vec::new();
-    for entry in manifest.entries_for(digest) {
-        match &entry.stack {
-            None => return None,
-            Some(stack) if stack_matches(stack, &frames.get().frames) => return None,
-            Some(stack) => patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect()),
+    // Hashes already computed first, then the cheapest: a second hash is paid for
+    // only when the first found no entry.
+    for algorithm in ids.cheapest_order(&manifest.algorithms(kind)) {
+        let id = ids.get(algorithm);
+        for entry in manifest.entries_for(kind, &id) {
+            match &entry.stack {
+                None => return None,
+                Some(stack) if stack_matches(stack, &frames.get().frames) => return None,
+                Some(stack) => patterns.push(stack.iter().map(|p| p.as_str().to_owned()).collect()),
+            }
         }
     }
-    if !manifest.channels().is_empty() {
+    if kind == Kind::Pickle && !manifest.channels().is_empty() {
         if let Some(caller) = frames.get().caller.as_deref() {
             if manifest.channel_for(caller).is_some() {
                 return None;
@@ -242,21 +260,34 @@ fn check_manifest(
     })
 }
 
-/// Decide a load of `digest` under `process` layers and the deny `scopes` active in
-/// this thread or task, lifted by `grants`.
+fn suggested_algorithm(rules: &Rules, kind: Kind) -> Algorithm {
+    match rules {
+        Rules::Manifest(m) => m.preferred_algorithm(kind),
+        Rules::Deferred(d) => match d.get() {
+            Ok(m) => m.preferred_algorithm(kind),
+            Err(_) => Algorithm::Sha256,
+        },
+        _ => Algorithm::Sha256,
+    }
+}
+
+/// Decide a load of the payload with identities `ids` (a pickle or a whole
+/// artifact) under `process` layers and the deny `scopes` active in this thread or
+/// task, lifted by `grants`.
 pub fn decide(
     process: &[std::sync::Arc<ProcessLayer>],
     scopes: &[LayerId],
     grants: &[ActiveGrant<'_>],
-    digest: &Digest,
+    kind: Kind,
+    ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
 ) -> Decision {
     let mut decision = Decision::default();
     for layer in process {
-        if lifted(layer.id, digest, grants) {
+        if lifted(layer.id, ids, grants) {
             continue;
         }
-        if let Some(reason) = check_rules(&layer.rules, digest, frames) {
+        if let Some(reason) = check_rules(&layer.rules, kind, ids, frames) {
             decision.refusals.push(Refusal {
                 layer: layer.id,
                 mode: layer.mode,
@@ -267,16 +298,18 @@ pub fn decide(
                     Rules::Nothing | Rules::Everything => None,
                 },
                 reason,
+                algorithm: suggested_algorithm(&layer.rules, kind),
             });
         }
     }
     for &scope in scopes {
-        if !lifted(scope, digest, grants) {
+        if !lifted(scope, ids, grants) {
             decision.refusals.push(Refusal {
                 layer: scope,
                 mode: Mode::Enforce,
                 origin: None,
                 reason: Reason::Scope,
+                algorithm: Algorithm::Sha256,
             });
         }
     }
@@ -290,8 +323,22 @@ mod tests {
 
     const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-    fn digest() -> Digest {
-        crate::manifest::parse_digest(HASH).unwrap()
+    fn sha256_of_payload() -> Id {
+        Id::parse(HASH).unwrap()
+    }
+
+    fn decide_pickle(
+        process: &[Arc<ProcessLayer>],
+        scopes: &[LayerId],
+        grants: &[ActiveGrant<'_>],
+        frames: &mut LazyFrames<'_>,
+    ) -> Decision {
+        let mut compute = |a: Algorithm| match a {
+            Algorithm::Sha256 => sha256_of_payload().digest,
+            Algorithm::Blake3 => [3u8; 32],
+        };
+        let mut ids = Identities::new(&mut compute);
+        decide(process, scopes, grants, Kind::Pickle, &mut ids, frames)
     }
 
     fn layer(id: LayerId, mode: Mode, text: Option<&str>) -> Arc<ProcessLayer> {
@@ -314,7 +361,7 @@ mod tests {
         };
         let mut compute = move || owned.clone();
         let mut lazy = LazyFrames::new(&mut compute);
-        decide(process, scopes, grants, &digest(), &mut lazy)
+        decide_pickle(process, scopes, grants, &mut lazy)
     }
 
     #[test]
@@ -361,7 +408,7 @@ mod tests {
             CallStack::default()
         };
         let mut lazy = LazyFrames::new(&mut compute);
-        assert!(decide(&[l], &[], &[], &digest(), &mut lazy).allowed());
+        assert!(decide_pickle(&[l], &[], &[], &mut lazy).allowed());
         drop(lazy);
         assert_eq!(calls, 0);
     }
@@ -392,13 +439,16 @@ mod tests {
     fn grants_can_be_limited_to_digests() {
         let closed = layer(1, Mode::Enforce, None);
         let mut only = HashSet::new();
-        only.insert([0u8; 32]);
+        only.insert(Id {
+            algorithm: Algorithm::Sha256,
+            digest: [0u8; 32],
+        });
         let g = [ActiveGrant {
             layer: 1,
             only: Some(&only),
         }];
         assert!(!run(std::slice::from_ref(&closed), &[], &g, &[]).allowed());
-        only.insert(digest());
+        only.insert(sha256_of_payload());
         let g = [ActiveGrant {
             layer: 1,
             only: Some(&only),
@@ -443,6 +493,68 @@ mod tests {
             run(&[l], &[], &[], &[]).denial().unwrap().reason,
             Reason::BrokenManifest(_)
         ));
+    }
+
+    #[test]
+    fn a_second_hash_is_paid_for_only_when_the_first_finds_nothing() {
+        let both = format!(
+            "version = 1\n[[pickle]]\nblake3 = \"{}\"\n[[pickle]]\nsha256 = \"{HASH}\"\n",
+            "03".repeat(32)
+        );
+        let layers = [layer(1, Mode::Enforce, Some(&both))];
+        let mut calls = Vec::new();
+        let mut compute = |a: Algorithm| {
+            calls.push(a);
+            match a {
+                Algorithm::Sha256 => sha256_of_payload().digest,
+                Algorithm::Blake3 => [3u8; 32],
+            }
+        };
+        let mut ids = Identities::new(&mut compute);
+        let mut no_frames = CallStack::default;
+        let mut frames = LazyFrames::new(&mut no_frames);
+        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
+        assert_eq!(calls, [Algorithm::Blake3]);
+
+        // A payload the BLAKE3 entries do not list is looked up by SHA-256 too.
+        let mut calls = Vec::new();
+        let mut compute = |a: Algorithm| {
+            calls.push(a);
+            match a {
+                Algorithm::Sha256 => sha256_of_payload().digest,
+                Algorithm::Blake3 => [9u8; 32],
+            }
+        };
+        let mut ids = Identities::new(&mut compute);
+        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
+        assert_eq!(calls, [Algorithm::Blake3, Algorithm::Sha256]);
+    }
+
+    #[test]
+    fn artifact_pins_do_not_admit_pickles_and_channels_do_not_admit_artifacts() {
+        let m = format!(
+            "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n"
+        );
+        let layers = [layer(1, Mode::Enforce, Some(&m))];
+        let mut compute = |_: Algorithm| sha256_of_payload().digest;
+        let mut stack = || CallStack {
+            frames: vec!["mp:recv".into()],
+            caller: None,
+        };
+        let mut frames = LazyFrames::new(&mut stack);
+        let mut ids = Identities::new(&mut compute);
+        assert!(decide(&layers, &[], &[], Kind::Artifact, &mut ids, &mut frames).allowed());
+        let d = decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames);
+        assert_eq!(d.denial().unwrap().reason, Reason::NotListed);
+        let mut channel = || CallStack {
+            frames: vec!["mp:recv".into()],
+            caller: Some("mp:recv".into()),
+        };
+        let mut frames = LazyFrames::new(&mut channel);
+        let other = "version = 1\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n";
+        let layers = [layer(1, Mode::Enforce, Some(other))];
+        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
+        assert!(!decide(&layers, &[], &[], Kind::Artifact, &mut ids, &mut frames).allowed());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString};
 
-use crate::identity::{sha256, sha256_with_buffers, to_hex};
-use crate::manifest::{parse_digest, Digest, Manifest, ManifestError as CoreManifestError};
+use crate::identity::{digest_with_buffers, to_hex, Algorithm, Digest, Id, Identities};
+use crate::manifest::{Kind, Manifest, ManifestError as CoreManifestError};
 use crate::policy::{
     decide, ActiveGrant, CallStack, Decision, LayerId, LazyFrames, Mode, ProcessLayer, Reason,
     Refusal, Rules,
@@ -98,9 +98,11 @@ struct ScopeState {
 #[derive(Debug)]
 struct GrantState {
     layer: LayerId,
-    only: Option<HashSet<Digest>>,
+    only: Option<HashSet<Id>>,
     owner: Owner,
     active: AtomicBool,
+    /// Made by an admitted artifact for the loads inside it (see `admit_artifact`).
+    artifact: bool,
 }
 
 /// The thread and asyncio task a grant belongs to. The task is compared by address,
@@ -230,6 +232,9 @@ fn current_owner(py: Python<'_>) -> PyResult<Owner> {
 struct ActiveScopes {
     scopes: Vec<LayerId>,
     grants: Vec<Arc<GrantState>>,
+    /// Inside the load of an admitted artifact: its nested loads are covered by the
+    /// artifact's entry and are not journaled on their own.
+    in_artifact: bool,
 }
 
 fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
@@ -237,6 +242,7 @@ fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
     let mut active = ActiveScopes {
         scopes: Vec::new(),
         grants: Vec::new(),
+        in_artifact: false,
     };
     let mut owner: Option<Owner> = None;
     for node in nodes {
@@ -250,6 +256,7 @@ fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
                     None => *owner.insert(current_owner(py)?),
                 };
                 if grant.owner == here {
+                    active.in_artifact |= grant.artifact;
                     active.grants.push(grant);
                 }
             }
@@ -352,7 +359,7 @@ impl Token {
 #[pyclass(frozen, module = "pickleguard._core")]
 struct Grant {
     token: TokenKind,
-    only: Option<HashSet<Digest>>,
+    only: Option<HashSet<Id>>,
     entered: Mutex<Vec<Arc<GrantState>>>,
 }
 
@@ -388,6 +395,7 @@ impl Grant {
             only: this.only.clone(),
             owner: current_owner(py)?,
             active: AtomicBool::new(true),
+            artifact: false,
         });
         push_node(py, ScopeNode::Grant(state.clone()))?;
         this.entered.lock().push(state);
@@ -446,13 +454,13 @@ fn allow_pickles(
             items
                 .iter()
                 .map(|item| {
-                    parse_digest(item).map_err(|e| {
+                    Id::parse(item).map_err(|e| {
                         PyValueError::new_err(format!(
-                            "only_objects entries look like \"sha256:<64 hex digits>\": {e}"
+                            "only_objects entries look like \"sha256:<64 hex digits>\" or \"blake3:<64 hex digits>\": {e}"
                         ))
                     })
                 })
-                .collect::<PyResult<HashSet<Digest>>>()?,
+                .collect::<PyResult<HashSet<Id>>>()?,
         ),
     };
     Ok(Grant {
@@ -460,6 +468,105 @@ fn allow_pickles(
         only,
         entered: Mutex::new(Vec::new()),
     })
+}
+
+/// Judge a whole artifact file (`data`, its bytes) against the `[[artifact]]` entries
+/// and, if it may load, return the with-block to run its loader in: inside it, in
+/// this thread or task only, the pickles the loader reads out of the artifact are
+/// covered by the artifact's entry. Raises NoPickleError otherwise.
+#[pyfunction]
+#[pyo3(signature = (data, source=None, loader=None))]
+fn admit_artifact(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+    source: Option<String>,
+    loader: Option<String>,
+) -> PyResult<ArtifactScope> {
+    let bytes = snapshot_bytes(data)?;
+    let load = Load {
+        kind: Kind::Artifact,
+        data: bytes.as_bytes(),
+        buffers: &[],
+        source,
+        loader: loader.as_deref(),
+    };
+    judge(py, &load, None)?;
+    Ok(ArtifactScope {
+        entered: Mutex::new(Vec::new()),
+    })
+}
+
+/// The with-block of an admitted artifact (see `admit_artifact`).
+#[pyclass(frozen, module = "pickleguard._core")]
+struct ArtifactScope {
+    entered: Mutex<Vec<Vec<Arc<GrantState>>>>,
+}
+
+#[pymethods]
+impl ArtifactScope {
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let py = slf.py();
+        let owner = current_owner(py)?;
+        // Every layer in force now; 0 (no layer) marks the block even when none is.
+        let mut layers: Vec<LayerId> = vec![0];
+        layers.extend(PROCESS_LAYERS.read().iter().map(|l| l.id));
+        layers.extend(active_scopes(py)?.scopes);
+        let grants: Vec<Arc<GrantState>> = layers
+            .into_iter()
+            .map(|layer| {
+                Arc::new(GrantState {
+                    layer,
+                    only: None,
+                    owner,
+                    active: AtomicBool::new(true),
+                    artifact: true,
+                })
+            })
+            .collect();
+        let mut nodes = current_nodes(py)?;
+        nodes.extend(grants.iter().cloned().map(ScopeNode::Grant));
+        set_nodes(py, nodes)?;
+        slf.get().entered.lock().push(grants);
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        let here = current_owner(py)?;
+        let grants = {
+            let mut entered = self.entered.lock();
+            entered
+                .iter()
+                .rposition(|g| g.first().is_some_and(|g| g.owner == here))
+                .map(|i| entered.remove(i))
+        };
+        if let Some(grants) = grants {
+            for grant in &grants {
+                grant.active.store(false, Ordering::Release);
+            }
+            let mut nodes = current_nodes(py)?;
+            nodes.retain(|n| !grants.iter().any(|g| n.same(&ScopeNode::Grant(g.clone()))));
+            set_nodes(py, nodes)?;
+        }
+        Ok(false)
+    }
+}
+
+/// Whether some layer refuses what it does not list, here and now: an enforcing
+/// process layer other than `record`'s, or a deny scope in this thread or task.
+#[pyfunction]
+fn enforcing(py: Python<'_>) -> PyResult<bool> {
+    let process = PROCESS_LAYERS
+        .read()
+        .iter()
+        .any(|l| l.mode == Mode::Enforce && !matches!(l.rules, Rules::Everything));
+    Ok(process || !active_scopes(py)?.scopes.is_empty())
+}
+
+/// Whether this thread or task is inside an admitted artifact's with-block.
+#[pyfunction]
+fn in_artifact(py: Python<'_>) -> PyResult<bool> {
+    Ok(active_scopes(py)?.in_artifact)
 }
 
 /// Open a deny scope in this thread or task and return its token.
@@ -584,14 +691,14 @@ fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> {
         .collect())
 }
 
-/// What a manifest holds, for merging: its entries as (sha256 hex, stack patterns or
-/// None) and its channels as (name, callers).
+/// What a manifest holds, for merging: its entries as (table, identities as
+/// `algorithm:hex`, stack patterns or None) and its channels as (name, callers).
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn manifest_summary(
     path: std::path::PathBuf,
 ) -> PyResult<(
-    Vec<(String, Option<Vec<String>>)>,
+    Vec<(&'static str, Vec<String>, Option<Vec<String>>)>,
     Vec<(String, Vec<String>)>,
 )> {
     let manifest = Manifest::load(&path.to_string_lossy())
@@ -601,7 +708,8 @@ fn manifest_summary(
         .iter()
         .map(|e| {
             (
-                to_hex(&e.sha256),
+                e.kind.table(),
+                e.ids.iter().map(Id::to_string).collect(),
                 e.stack
                     .as_ref()
                     .map(|s| s.iter().map(|p| p.as_str().to_owned()).collect()),
@@ -821,7 +929,11 @@ fn caller(py: Python<'_>) -> Option<FrameInfo> {
 
 struct Denial {
     message: String,
-    digest_hex: String,
+    kind: Kind,
+    /// Hex SHA-256 of the payload, whatever algorithm the manifest uses.
+    sha256_hex: String,
+    /// The identity the suggested entry uses, as `algorithm:hex`.
+    identity: String,
     size: usize,
     caller: String,
     code: &'static str,
@@ -832,7 +944,9 @@ impl Denial {
     fn into_pyerr(self, py: Python<'_>) -> PyErr {
         let build = || -> PyResult<PyErr> {
             let kwargs = PyDict::new(py);
-            kwargs.set_item("sha256", &self.digest_hex)?;
+            kwargs.set_item("sha256", &self.sha256_hex)?;
+            kwargs.set_item("identity", &self.identity)?;
+            kwargs.set_item("kind", self.kind.table())?;
             kwargs.set_item("size", self.size)?;
             kwargs.set_item("caller", &self.caller)?;
             kwargs.set_item("code", self.code)?;
@@ -853,12 +967,26 @@ fn reason_code(reason: &Reason) -> &'static str {
         Reason::NoManifest => "no-manifest",
         Reason::BrokenManifest(_) => "broken-manifest",
         Reason::Scope => "scope",
-        // Pins are checked before the layers; see `pin_mismatch`.
+        // Call-site pins are checked before the layers, in `judge`.
     }
 }
 
-fn suggested_entry(digest_hex: &str, caller: Option<&FrameInfo>) -> String {
-    let mut entry = format!("[[pickle]]\nsha256 = \"{digest_hex}\"\n");
+fn suggested_entry(load: &Load<'_>, id: &Id, caller: Option<&FrameInfo>) -> String {
+    let mut entry = format!(
+        "[[{}]]\n{} = \"{}\"\n",
+        load.kind.table(),
+        id.algorithm.name(),
+        id.hex()
+    );
+    if load.kind == Kind::Artifact {
+        if let Some(source) = &load.source {
+            let _ = writeln!(
+                entry,
+                "source = {}",
+                serde_json::Value::from(source.as_str())
+            );
+        }
+    }
     if let Some(c) = caller {
         let _ = writeln!(
             entry,
@@ -869,22 +997,40 @@ fn suggested_entry(digest_hex: &str, caller: Option<&FrameInfo>) -> String {
     entry
 }
 
+/// What is being loaded, for messages: `pickle sha256:… (12 bytes)` or
+/// `artifact sha256:… (12 bytes, file ckpt.pt, read by torch.load)`.
+fn describe_payload(load: &Load<'_>, id: &Id) -> String {
+    let mut details = format!("{} bytes", load.size());
+    if load.kind == Kind::Artifact {
+        if let Some(source) = &load.source {
+            let _ = write!(details, ", file {source}");
+        }
+        if let Some(loader) = load.loader {
+            let _ = write!(details, ", read by {loader}");
+        }
+    }
+    format!("{} {id} ({details})", load.kind.table())
+}
+
 fn describe(
     refusal: &Refusal,
-    digest_hex: &str,
-    size: usize,
+    load: &Load<'_>,
+    ids: &mut Identities<'_>,
     caller: Option<&FrameInfo>,
 ) -> Denial {
-    let entry = suggested_entry(digest_hex, caller);
+    let id = ids.get(refusal.algorithm);
+    let sha256_hex = ids.get(Algorithm::Sha256).hex();
+    let entry = suggested_entry(load, &id, caller);
     let whence = caller
         .map(|c| format!("{} ({}:{})", c.name, c.file, c.line))
         .unwrap_or_else(|| "<no Python caller>".into());
-    let what = format!("pickle sha256:{digest_hex} ({size} bytes) loaded by {whence}");
+    let what = format!("{} loaded by {whence}", describe_payload(load, &id));
+    let noun = load.kind.table();
     let origin = refusal.origin.as_deref().unwrap_or("<no manifest>");
     let (why, hint) = match &refusal.reason {
         Reason::NotListed => (
             format!("is not in the manifest {origin}"),
-            format!("if this pickle is trusted, add this entry to {origin}:\n\n{entry}"),
+            format!("if this {noun} is trusted, add this entry to {origin}:\n\n{entry}"),
         ),
         Reason::StackMismatch { patterns } => (
             format!(
@@ -899,7 +1045,7 @@ fn describe(
         ),
         Reason::NoManifest => (
             "is not allowed: pickleguard was activated with no manifest, so nothing loads unless allow_pickles() lifts it".into(),
-            format!("if this pickle is trusted, enforce a manifest holding this entry instead (PICKLEGUARD_MANIFEST, or activate(manifest=...)); code holding this layer's token can also lift it with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`\n\n{entry}"),
+            format!("if this {noun} is trusted, enforce a manifest holding this entry instead (PICKLEGUARD_MANIFEST, or activate(manifest=...)); code holding this layer's token can also lift it with `with allow_pickles(token, only_objects=[\"{id}\"]):`\n\n{entry}"),
         ),
         Reason::BrokenManifest(err) => (
             format!("is not allowed: the manifest failed to load ({err}), and until it loads this layer allows no pickle"),
@@ -907,13 +1053,15 @@ fn describe(
         ),
         Reason::Scope => (
             "is not allowed by a no_pickles() scope active in this thread or task".into(),
-            format!("the code that opened the scope can allow it with `with allow_pickles(token, only_objects=[\"sha256:{digest_hex}\"]):`"),
+            format!("the code that opened the scope can allow it with `with allow_pickles(token, only_objects=[\"{id}\"]):`"),
         ),
     };
     Denial {
         message: format!("{what} {why}.\nhint: {hint}"),
-        digest_hex: digest_hex.to_owned(),
-        size,
+        kind: load.kind,
+        sha256_hex,
+        identity: id.to_string(),
+        size: load.size(),
         caller: caller.map(|c| c.name.clone()).unwrap_or_default(),
         code: reason_code(&refusal.reason),
         entry,
@@ -935,7 +1083,7 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 const DEBUG: i32 = 10;
 
-fn log_allowed(py: Python<'_>, digest: &Digest, size: usize) -> PyResult<()> {
+fn log_allowed(py: Python<'_>, load: &Load<'_>, ids: &mut Identities<'_>) -> PyResult<()> {
     let logger = logger(py)?;
     // Logger.isEnabledFor caches its answer per level in `_cache` (cleared by
     // logging whenever levels change); reading it skips a Python-level call on
@@ -950,48 +1098,75 @@ fn log_allowed(py: Python<'_>, digest: &Digest, size: usize) -> PyResult<()> {
         None => logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()?,
     };
     if enabled {
-        logger.call_method1(
-            "debug",
-            ("allowed pickle sha256:%s (%d bytes)", to_hex(digest), size),
-        )?;
+        let id = ids
+            .any_known()
+            .unwrap_or_else(|| ids.get(Algorithm::Sha256));
+        logger.call_method1("debug", ("allowed %s", describe_payload(load, &id)))?;
     }
     Ok(())
 }
 
-/// Hash `data`, releasing the GIL when it is large. Callers pass only memory that no
-/// other thread can change: a `bytes` object or a buffer this module owns.
-fn hash(py: Python<'_>, data: &[u8]) -> Digest {
-    if data.len() >= DETACH_THRESHOLD {
-        py.detach(|| sha256(data))
+/// Hash `data` (and out-of-band `buffers`), releasing the GIL when they are large.
+/// Callers pass only memory that no other thread can change: `bytes` objects or
+/// buffers this module owns.
+fn hash(py: Python<'_>, algorithm: Algorithm, data: &[u8], buffers: &[&[u8]]) -> Digest {
+    let size = data.len() + buffers.iter().map(|b| b.len()).sum::<usize>();
+    let run = || digest_with_buffers(algorithm, data, buffers.iter().copied());
+    if size >= DETACH_THRESHOLD {
+        py.detach(run)
     } else {
-        sha256(data)
+        run()
     }
 }
 
 /// What the gate knows about one load, for the decision, the journal and the logs.
 struct Load<'a> {
-    digest: &'a Digest,
-    pickle: &'a [u8],
-    /// The file's name, when the pickle came from a file object that has one.
+    kind: Kind,
+    /// The pickle's bytes, or the whole artifact file.
+    data: &'a [u8],
+    /// Out-of-band buffers the pickle consumes; part of its identity.
+    buffers: &'a [&'a [u8]],
+    /// The file's name, when the payload came from a file object that has one.
     source: Option<String>,
+    /// For artifacts: the loader that reads it (`torch.load`).
+    loader: Option<&'a str>,
+}
+
+impl<'a> Load<'a> {
+    fn pickle(data: &'a [u8], buffers: &'a [&'a [u8]], source: Option<String>) -> Self {
+        Load {
+            kind: Kind::Pickle,
+            data,
+            buffers,
+            source,
+            loader: None,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.data.len()
+    }
 }
 
 /// Apply the call-site pin, then every layer; log; journal; refuse or return.
 fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
-    let (digest, size) = (load.digest, load.pickle.len());
+    let mut compute = |algorithm| hash(py, algorithm, load.data, load.buffers);
+    let mut ids = Identities::new(&mut compute);
     if let Some(pin) = pin {
-        let expected = parse_digest(pin)
-            .map_err(|e| GuardError::Py(PyValueError::new_err(format!("sha256 pin: {e}"))))?;
-        if &expected != digest {
-            let digest_hex = to_hex(digest);
+        let expected = Id::parse(pin)
+            .map_err(|e| GuardError::Py(PyValueError::new_err(format!("pin: {e}"))))?;
+        let actual = ids.get(expected.algorithm);
+        if actual != expected {
             let who = caller(py);
             let denial = Denial {
                 message: format!(
-                    "pickle sha256:{digest_hex} ({size} bytes) does not match the pinned sha256:{}.\nhint: the data changed since it was pinned; if the new data is trusted, update the pin",
-                    to_hex(&expected)
+                    "{} does not match the pinned {expected}.\nhint: the data changed since it was pinned; if the new data is trusted, update the pin",
+                    describe_payload(load, &actual),
                 ),
-                digest_hex,
-                size,
+                kind: load.kind,
+                sha256_hex: ids.get(Algorithm::Sha256).hex(),
+                identity: actual.to_string(),
+                size: load.size(),
                 caller: who.map(|c| c.name).unwrap_or_default(),
                 code: "pin-mismatch",
                 entry: String::new(),
@@ -1004,7 +1179,7 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
     let scopes = active_scopes(py)?;
     let journal = JOURNAL.get();
     if layers.is_empty() && scopes.scopes.is_empty() && journal.is_none() {
-        return Ok(log_allowed(py, digest, size)?);
+        return Ok(log_allowed(py, load, &mut ids)?);
     }
     let grants: Vec<ActiveGrant<'_>> = scopes
         .grants
@@ -1014,21 +1189,27 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
             only: g.only.as_ref(),
         })
         .collect();
-    let mut compute = || call_stack(py);
-    let mut frames = LazyFrames::new(&mut compute);
-    let decision: Decision = decide(&layers, &scopes.scopes, &grants, digest, &mut frames);
-    if decision.allowed() {
+    let mut stack = || call_stack(py);
+    let mut frames = LazyFrames::new(&mut stack);
+    let decision: Decision = decide(
+        &layers,
+        &scopes.scopes,
+        &grants,
+        load.kind,
+        &mut ids,
+        &mut frames,
+    );
+    if decision.allowed() && !scopes.in_artifact {
         if let Some(journal) = journal {
-            journal.record(load, frames.get());
+            journal.record(load, &mut ids, frames.get());
         }
     }
     if decision.refusals.is_empty() {
-        return Ok(log_allowed(py, digest, size)?);
+        return Ok(log_allowed(py, load, &mut ids)?);
     }
-    let digest_hex = to_hex(digest);
     let who = caller(py);
     for warning in decision.warnings() {
-        let d = describe(warning, &digest_hex, size, who.as_ref());
+        let d = describe(warning, load, &mut ids, who.as_ref());
         audit(&d, "warn", warning, load);
         logger(py)?.call_method1(
             "warning",
@@ -1036,7 +1217,7 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
         )?;
     }
     if let Some(refusal) = decision.denial() {
-        let d = describe(refusal, &digest_hex, size, who.as_ref());
+        let d = describe(refusal, load, &mut ids, who.as_ref());
         audit(&d, "deny", refusal, load);
         logger(py)?.call_method1("error", ("%s", d.message.as_str()))?;
         return Err(GuardError::Denied(Box::new(d)));
@@ -1067,25 +1248,36 @@ fn now() -> f64 {
 /// file, reopened after a fork so parent and child never share one.
 struct Journal {
     dir: std::path::PathBuf,
+    /// The identity written for each load: what `record` pins with.
+    algorithm: Algorithm,
     file: Mutex<Option<(u32, std::fs::File)>>,
 }
 
 static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync::OnceCell::new();
 
 impl Journal {
-    fn record(&self, load: &Load<'_>, stack: &CallStack) {
-        let imports = scan::imports(load.pickle);
+    fn record(&self, load: &Load<'_>, ids: &mut Identities<'_>, stack: &CallStack) {
+        let imports = match load.kind {
+            Kind::Pickle => scan::imports(load.data),
+            // A whole file (a zip archive, say); its pickles are its loader's business.
+            Kind::Artifact => Vec::new(),
+        };
         let caller = stack.caller.clone().unwrap_or_default();
-        let channel = crate::channels::known_channel(&caller);
+        let channel = match load.kind {
+            Kind::Pickle => crate::channels::known_channel(&caller),
+            Kind::Artifact => None,
+        };
         let entry = serde_json::json!({
             "v": 1,
             "time": now(),
             "pid": std::process::id(),
-            "sha256": to_hex(load.digest),
-            "size": load.pickle.len(),
+            "kind": load.kind.table(),
+            "id": ids.get(self.algorithm).to_string(),
+            "size": load.size(),
             "caller": caller,
             "stack": stack.frames,
             "source": load.source,
+            "loader": load.loader,
             "channel": channel,
             "imports": imports.iter().map(scan::Import::render).collect::<Vec<_>>(),
             "risky": imports.iter().filter(|i| i.is_risky()).map(scan::Import::render).collect::<Vec<_>>(),
@@ -1110,9 +1302,12 @@ impl Journal {
     }
 }
 
-/// Journal every allowed load to files in `directory` (used by `pickleguard record`).
+/// Journal every allowed load to files in `directory` (used by `pickleguard record`),
+/// identified with `algorithm` ("sha256" or "blake3").
 #[pyfunction]
-fn start_journal(directory: std::path::PathBuf) -> PyResult<()> {
+#[pyo3(signature = (directory, algorithm="sha256"))]
+fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> PyResult<()> {
+    let algorithm = parse_algorithm(algorithm)?;
     std::fs::create_dir_all(&directory).map_err(|e| {
         PickleGuardError::new_err(format!(
             "could not create the record journal {}: {e}",
@@ -1121,9 +1316,18 @@ fn start_journal(directory: std::path::PathBuf) -> PyResult<()> {
     })?;
     let _ = JOURNAL.set(Journal {
         dir: directory,
+        algorithm,
         file: Mutex::new(None),
     });
     Ok(())
+}
+
+fn parse_algorithm(name: &str) -> PyResult<Algorithm> {
+    Algorithm::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "algorithm must be \"sha256\" or \"blake3\", not {name:?}"
+        ))
+    })
 }
 
 static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
@@ -1153,7 +1357,9 @@ fn audit(denial: &Denial, event: &str, refusal: &Refusal, load: &Load<'_>) {
             "pid": std::process::id(),
             "event": event,
             "code": denial.code,
-            "sha256": denial.digest_hex,
+            "kind": denial.kind.table(),
+            "sha256": denial.sha256_hex,
+            "identity": denial.identity,
             "size": denial.size,
             "caller": denial.caller,
             "manifest": refusal.origin,
@@ -1209,21 +1415,27 @@ fn take_buffers<'py>(
     Ok((contents, chained))
 }
 
-fn identify_with_buffers<'py>(
+/// The out-of-band buffers that are part of a pickle's identity (copies, so no
+/// other thread can change them while they are hashed), and the iterator to hand
+/// the unpickler.
+type TakenBuffers<'py> = (Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyAny>>);
+
+fn buffers_for_identity<'py>(
     py: Python<'py>,
-    pickle: &[u8],
     out_of_band: usize,
     buffers: Option<Bound<'py, PyAny>>,
-) -> PyResult<(Digest, Option<Bound<'py, PyAny>>)> {
+) -> PyResult<TakenBuffers<'py>> {
     match buffers {
         Some(buffers) if out_of_band > 0 => {
             let (contents, feed) = take_buffers(py, &buffers, out_of_band)?;
-            let slices: Vec<&[u8]> = contents.iter().map(|b| b.as_bytes()).collect();
-            let digest = py.detach(|| sha256_with_buffers(pickle, slices.iter().copied()));
-            Ok((digest, Some(feed)))
+            Ok((contents, Some(feed)))
         }
-        other => Ok((hash(py, pickle), other)),
+        other => Ok((Vec::new(), other)),
     }
+}
+
+fn as_slices<'a>(buffers: &'a [Bound<'_, PyBytes>]) -> Vec<&'a [u8]> {
+    buffers.iter().map(|b| b.as_bytes()).collect()
 }
 
 /// Admit `data` for `loads`: returns what to pass to the real unpickler (exactly the
@@ -1248,14 +1460,9 @@ fn admit_bytes<'py>(
         }
     };
     let pickle = &raw[..extent.len];
-    let (digest, feed_buffers) =
-        identify_with_buffers(py, pickle, extent.out_of_band_buffers, buffers)?;
-    let load = Load {
-        digest: &digest,
-        pickle,
-        source: None,
-    };
-    judge(py, &load, sha256)?;
+    let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
+    let slices = as_slices(&taken);
+    judge(py, &Load::pickle(pickle, &slices, None), sha256)?;
     let feed = if extent.len == raw.len() {
         bytes.into_any()
     } else {
@@ -1315,14 +1522,9 @@ fn admit_stream_inner<'py>(
             })
         }
     };
-    let (digest, feed_buffers) =
-        identify_with_buffers(py, &pickle, extent.out_of_band_buffers, buffers)?;
-    let load = Load {
-        digest: &digest,
-        pickle: &pickle,
-        source: source_name,
-    };
-    judge(py, &load, sha256)?;
+    let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
+    let slices = as_slices(&taken);
+    judge(py, &Load::pickle(&pickle, &slices, source_name), sha256)?;
     Ok((PyBytes::new(py, &pickle), feed_buffers, extent.uses_globals))
 }
 
@@ -1615,6 +1817,16 @@ fn py_unpickler_load<'py>(
         // Not initialised: the original raises its own error, reading nothing.
         return original.call1((unpickler,));
     };
+    if active_scopes(py)?.in_artifact {
+        // A pickle inside an admitted artifact, which its entry covers: joblib
+        // interleaves raw array bytes with the opcodes, so it cannot be delimited.
+        let result = {
+            let _load = AdmittedPyLoad::enter(py);
+            original.call1((unpickler,))
+        };
+        clear_extension_cache(py);
+        return result;
+    }
     let buffers = Some(unpickler.getattr("_buffers")?).filter(|b| !b.is_none());
     let file = read.getattr("__self__").ok();
     let name = file.as_ref().and_then(source_name);
@@ -1893,7 +2105,9 @@ fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
                 message: format!(
                     "pickleguard refused a global import: {why}.\nhint: load pickles through pickle.load/loads/Unpickler after activation, or activate pickleguard at interpreter start (PICKLEGUARD_MANIFEST) so no loader is bound before it"
                 ),
-                digest_hex: String::new(),
+                kind: Kind::Pickle,
+                sha256_hex: String::new(),
+                identity: String::new(),
                 size: 0,
                 caller: caller(py).map(|c| c.name).unwrap_or_default(),
                 code,
@@ -2086,24 +2300,27 @@ fn delimit(data: &Bound<'_, PyAny>, offset: usize) -> PyResult<(usize, usize)> {
 }
 
 /// The identity pickleguard gives the pickle at the start of `data` (with the
-/// out-of-band `buffers` it would consume), as `sha256:<hex>`.
+/// out-of-band `buffers` it would consume), as `algorithm:<hex>`.
 #[pyfunction]
-#[pyo3(signature = (data, buffers=None))]
+#[pyo3(signature = (data, buffers=None, algorithm="sha256"))]
 fn identify(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     buffers: Option<Bound<'_, PyAny>>,
+    algorithm: &str,
 ) -> PyResult<String> {
+    let algorithm = parse_algorithm(algorithm)?;
     let bytes = snapshot_bytes(data)?;
     let extent = reader::delimit(bytes.as_bytes())
         .map_err(|e| PyErr::from(GuardError::Read(e.map_source(|never| match never {}))))?;
-    let (digest, _) = identify_with_buffers(
+    let (taken, _) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
+    let digest = hash(
         py,
+        algorithm,
         &bytes.as_bytes()[..extent.len],
-        extent.out_of_band_buffers,
-        buffers,
-    )?;
-    Ok(format!("sha256:{}", to_hex(&digest)))
+        &as_slices(&taken),
+    );
+    Ok(Id { algorithm, digest }.to_string())
 }
 
 /// Whether the gate may dry-run `data` to explain why it cannot be delimited.
@@ -2113,12 +2330,14 @@ fn dry_run_safe(data: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(scan::dry_run_safe(bytes.as_bytes()))
 }
 
-/// SHA-256 of `data` as hex, with the GIL released for large inputs.
+/// The digest of `data` as hex (SHA-256 unless `algorithm` says "blake3"), with the
+/// GIL released for large inputs.
 #[pyfunction]
-#[pyo3(name = "sha256")]
-fn sha256_hex(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<String> {
+#[pyo3(name = "sha256", signature = (data, algorithm="sha256"))]
+fn sha256_hex(py: Python<'_>, data: &Bound<'_, PyAny>, algorithm: &str) -> PyResult<String> {
+    let algorithm = parse_algorithm(algorithm)?;
     let bytes = snapshot_bytes(data)?;
-    Ok(to_hex(&hash(py, bytes.as_bytes())))
+    Ok(to_hex(&hash(py, algorithm, bytes.as_bytes(), &[])))
 }
 
 #[pymodule]
@@ -2128,6 +2347,10 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(activate_deferred, m)?)?;
     m.add_function(wrap_pyfunction!(settle_manifests, m)?)?;
     m.add_function(wrap_pyfunction!(no_pickles, m)?)?;
+    m.add_function(wrap_pyfunction!(admit_artifact, m)?)?;
+    m.add_function(wrap_pyfunction!(in_artifact, m)?)?;
+    m.add_function(wrap_pyfunction!(enforcing, m)?)?;
+    m.add_class::<ArtifactScope>()?;
     m.add_function(wrap_pyfunction!(allow_pickles, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;

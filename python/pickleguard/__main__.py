@@ -293,7 +293,10 @@ def _record(args: argparse.Namespace) -> int:
     keep = args.journal is not None
     journal_dir = Path(args.journal) if keep else Path(tempfile.mkdtemp(prefix="pickleguard-"))
     journal_dir.mkdir(parents=True, exist_ok=True)
-    env = _child_env(PICKLEGUARD_RECORD=str(journal_dir.resolve()))
+    env = _child_env(
+        PICKLEGUARD_RECORD=str(journal_dir.resolve()),
+        PICKLEGUARD_RECORD_IDENTITY=args.identity,
+    )
     try:
         returncode = subprocess.call(command, env=env)
     except KeyboardInterrupt:
@@ -323,10 +326,18 @@ def _record(args: argparse.Namespace) -> int:
         "loads": journal.loads,
         "processes": len(journal.processes),
         "added": [
-            {"sha256": r.sha256, "caller": r.caller, "source": r.source} for r in merged.added
+            {
+                "kind": r.kind,
+                "identity": r.identity,
+                "sha256": r.sha256,
+                "caller": r.caller,
+                "source": r.source,
+                "loader": r.loader,
+            }
+            for r in merged.added
         ],
         "channels_added": merged.channels_added,
-        "risky": [{"sha256": r.sha256, "caller": r.caller, "imports": r.risky} for r in risky],
+        "risky": [{"identity": r.identity, "caller": r.caller, "imports": r.risky} for r in risky],
     }
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
@@ -339,7 +350,7 @@ def _record(args: argparse.Namespace) -> int:
         )
         for r in risky:
             print(
-                f"warning: {r.sha256[:16]}... (loaded by {r.caller}) imports {', '.join(r.risky)}"
+                f"warning: {r.identity[:23]}... (loaded by {r.caller}) imports {', '.join(r.risky)}"
             )
         if risky:
             print("hint: review the entries marked RISKY before you trust them")
@@ -416,6 +427,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     record.add_argument("-o", "--output", default="pickleguard.toml", metavar="MANIFEST")
     record.add_argument("--journal", metavar="DIR", help="keep the raw journal in DIR")
+    record.add_argument(
+        "--identity",
+        choices=("sha256", "blake3"),
+        default="sha256",
+        help="hash new entries with SHA-256 (default) or BLAKE3 (faster on large payloads)",
+    )
     record.add_argument("--json", action="store_true", help="machine-readable summary")
     record.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     record.set_defaults(run=_record)

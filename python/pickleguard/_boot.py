@@ -13,6 +13,8 @@ Variables:
 * ``PICKLEGUARD_LOG``: also append each warn report and denial as a JSON line here.
 * ``PICKLEGUARD_RECORD``: a journal directory; every load is allowed and
   journaled (set by ``pickleguard record``).
+* ``PICKLEGUARD_RECORD_IDENTITY``: ``sha256`` (default) or ``blake3``, the hash
+  the journal identifies loads with.
 * ``PICKLEGUARD_LAYERS``: set by ``activate()`` so child processes inherit the
   layers their parent added in code (JSON list of ``[mode, manifest]``).
 
@@ -79,7 +81,12 @@ def boot() -> None:
     if env.get("PICKLEGUARD_LOG"):
         _core.set_audit_log(env["PICKLEGUARD_LOG"])
     if env.get("PICKLEGUARD_RECORD"):
-        _core.start_journal(env["PICKLEGUARD_RECORD"])
+        identity = env.get("PICKLEGUARD_RECORD_IDENTITY") or "sha256"
+        if identity not in ("sha256", "blake3"):
+            raise BootError(
+                f'PICKLEGUARD_RECORD_IDENTITY must be "sha256" or "blake3", not {identity!r}'
+            )
+        _core.start_journal(env["PICKLEGUARD_RECORD"], identity)
         _core.record_layer()
         return
     if manifest is not None or "PICKLEGUARD_MODE" in env:

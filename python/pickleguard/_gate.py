@@ -243,6 +243,10 @@ def install() -> None:
         pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
         pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
         _rebind_captured_originals()
+        # torch.load and joblib.load pin whole files; see _integrations.
+        from . import _integrations
+
+        _integrations.install()
         _installed = True
 
 

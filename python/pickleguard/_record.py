@@ -24,20 +24,28 @@ from .errors import ManifestError
 class Recorded:
     """One distinct load seen by the recorded run: a payload and where it loaded."""
 
-    sha256: str
+    kind: str  # "pickle" or "artifact": the table its entry goes in
+    identity: str  # "sha256:<hex>" or "blake3:<hex>"
     size: int
     caller: str
     source: Optional[str]
     imports: List[str]
     risky: List[str]
+    loader: Optional[str] = None
     count: int = 1
+
+    @property
+    def sha256(self) -> str:
+        """The hex SHA-256, for entries recorded with SHA-256 (else empty)."""
+        algorithm, _, digest = self.identity.partition(":")
+        return digest if algorithm == "sha256" else ""
 
 
 @dataclass
 class Journal:
     """Everything the recorded run journaled, deduplicated."""
 
-    pickles: Dict[Tuple[str, str], Recorded] = field(default_factory=dict)
+    pickles: Dict[Tuple[str, str, str], Recorded] = field(default_factory=dict)
     channels: Dict[str, Set[str]] = field(default_factory=dict)
     channel_loads: int = 0
     loads: int = 0
@@ -52,7 +60,11 @@ def read_journals(directory: Path) -> Journal:
             for number, raw in enumerate(f, 1):
                 try:
                     entry = json.loads(raw)
-                    sha256, caller = str(entry["sha256"]), str(entry["caller"])
+                    identity = str(entry["id"])
+                    kind = str(entry.get("kind", "pickle"))
+                    if kind not in ("pickle", "artifact"):
+                        raise ValueError(f"unknown kind {kind!r}")
+                    caller = str(entry["caller"])
                     journal.processes.add(int(entry["pid"]))
                 except (ValueError, KeyError, TypeError) as e:
                     journal.problems.append(
@@ -65,12 +77,14 @@ def read_journals(directory: Path) -> Journal:
                     journal.channels.setdefault(str(channel), set()).add(caller)
                     journal.channel_loads += 1
                     continue
-                key = (sha256, caller)
+                key = (kind, identity, caller)
                 if key in journal.pickles:
                     journal.pickles[key].count += 1
                 else:
                     journal.pickles[key] = Recorded(
-                        sha256=sha256,
+                        kind=kind,
+                        identity=identity,
+                        loader=entry.get("loader"),
                         size=int(entry.get("size", 0)),
                         caller=caller,
                         source=entry.get("source"),
@@ -106,12 +120,13 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     the end. A payload already allowed for that caller (or for every caller) is
     not added again.
     """
-    have_pins: Set[Tuple[str, Optional[Tuple[str, ...]]]] = set()
+    have_pins: Set[Tuple[str, str, Optional[Tuple[str, ...]]]] = set()
     have_callers: Dict[str, Set[str]] = {}
     if existing_text is not None:
         entries, channels = _core.manifest_summary(existing_path)
-        for digest, stack in entries:
-            have_pins.add((digest, None if stack is None else tuple(stack)))
+        for table, identities, stack in entries:
+            for identity in identities:
+                have_pins.add((table, identity, None if stack is None else tuple(stack)))
         for name, callers in channels:
             have_callers.setdefault(name, set()).update(callers)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -133,18 +148,27 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
             f"name = {_toml_string(name)}\n"
             f"callers = {_toml_list(new)}\n"
         )
-    for rec in sorted(journal.pickles.values(), key=lambda r: (r.caller, r.sha256)):
-        if (rec.sha256, None) in have_pins or (rec.sha256, (rec.caller,)) in have_pins:
+    for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
+        if (rec.kind, rec.identity, None) in have_pins or (
+            rec.kind,
+            rec.identity,
+            (rec.caller,),
+        ) in have_pins:
             continue
         added.append(rec)
         where = f" from {rec.source}" if rec.source else ""
+        if rec.loader:
+            where += f", read by {rec.loader}"
         lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {rec.caller}"]
+        if rec.kind == "artifact":
+            lines.append("# the whole file is pinned: its pickles and its tensor or array data")
         if rec.imports:
             lines.append("# imports: " + ", ".join(rec.imports))
         if rec.risky:
             lines.append("# RISKY imports, review before trusting: " + ", ".join(rec.risky))
-        lines.append("[[pickle]]")
-        lines.append(f"sha256 = {_toml_string(rec.sha256)}")
+        algorithm, _, digest = rec.identity.partition(":")
+        lines.append(f"[[{rec.kind}]]")
+        lines.append(f"{algorithm} = {_toml_string(digest)}")
         if rec.caller:
             lines.append(f"stack = {_toml_list([rec.caller])}")
         if rec.source:

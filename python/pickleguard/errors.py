@@ -24,6 +24,9 @@ class NoPickleError(PickleGuardError):
 
     Attributes:
         sha256: hex SHA-256 of the refused payload.
+        identity: the identity the suggested entry uses, ``sha256:<hex>`` or
+            ``blake3:<hex>`` (the refusing manifest's choice).
+        kind: ``pickle`` (one pickle stream) or ``artifact`` (a whole file).
         size: its size in bytes.
         caller: the loading frame, as ``module:qualname``.
         code: a stable reason code: ``not-listed``, ``stack-mismatch``,
@@ -36,6 +39,8 @@ class NoPickleError(PickleGuardError):
         message: str,
         *,
         sha256: str = "",
+        identity: str = "",
+        kind: str = "pickle",
         size: int = 0,
         caller: str = "",
         code: str = "",
@@ -43,6 +48,8 @@ class NoPickleError(PickleGuardError):
     ) -> None:
         super().__init__(message)
         self.sha256 = sha256
+        self.identity = identity
+        self.kind = kind
         self.size = size
         self.caller = caller
         self.code = code

@@ -1,0 +1,250 @@
+"""Adapters for loaders whose files are not one standalone pickle.
+
+A torch checkpoint is a zip archive (or, in the legacy format, several pickles
+followed by raw storage bytes); a joblib file interleaves raw array bytes with
+pickle opcodes, and may be compressed. Neither can be pinned by the pickles inside
+it alone: swapping a tensor's bytes changes no pickle. So ``torch.load`` and
+``joblib.load`` are wrapped to pin the whole file (an ``[[artifact]]`` entry, the
+hash ``sha256sum`` prints): the wrapper reads the file once, judges those bytes,
+and runs the original loader on exactly them, with the pickles it reads out of the
+file covered by the artifact's entry.
+
+torch's ``weights_only`` unpickler is pure Python and calls neither ``pickle`` nor
+the ``pickle.find_class`` audit event, so it gets a gate of its own: outside an
+admitted artifact, each of its loads is judged like any pickle.
+
+The wrappers are installed when the library is imported (an import hook), or at
+once if it already is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+from . import _core
+from .errors import PickleGuardError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any, Callable, Dict, Optional, Tuple
+
+
+def _read_whole(file: Any) -> Optional[Tuple[bytes, Optional[str], Any]]:
+    """The bytes a loader would read from ``file`` (a path or a binary file object),
+    the file's name, and the file object (None for a path). None if ``file`` is
+    neither, so the original loader raises its own error."""
+    if isinstance(file, (str, bytes, os.PathLike)):
+        path = os.fspath(file)
+        with open(path, "rb") as f:
+            return f.read(), os.fsdecode(path), None
+    read = getattr(file, "read", None)
+    if read is None:
+        return None
+    name = getattr(file, "name", None)
+    data = read()
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    return data, name if isinstance(name, str) else None, file
+
+
+def _seek_after(file: Any, start: Optional[int], consumed: int) -> None:
+    """Leave a file object where the loader would have: just after what it read."""
+    if file is not None and start is not None:
+        file.seek(start + consumed)
+
+
+def _start_of(file: Any) -> Optional[int]:
+    try:
+        return file.tell() if file is not None and file.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _refuse_mapping(loader: str, option: str) -> None:
+    raise PickleGuardError(
+        f"{loader} with {option} is refused while pickleguard enforces a manifest: the "
+        "loader maps the file after pickleguard has hashed it, so its bytes could change "
+        "between the check and their use.\n"
+        f"hint: load without {option} (the verified bytes are read into memory), or "
+        "convert the checkpoint to safetensors"
+    )
+
+
+def _load_artifact(
+    original: Callable[..., Any],
+    loader: str,
+    file: Any,
+    call: Callable[[Any], Any],
+) -> Any:
+    """Read ``file`` whole, admit it as an artifact of ``loader``, and run
+    ``call(verified_file)`` inside the artifact's scope."""
+    start = _start_of(file) if hasattr(file, "read") else None
+    found = _read_whole(file)
+    if found is None:
+        return call(file)
+    data, source, file_object = found
+    with _core.admit_artifact(data, source=source, loader=loader):
+        verified = io.BytesIO(data)
+        if source is not None:
+            verified.name = source
+        try:
+            return call(verified)
+        finally:
+            _seek_after(file_object, start, verified.tell())
+
+
+# ---------------------------------------------------------------------------
+# torch
+
+
+def _patch_torch(torch: Any) -> None:
+    serialization: Any = sys.modules.get("torch.serialization")
+    if serialization is None or getattr(serialization.load, "_pickleguard", False):
+        return
+    original = serialization.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("mmap"):
+            if _core.enforcing():
+                _refuse_mapping("torch.load", "mmap=True")
+            # Recording or warning: journal the file, then load as asked.
+            found = _read_whole(f)
+            if found is None:
+                return original(f, *args, **kwargs)
+            data, source, _ = found
+            with _core.admit_artifact(data, source=source, loader="torch.load"):
+                return original(f, *args, **kwargs)
+        return _load_artifact(
+            original, "torch.load", f, lambda verified: original(verified, *args, **kwargs)
+        )
+
+    load.__doc__ = original.__doc__
+    load.__name__ = original.__name__
+    load.__qualname__ = original.__qualname__
+    load.__wrapped__ = original  # type: ignore[attr-defined]
+    load._pickleguard = True  # type: ignore[attr-defined]
+    serialization.load = load
+    if getattr(torch, "load", None) is original:
+        torch.load = load
+    _gate_weights_only_unpickler()
+
+
+def _gate_weights_only_unpickler() -> None:
+    module = sys.modules.get("torch._weights_only_unpickler")
+    unpickler = getattr(module, "Unpickler", None)
+    if unpickler is None or getattr(unpickler.load, "_pickleguard", False):
+        return
+    original_load = unpickler.load
+
+    def load(self: Any) -> Any:
+        if _core.in_artifact():
+            return original_load(self)
+        # Judged like any pickle, then run on exactly the verified bytes.
+        data, _ = _core.admit_stream(self.read, self.readline)
+        read, readline = self.read, self.readline
+        verified = io.BytesIO(data)
+        self.read, self.readline = verified.read, verified.readline
+        try:
+            return original_load(self)
+        finally:
+            self.read, self.readline = read, readline
+
+    load.__doc__ = original_load.__doc__
+    load.__qualname__ = original_load.__qualname__
+    load._pickleguard = True  # type: ignore[attr-defined]
+    unpickler.load = load
+
+
+# ---------------------------------------------------------------------------
+# joblib
+
+
+def _patch_joblib(joblib: Any) -> None:
+    numpy_pickle: Any = sys.modules.get("joblib.numpy_pickle")
+    if numpy_pickle is None or getattr(numpy_pickle.load, "_pickleguard", False):
+        return
+    original = numpy_pickle.load
+
+    def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if mmap_mode is not None:
+            if _core.enforcing():
+                _refuse_mapping("joblib.load", f"mmap_mode={mmap_mode!r}")
+            found = _read_whole(filename)
+            if found is None:
+                return original(filename, mmap_mode, *args, **kwargs)
+            data, source, _ = found
+            with _core.admit_artifact(data, source=source, loader="joblib.load"):
+                return original(filename, mmap_mode, *args, **kwargs)
+        return _load_artifact(
+            original,
+            "joblib.load",
+            filename,
+            lambda verified: original(verified, None, *args, **kwargs),
+        )
+
+    load.__doc__ = original.__doc__
+    load.__name__ = original.__name__
+    load.__qualname__ = original.__qualname__
+    load.__wrapped__ = original  # type: ignore[attr-defined]
+    load._pickleguard = True  # type: ignore[attr-defined]
+    numpy_pickle.load = load
+    if getattr(joblib, "load", None) is original:
+        joblib.load = load
+
+
+# ---------------------------------------------------------------------------
+# Installation: patch now if imported, else when imported.
+
+_PATCHERS: Dict[str, Callable[[Any], None]] = {
+    "torch": _patch_torch,
+    "joblib": _patch_joblib,
+}
+
+
+class _PatchOnImport:
+    """A meta path finder that finds nothing itself: for the modules in _PATCHERS
+    it asks the other finders, then patches the module once it has executed."""
+
+    _finding: set = set()
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        patch = _PATCHERS.get(name)
+        if patch is None or name in cls._finding:
+            return None
+        import importlib.util
+
+        cls._finding.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            cls._finding.discard(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None
+        original_exec = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            original_exec(module)
+            patch(module)
+
+        # On this module's own loader instance only.
+        loader.exec_module = exec_module
+        return spec
+
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    for name, patch in _PATCHERS.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            patch(module)
+    sys.meta_path.insert(0, _PatchOnImport)
