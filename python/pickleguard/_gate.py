@@ -167,6 +167,21 @@ class Unpickler(_CUnpickler):
         self._pickleguard_feed = _core.Feed()
         self._pickleguard_buffers = None if buffers is None else iter(buffers)
         self._pickleguard_buffer_feed = None if buffers is None else _BufferFeed()
+        if not isinstance(self, Unpickler):
+            # A subclass of the original C class, calling its base through a name that
+            # was bound before activation and rebound to this class, as dill does
+            # (`StockUnpickler.__init__(self, ...)`, then `StockUnpickler.load(self)`).
+            # super() would raise TypeError; set up its C part on the feed instead, so
+            # the load() it calls by that name is judged like any other.
+            _CUnpickler.__init__(
+                self,
+                self._pickleguard_feed,
+                fix_imports=fix_imports,
+                encoding=encoding,
+                errors=errors,
+                buffers=self._pickleguard_buffer_feed,
+            )
+            return
         super().__init__(
             self._pickleguard_feed,
             fix_imports=fix_imports,
