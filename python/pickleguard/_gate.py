@@ -216,14 +216,11 @@ _guarded_py_load.__name__ = "load"
 _guarded_py_load.__qualname__ = "_Unpickler.load"
 
 
-def _rebind_captured_originals() -> None:
-    """Point names bound to the original loaders before activation at the guarded
-    ones: ``from pickle import loads`` in modules imported earlier, shelve's
-    ``Unpickler``, multiprocessing's ``ForkingPickler.loads``. Whatever this misses
-    still meets the backstop."""
-    replacements = {id(_c_loads): loads, id(_c_load): load, id(_CUnpickler): Unpickler}
+def rebind_names(replacements: Dict[int, Any], skip: Tuple[str, ...] = ()) -> None:
+    """In every imported module (but pickleguard's and those in ``skip``), point
+    names bound to an object whose id is in ``replacements`` at its replacement."""
     for name, module in list(sys.modules.items()):
-        if module is None or name in ("pickle", "_pickle") or name.startswith("pickleguard"):
+        if module is None or name in skip or name.startswith("pickleguard"):
             continue
         try:
             namespace = vars(module)
@@ -236,6 +233,15 @@ def _rebind_captured_originals() -> None:
                     setattr(module, attr, replacement)
                 except (AttributeError, TypeError):
                     pass
+
+
+def _rebind_captured_originals() -> None:
+    """Point names bound to the original loaders before activation at the guarded
+    ones: ``from pickle import loads`` in modules imported earlier, shelve's
+    ``Unpickler``, multiprocessing's ``ForkingPickler.loads``. Whatever this misses
+    still meets the backstop."""
+    replacements = {id(_c_loads): loads, id(_c_load): load, id(_CUnpickler): Unpickler}
+    rebind_names(replacements, skip=("pickle", "_pickle"))
     reduction = sys.modules.get("multiprocessing.reduction")
     forking = getattr(reduction, "ForkingPickler", None)
     if forking is not None and forking.__dict__.get("loads") is _c_loads:

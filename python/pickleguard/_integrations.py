@@ -35,7 +35,7 @@ def _read_whole(file: Any) -> Optional[Tuple[bytes, Optional[str], Any]]:
     """The bytes a loader would read from ``file`` (a path or a binary file object),
     the file's name, and the file object (None for a path). None if ``file`` is
     neither, so the original loader raises its own error."""
-    if isinstance(file, (str, bytes, os.PathLike)):
+    if _is_path(file):
         path = os.fspath(file)
         with open(path, "rb") as f:
             return f.read(), os.fsdecode(path), None
@@ -72,12 +72,11 @@ def _refuse_mapping(loader: str, option: str) -> None:
     )
 
 
-def _load_artifact(
-    original: Callable[..., Any],
-    loader: str,
-    file: Any,
-    call: Callable[[Any], Any],
-) -> Any:
+def _is_path(file: Any) -> bool:
+    return isinstance(file, (str, bytes, os.PathLike))
+
+
+def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
     """Read ``file`` whole, admit it as an artifact of ``loader``, and run
     ``call(verified_file)`` inside the artifact's scope."""
     start = _start_of(file) if hasattr(file, "read") else None
@@ -95,6 +94,18 @@ def _load_artifact(
             _seek_after(file_object, start, verified.tell())
 
 
+def _load_mapped(loader: str, option: str, path: Any, call: Callable[[], Any]) -> Any:
+    """A loader that maps the file at ``path`` itself: refused while enforcing;
+    recorded (or warned about) otherwise, then run as asked."""
+    if _core.enforcing():
+        _refuse_mapping(loader, option)
+    found = _read_whole(path)
+    assert found is not None
+    data, source, _ = found
+    with _core.admit_artifact(data, source=source, loader=loader):
+        return call()
+
+
 # ---------------------------------------------------------------------------
 # torch
 
@@ -106,19 +117,10 @@ def _patch_torch(torch: Any) -> None:
     original = serialization.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("mmap"):
-            if _core.enforcing():
-                _refuse_mapping("torch.load", "mmap=True")
-            # Recording or warning: journal the file, then load as asked.
-            found = _read_whole(f)
-            if found is None:
-                return original(f, *args, **kwargs)
-            data, source, _ = found
-            with _core.admit_artifact(data, source=source, loader="torch.load"):
-                return original(f, *args, **kwargs)
-        return _load_artifact(
-            original, "torch.load", f, lambda verified: original(verified, *args, **kwargs)
-        )
+        if kwargs.get("mmap") and _is_path(f):
+            return _load_mapped("torch.load", "mmap=True", f, lambda: original(f, *args, **kwargs))
+        # (torch itself refuses mmap=True for a file object.)
+        return _load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
 
     load.__doc__ = original.__doc__
     load.__name__ = original.__name__
@@ -168,20 +170,16 @@ def _patch_joblib(joblib: Any) -> None:
     original = numpy_pickle.load
 
     def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if mmap_mode is not None:
-            if _core.enforcing():
-                _refuse_mapping("joblib.load", f"mmap_mode={mmap_mode!r}")
-            found = _read_whole(filename)
-            if found is None:
-                return original(filename, mmap_mode, *args, **kwargs)
-            data, source, _ = found
-            with _core.admit_artifact(data, source=source, loader="joblib.load"):
-                return original(filename, mmap_mode, *args, **kwargs)
+        if mmap_mode is not None and _is_path(filename):
+            return _load_mapped(
+                "joblib.load",
+                f"mmap_mode={mmap_mode!r}",
+                filename,
+                lambda: original(filename, mmap_mode, *args, **kwargs),
+            )
+        # (joblib ignores mmap_mode for a file object, with a warning.)
         return _load_artifact(
-            original,
-            "joblib.load",
-            filename,
-            lambda verified: original(verified, None, *args, **kwargs),
+            "joblib.load", filename, lambda verified: original(verified, mmap_mode, *args, **kwargs)
         )
 
     load.__doc__ = original.__doc__
@@ -243,8 +241,18 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    replaced: Dict[int, Any] = {}
     for name, patch in _PATCHERS.items():
         module = sys.modules.get(name)
         if module is not None:
+            before = getattr(module, "load", None)
             patch(module)
+            after = getattr(module, "load", None)
+            if before is not None and after is not before:
+                replaced[id(before)] = after
+    if replaced:
+        # `from torch import load` in a module imported before activation.
+        from ._gate import rebind_names
+
+        rebind_names(replaced)
     sys.meta_path.insert(0, _PatchOnImport)

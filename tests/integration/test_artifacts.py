@@ -248,3 +248,28 @@ def test_a_denied_artifact_in_code_names_the_entry(project):
     assert report["kind"] == "artifact" and report["code"] == "not-listed"
     assert report["sha256"] == sha256sum(project / "ckpt.pt")
     assert report["entry"].startswith(f'[[artifact]]\nsha256 = "{report["sha256"]}"\n')
+
+
+def test_loaders_bound_before_activation_are_wrapped_too(project):
+    """`from torch import load` before activate() in code: the name is rebound."""
+    (project / "empty.toml").write_text("version = 1\n")
+    write(
+        project / "early.py",
+        """
+        import torch
+        from torch import load as early_load
+        from joblib import load as early_joblib_load
+        import pickleguard
+        pickleguard.activate("empty.toml")
+        for call in (lambda: early_load("ckpt.pt"), lambda: torch.load("ckpt.pt"),
+                     lambda: early_joblib_load("model.joblib")):
+            try:
+                call()
+                print("loaded")
+            except pickleguard.NoPickleError as e:
+                print(e.kind, e.code)
+        """,
+    )
+    result = run([PY, "early.py"], project)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["artifact not-listed"] * 3
