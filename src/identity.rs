@@ -127,8 +127,62 @@ impl Hasher {
 pub fn digest(algorithm: Algorithm, data: &[u8]) -> Digest {
     match algorithm {
         Algorithm::Sha256 => Sha256::digest(data).into(),
+        Algorithm::Blake3 if data.len() >= BLAKE3_TWO_THREADS_FROM => blake3_on_two_threads(data),
         Algorithm::Blake3 => *blake3::hash(data).as_bytes(),
     }
+}
+
+/// Inputs at least this large are hashed with BLAKE3 on two threads.
+const BLAKE3_TWO_THREADS_FROM: usize = 4 << 20;
+
+fn subtree_value(data: &[u8], offset: u64) -> blake3::hazmat::ChainingValue {
+    use blake3::hazmat::HasherExt as _;
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(offset);
+    hasher.update(data);
+    hasher.finalize_non_root()
+}
+
+/// The chaining values of two adjacent subtrees, the left one on a scoped thread
+/// of its own (a fresh thread, not a pool: a forked child has no pool threads),
+/// or both on this thread if none can be started.
+fn subtree_values_side_by_side(
+    left: &[u8],
+    right: &[u8],
+    offset: u64,
+) -> [blake3::hazmat::ChainingValue; 2] {
+    let right_offset = offset + left.len() as u64;
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("pickleguard-blake3".into())
+            .spawn_scoped(scope, || subtree_value(left, offset));
+        let right_value = subtree_value(right, right_offset);
+        let left_value = spawned
+            .ok()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_else(|| subtree_value(left, offset));
+        [left_value, right_value]
+    })
+}
+
+/// BLAKE3 of `data` with both halves of its tree hashed at once. The root joins
+/// the largest power-of-two run of chunks with the rest; when the rest is small
+/// (a pickle is mostly one big bytes object plus a few header bytes), the
+/// power-of-two part is split into its two halves instead.
+fn blake3_on_two_threads(data: &[u8]) -> Digest {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+    let split = left_subtree_len(data.len() as u64) as usize;
+    let (left, right) = data.split_at(split);
+    let root = if right.len() * 4 >= data.len() {
+        let [l, r] = subtree_values_side_by_side(left, right, 0);
+        merge_subtrees_root(&l, &r, Mode::Hash)
+    } else {
+        let (left_left, left_right) = left.split_at(left.len() / 2);
+        let [ll, lr] = subtree_values_side_by_side(left_left, left_right, 0);
+        let left_value = merge_subtrees_non_root(&ll, &lr, Mode::Hash);
+        merge_subtrees_root(&left_value, &subtree_value(right, split as u64), Mode::Hash)
+    };
+    *root.as_bytes()
 }
 
 pub fn sha256(data: &[u8]) -> Digest {
@@ -143,6 +197,10 @@ pub fn digest_with_buffers<'a>(
     pickle: &[u8],
     buffers: impl IntoIterator<Item = &'a [u8]>,
 ) -> Digest {
+    let mut buffers = buffers.into_iter().peekable();
+    if buffers.peek().is_none() {
+        return digest(algorithm, pickle);
+    }
     let mut hasher = Hasher::new(algorithm);
     hasher.update(pickle);
     for buffer in buffers {
@@ -221,6 +279,33 @@ mod tests {
             assert_eq!(
                 digest_with_buffers(algorithm, b"p", []),
                 digest(algorithm, b"p")
+            );
+        }
+    }
+
+    #[test]
+    fn blake3_on_two_threads_is_blake3() {
+        // Around the threshold, powers of two of chunks, and lopsided splits.
+        let chunk = blake3::CHUNK_LEN;
+        let base = BLAKE3_TWO_THREADS_FROM;
+        let data: Vec<u8> = (0..(3 * base + 5 * chunk + 77))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        for len in [
+            base,
+            base + 1,
+            base + 14,
+            base + chunk,
+            base + base / 4,
+            base + base / 4 - 1,
+            2 * base - 1,
+            3 * base + 5 * chunk + 77,
+        ] {
+            let input = &data[..len];
+            assert_eq!(
+                blake3_on_two_threads(input),
+                *blake3::hash(input).as_bytes(),
+                "length {len}"
             );
         }
     }
