@@ -1682,10 +1682,23 @@ fn explain(py: Python<'_>, error: GuardError, flavor: &str, options: &Bound<'_, 
 // runs an original unpickler on bytes that were not admitted.
 
 /// A private file holding only admitted bytes: the input of the real unpickler.
-/// Its contents can be set from Rust only.
+/// Its contents can be set from Rust only. It holds the admitted `bytes` object
+/// itself, not a copy: a 1 GB pickle is not held twice while it loads.
 #[pyclass(frozen, module = "pickleguard._core")]
 struct Feed {
-    state: Mutex<(Vec<u8>, usize)>,
+    state: Mutex<(Option<Py<PyBytes>>, usize)>,
+}
+
+impl Feed {
+    /// The unread part of the contents, and the position, under the lock.
+    fn with_rest<R>(&self, py: Python<'_>, take: impl FnOnce(&[u8]) -> (usize, R)) -> R {
+        let mut state = self.state.lock();
+        let (data, pos) = &mut *state;
+        let all = data.as_ref().map_or(&[][..], |d| d.bind(py).as_bytes());
+        let (consumed, result) = take(&all[*pos..]);
+        *pos += consumed;
+        result
+    }
 }
 
 #[pymethods]
@@ -1693,62 +1706,67 @@ impl Feed {
     #[new]
     fn new() -> Self {
         Feed {
-            state: Mutex::new((Vec::new(), 0)),
+            state: Mutex::new((None, 0)),
         }
     }
 
     #[pyo3(signature = (n=-1))]
     fn read<'py>(&self, py: Python<'py>, n: Option<isize>) -> Bound<'py, PyBytes> {
-        let mut state = self.state.lock();
-        let (data, pos) = &mut *state;
-        let available = data.len() - *pos;
-        let take = match n {
-            Some(n) if n >= 0 => (n as usize).min(available),
-            _ => available,
-        };
-        let out = PyBytes::new(py, &data[*pos..*pos + take]);
-        *pos += take;
-        out
+        self.with_rest(py, |rest| {
+            let take = match n {
+                Some(n) if n >= 0 => (n as usize).min(rest.len()),
+                _ => rest.len(),
+            };
+            (take, PyBytes::new(py, &rest[..take]))
+        })
     }
 
     #[pyo3(signature = (size=-1))]
     fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> Bound<'py, PyBytes> {
-        let mut state = self.state.lock();
-        let (data, pos) = &mut *state;
-        let rest = &data[*pos..];
-        let mut take = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
-        if let Some(size) = size.filter(|&s| s >= 0) {
-            take = take.min(size as usize);
-        }
-        let out = PyBytes::new(py, &rest[..take]);
-        *pos += take;
-        out
+        self.with_rest(py, |rest| {
+            let mut take = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            if let Some(size) = size.filter(|&s| s >= 0) {
+                take = take.min(size as usize);
+            }
+            (take, PyBytes::new(py, &rest[..take]))
+        })
     }
 
+    /// Copy straight into the caller's buffer: the C unpickler reads large
+    /// `bytes` payloads this way, into the object it returns.
     fn readinto(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let target = PyMemoryView::from(buffer)?;
-        let capacity: usize = target.len()?;
-        let mut state = self.state.lock();
-        let (data, pos) = &mut *state;
-        let take = capacity.min(data.len() - *pos);
-        target.set_item(
-            PySlice::new(py, 0, take as isize, 1),
-            PyBytes::new(py, &data[*pos..*pos + take]),
-        )?;
-        *pos += take;
-        Ok(take)
+        let target = pyo3::buffer::PyBuffer::<u8>::get(buffer)?;
+        if target.readonly() || !target.is_c_contiguous() {
+            return Err(PyTypeError::new_err(
+                "readinto() needs a writable contiguous buffer",
+            ));
+        }
+        let capacity = target.len_bytes();
+        Ok(self.with_rest(py, |rest| {
+            let take = capacity.min(rest.len());
+            // SAFETY: `target` is a writable, C-contiguous buffer of `u8` items
+            // holding `capacity >= take` bytes, kept alive (and its exporter
+            // locked) by the PyBuffer; `rest` is memory of an immutable bytes
+            // object, so the two cannot overlap. The GIL is held throughout, so
+            // no Python code touches the buffer meanwhile.
+            unsafe {
+                std::ptr::copy_nonoverlapping(rest.as_ptr(), target.buf_ptr().cast::<u8>(), take);
+            }
+            (take, take)
+        }))
     }
 }
 
 impl Feed {
-    fn set(&self, bytes: &[u8]) {
-        let mut state = self.state.lock();
-        state.0.clear();
-        state.0.extend_from_slice(bytes);
-        state.1 = 0;
+    fn set(&self, bytes: &Bound<'_, PyBytes>) {
+        *self.state.lock() = (Some(bytes.clone().unbind()), 0);
+    }
+
+    fn clear(&self) {
+        *self.state.lock() = (None, 0);
     }
 }
 
@@ -1781,7 +1799,7 @@ fn unpickler_load<'py>(
     let name = source_name(&file);
     match admit_stream_inner(py, &read, &readline, buffers, None, name) {
         Ok((data, feed_buffers, _)) => {
-            feed.get().set(data.as_bytes());
+            feed.get().set(&data);
             if let Some(b) = feed_buffers {
                 unpickler
                     .getattr("_pickleguard_buffer_feed")?
@@ -1789,6 +1807,8 @@ fn unpickler_load<'py>(
             }
             // Its globals are admitted one by one, in the class's find_class.
             let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
+            // The load consumed exactly the admitted bytes; do not keep them alive.
+            feed.get().clear();
             clear_extension_cache(py);
             result
         }
@@ -1842,7 +1862,7 @@ fn py_unpickler_load<'py>(
             }
         };
     let feed = Bound::new(py, Feed::new())?;
-    feed.get().set(data.as_bytes());
+    feed.get().set(&data);
     unpickler.setattr("_file_read", feed.getattr("read")?)?;
     unpickler.setattr("_file_readline", feed.getattr("readline")?)?;
     if let Some(b) = feed_buffers {
