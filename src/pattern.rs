@@ -117,11 +117,11 @@ fn glob(pattern: &[char], text: &str) -> bool {
 }
 
 /// Whether `patterns` match `frames` (both outermost first) as a subsequence.
-pub fn stack_matches(patterns: &[FramePattern], frames: &[String]) -> bool {
+pub fn stack_matches<F: AsRef<str>>(patterns: &[FramePattern], frames: &[F]) -> bool {
     let mut remaining = patterns.iter().peekable();
     for frame in frames {
         match remaining.peek() {
-            Some(pattern) if pattern.matches(frame) => {
+            Some(pattern) if pattern.matches(frame.as_ref()) => {
                 remaining.next();
             }
             Some(_) => {}

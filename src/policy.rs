@@ -185,9 +185,9 @@ fn lifted(layer: LayerId, ids: &mut Identities<'_>, grants: &[ActiveGrant<'_>]) 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallStack {
     /// `module:qualname` of each frame, outermost first, pickleguard's own left out.
-    pub frames: Vec<String>,
+    pub frames: Vec<std::sync::Arc<str>>,
     /// The innermost frame outside pickle and pickleguard: the code that loaded.
-    pub caller: Option<String>,
+    pub caller: Option<std::sync::Arc<str>>,
 }
 
 /// The call stack, computed at most once and only if a rule needs it.
@@ -356,8 +356,8 @@ mod tests {
         frames: &[&str],
     ) -> Decision {
         let owned = CallStack {
-            frames: frames.iter().map(|s| s.to_string()).collect(),
-            caller: frames.last().map(|s| s.to_string()),
+            frames: frames.iter().map(|&s| Arc::from(s)).collect(),
+            caller: frames.last().map(|&s| Arc::from(s)),
         };
         let mut compute = move || owned.clone();
         let mut lazy = LazyFrames::new(&mut compute);
@@ -538,7 +538,7 @@ mod tests {
         let layers = [layer(1, Mode::Enforce, Some(&m))];
         let mut compute = |_: Algorithm| sha256_of_payload().digest;
         let mut stack = || CallStack {
-            frames: vec!["mp:recv".into()],
+            frames: vec![Arc::from("mp:recv")],
             caller: None,
         };
         let mut frames = LazyFrames::new(&mut stack);
@@ -547,8 +547,8 @@ mod tests {
         let d = decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames);
         assert_eq!(d.denial().unwrap().reason, Reason::NotListed);
         let mut channel = || CallStack {
-            frames: vec!["mp:recv".into()],
-            caller: Some("mp:recv".into()),
+            frames: vec![Arc::from("mp:recv")],
+            caller: Some(Arc::from("mp:recv")),
         };
         let mut frames = LazyFrames::new(&mut channel);
         let other = "version = 1\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n";

@@ -826,33 +826,38 @@ fn walk_frames_from<'py>(
     Ok(())
 }
 
-/// `module:qualname` of a frame's code object, cached by the code object (held, so
-/// its address is not reused while cached). Computing it takes several attribute
-/// lookups; stack patterns need it for every frame of every load they check.
-type FrameNameCache = std::collections::HashMap<usize, (Py<PyAny>, Arc<str>)>;
+/// A frame's code object as the policy sees it: `module:qualname`, and whether it
+/// belongs to pickleguard or to the pickle machinery.
+#[derive(Clone)]
+struct FrameName {
+    name: Arc<str>,
+    internal: bool,
+    machinery: bool,
+}
+
+/// Frame names cached by code object (held, so its address is not reused while
+/// cached). Computing one takes several attribute lookups; stack patterns need it
+/// for every frame of every load they check.
+type FrameNameCache = std::collections::HashMap<usize, (Py<PyAny>, FrameName)>;
 
 static FRAME_NAMES: once_cell::sync::Lazy<Mutex<FrameNameCache>> =
     once_cell::sync::Lazy::new(|| Mutex::new(FrameNameCache::new()));
 
 const FRAME_NAME_CACHE_LIMIT: usize = 16_384;
 
-fn frame_name(frame: &Bound<'_, PyAny>, code: &Bound<'_, PyAny>) -> PyResult<Arc<str>> {
-    let key = code.as_ptr() as usize;
-    if let Some((_, name)) = FRAME_NAMES.lock().get(&key) {
-        return Ok(name.clone());
-    }
+fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
     let mut name = None;
     let _ = walk_frames_from(frame.clone(), |n, _| {
         name = Some(n.to_owned());
         false
     });
     let name: Arc<str> = name.unwrap_or_else(|| "<unknown>:<unknown>".into()).into();
-    let mut cache = FRAME_NAMES.lock();
-    if cache.len() >= FRAME_NAME_CACHE_LIMIT {
-        cache.clear();
+    let module = name.split(':').next().unwrap_or_default();
+    FrameName {
+        internal: is_internal(module),
+        machinery: is_pickle_machinery(module),
+        name,
     }
-    cache.insert(key, (code.clone().unbind(), name.clone()));
-    Ok(name)
 }
 
 /// The loading call stack: every frame but pickleguard's own, outermost first, and
@@ -867,6 +872,9 @@ fn call_stack(py: Python<'_>) -> CallStack {
             pyo3::ffi::PyEval_GetFrame().cast::<pyo3::ffi::PyObject>(),
         )
     };
+    // One lock for the whole walk. Computing a missing name runs no Python code
+    // that could load a pickle, so holding it there cannot deadlock.
+    let mut cache = FRAME_NAMES.lock();
     while let Some(current) = frame {
         let frame_ptr = current.as_ptr().cast::<pyo3::ffi::PyFrameObject>();
         // SAFETY: `current` is a live frame object; PyFrame_GetCode returns a new
@@ -883,14 +891,23 @@ fn call_stack(py: Python<'_>) -> CallStack {
                 ),
             )
         };
-        if let Ok(name) = frame_name(&current, &code) {
-            let module = name.split(':').next().unwrap_or_default();
-            if stack.caller.is_none() && !is_pickle_machinery(module) {
-                stack.caller = Some(name.to_string());
+        let key = code.as_ptr() as usize;
+        let found = match cache.get(&key) {
+            Some((_, found)) => found.clone(),
+            None => {
+                let found = compute_frame_name(&current);
+                if cache.len() >= FRAME_NAME_CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache.insert(key, (code.unbind(), found.clone()));
+                found
             }
-            if !is_internal(module) {
-                stack.frames.push(name.to_string());
-            }
+        };
+        if stack.caller.is_none() && !found.machinery {
+            stack.caller = Some(found.name.clone());
+        }
+        if !found.internal {
+            stack.frames.push(found.name);
         }
         frame = back;
     }
@@ -1262,9 +1279,9 @@ impl Journal {
             // A whole file (a zip archive, say); its pickles are its loader's business.
             Kind::Artifact => Vec::new(),
         };
-        let caller = stack.caller.clone().unwrap_or_default();
+        let caller = stack.caller.as_deref().unwrap_or_default();
         let channel = match load.kind {
-            Kind::Pickle => crate::channels::known_channel(&caller),
+            Kind::Pickle => crate::channels::known_channel(caller),
             Kind::Artifact => None,
         };
         let entry = serde_json::json!({
@@ -1275,7 +1292,7 @@ impl Journal {
             "id": ids.get(self.algorithm).to_string(),
             "size": load.size(),
             "caller": caller,
-            "stack": stack.frames,
+            "stack": stack.frames.iter().map(|f| f.as_ref()).collect::<Vec<&str>>(),
             "source": load.source,
             "loader": load.loader,
             "channel": channel,
