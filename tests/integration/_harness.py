@@ -54,9 +54,11 @@ def pg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "pickleguard", *args], cwd)
 
 
-def record(manifest: Path, app: List[str], cwd: Path) -> dict:
-    """`pickleguard record` the app; return its --json summary."""
-    proc = pg("record", "-o", str(manifest), "--json", "--", sys.executable, *app, cwd=cwd)
+def record(manifest: Path, app: List[str], cwd: Path, journal: Optional[Path] = None) -> dict:
+    """`pickleguard record` the app (keeping its journal in `journal`, if given);
+    return its --json summary."""
+    keep = ["--journal", str(journal)] if journal else []
+    proc = pg("record", "-o", str(manifest), *keep, "--json", "--", sys.executable, *app, cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout[proc.stdout.index("{") :])
 
@@ -66,6 +68,14 @@ def enforce(manifest: Path, app: List[str], cwd: Path, log: Path) -> subprocess.
     return pg(
         "run", "--manifest", str(manifest), "--log", str(log), "--", sys.executable, *app, cwd=cwd
     )
+
+
+def journaled(journal: Path) -> List[dict]:
+    """Every load a recorded run journaled, in all its processes."""
+    lines = []
+    for path in sorted(journal.glob("journal-*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
 
 
 def denials(log: Path) -> List[dict]:

@@ -6,6 +6,8 @@
 `run` starts a LocalCluster whose nanny starts two worker processes, then:
 
 - model: maps `score` over eight numbers; each task loads DIR/model.pkl on a worker;
+- rechunk: a P2P rechunk of a small array, whose workers exchange shards;
+- warn: a task sends the client a warning through distributed.warn;
 - bytes (with --payload): one task unpickles bytes the client sent it as an argument.
 
 It prints one line per step, `refused: ...` for a step that failed with an error
@@ -21,6 +23,7 @@ import pickle
 import sys
 from pathlib import Path
 
+import dask.array
 import distributed
 
 
@@ -33,6 +36,11 @@ def load_model(path: str) -> dict:
 def score(x: int, path: str) -> tuple:
     model = load_model(path)
     return x * model["weight"] + model["bias"], os.getpid()
+
+
+def warn(message: str) -> int:
+    distributed.warn(message)
+    return os.getpid()
 
 
 def unpickle(data: bytes) -> tuple:
@@ -77,6 +85,11 @@ def run(workdir: Path, payload: bytes | None) -> int:
         else:
             assert {pid for _, pid in results} <= set(workers), "a task ran outside the workers"
             print(f"model: scores {[value for value, _ in results]}")
+        array = dask.array.ones((40, 40), chunks=(40, 1))
+        total = array.rechunk((1, 40), method="p2p").sum().compute()
+        print(f"rechunk: sum {total:.0f}")
+        assert client.submit(warn, "from a task").result() in workers
+        print("warn: sent")
         if payload is not None:
             try:
                 value, pid = client.submit(unpickle, payload).result()

@@ -2,9 +2,10 @@
 
 dask_app.py starts a LocalCluster with two nanny-started worker processes; its tasks
 load a model file on the workers. `record` pins that file and writes the `dask`
-channel rule for the cluster's own messages; under `run`, the workers enforce the
-manifest: a swapped artifact, or bytes a task unpickles itself, are refused in the
-worker and the client gets the NoPickleError.
+channel rule for the cluster's own messages (the app also runs a P2P rechunk and
+forwards a warning, so that every caller of the channel loads something); under
+`run`, the workers enforce the manifest: a swapped artifact, or bytes a task
+unpickles itself, are refused in the worker and the client gets the NoPickleError.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List
 
 import dask
 import distributed
@@ -30,6 +32,7 @@ from ._harness import (
     denials,
     digest,
     enforce,
+    journaled,
     pid_lines,
     pins,
     record,
@@ -42,12 +45,14 @@ pytestmark = pytest.mark.integration
 APP = Path(__file__).with_name("dask_app.py")
 TRUSTED = pickle.dumps(["trusted", 1])  # what the recorded run's `bytes` task loads
 MODEL_LINE = "model: scores [1, 4, 7, 10, 13, 16, 19, 22]"
+OUTPUT = [MODEL_LINE, "rechunk: sum 1600", "warn: sent"]
 
 
 @dataclass
 class Recorded:
     work: Path
     summary: dict
+    journal: List[dict]
     model: bytes
 
 
@@ -56,15 +61,65 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     """One recorded run of the app, shared by the tests (a cluster takes seconds)."""
     work = tmp_path_factory.mktemp("dask")
     assert run([sys.executable, str(APP), "setup", "work"], work).returncode == 0
-    summary = record(
-        work / "pickleguard.toml", [str(APP), "run", "work", "--payload", TRUSTED.hex()], work
-    )
-    return Recorded(work, summary, (work / "work" / "model.pkl").read_bytes())
+    journal = tmp_path_factory.mktemp("dask-journal")
+    app = [str(APP), "run", "work", "--payload", TRUSTED.hex()]
+    summary = record(work / "pickleguard.toml", app, work, journal)
+    model = (work / "work" / "model.pkl").read_bytes()
+    return Recorded(work, summary, journaled(journal), model)
 
 
 def copy_of(recorded: Recorded, tmp_path: Path) -> Path:
     """The recorded app's directory, for one test to change."""
     return Path(shutil.copytree(recorded.work, tmp_path / "app"))
+
+
+# Callers whose code path is newer than the oldest Dask the tests run with (the last
+# release for Python 3.9 is 2024.8.0): before it, that function does not load.
+SINCE = {"dask.tokenize:_normalize_pickle": (2024, 9)}
+VERSIONS = f"dask {dask.__version__}, distributed {distributed.__version__}"
+
+
+def _function(caller: str):
+    module, _, qualname = caller.partition(":")
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return inspect.unwrap(found)
+
+
+def dask_frames() -> Dict[str, str]:
+    """Each dask channel caller that names a function of the installed Dask, with the
+    name this Python gives that function's frames (`module:co_name` before 3.11).
+    It fails for a caller that is neither such a function nor, for Python before
+    3.11, the short spelling of a listed method."""
+    callers = pickleguard._core.channel_callers("dask")
+    assert callers, "no dask channel"
+    frames = {}
+    for caller in callers:
+        if tuple(map(int, dask.__version__.split(".")[:2])) < SINCE.get(caller, (0,)):
+            continue
+        module, _, qualname = caller.partition(":")
+        try:
+            function = _function(caller)
+        except AttributeError:
+            longer = [
+                c for c in callers if c.startswith(module + ":") and c.endswith("." + qualname)
+            ]
+            assert longer, f"{caller} is not in {VERSIONS}"
+            continue
+        assert (function.__module__, function.__qualname__) == (module, qualname), VERSIONS
+        code = function.__code__
+        frames[caller] = f"{module}:{getattr(code, 'co_qualname', code.co_name)}"
+    return frames
+
+
+def test_every_dask_channel_caller_is_a_function_of_the_installed_dask():
+    # A function renamed in a new Dask release would leave its messages unallowed;
+    # this names the entry to update.
+    frames = dask_frames()
+    assert "distributed.protocol.pickle:loads" in frames, VERSIONS
+    for caller, frame in frames.items():
+        assert frame in pickleguard._core.channel_callers("dask"), (caller, frame)
 
 
 def test_record_pins_the_artifact_and_writes_the_dask_channel(recorded):
@@ -85,6 +140,15 @@ def test_record_pins_the_artifact_and_writes_the_dask_channel(recorded):
     assert 'name = "dask"' in text and "work/model.pkl" in text
 
 
+def test_every_dask_channel_caller_loaded_the_clusters_messages(recorded):
+    # The list is no wider than the traffic: each caller (as this Python names its
+    # frames) loaded some of this run's messages, and no other Dask function did.
+    seen = {e["caller"] for e in recorded.journal if e["channel"] == "dask"}
+    assert seen == set(dask_frames().values())
+    unlisted = {e["caller"] for e in recorded.journal if e["channel"] is None}
+    assert unlisted == {"__main__:load_model", "__main__:unpickle"}
+
+
 def test_run_enforces_the_manifest_and_gives_the_same_output(recorded, tmp_path):
     app = copy_of(recorded, tmp_path)
     log = tmp_path / "denials.jsonl"
@@ -92,7 +156,7 @@ def test_run_enforces_the_manifest_and_gives_the_same_output(recorded, tmp_path)
         app / "pickleguard.toml", [str(APP), "run", "work", "--payload", TRUSTED.hex()], app, log
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert without_pids(proc.stdout) == [MODEL_LINE, "bytes: ['trusted', 1]"]
+    assert without_pids(proc.stdout) == OUTPUT + ["bytes: ['trusted', 1]"]
     assert "NoPickleError" not in proc.stderr and denials(log) == []
     pids = pid_lines(proc.stdout)
     assert len(pids["workers"]) == 2 and pids["client"][0] not in pids["workers"]
@@ -137,45 +201,12 @@ def test_a_task_unpickling_bytes_it_was_sent_is_not_covered_by_the_channel(recor
         app / "pickleguard.toml", [str(APP), "run", "work", "--payload", payload.hex()], app, log
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = without_pids(proc.stdout)
-    assert lines[0] == MODEL_LINE
-    assert lines[1] == (
+    assert without_pids(proc.stdout) == OUTPUT + [
         "bytes: refused: pickleguard.errors.NoPickleError code=not-listed "
         f"caller=__main__:unpickle sha256={digest(payload)}"
-    )
+    ]
     pids = pid_lines(proc.stdout)
     events = denials(log)
     assert len(events) == 1 and events[0]["pid"] in pids["workers"]
     assert not sentinel.exists()
     assert_all_exited(pids["workers"])
-
-
-def _function(caller: str):
-    module, _, qualname = caller.partition(":")
-    found = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
-    return inspect.unwrap(found)
-
-
-def test_every_dask_channel_caller_is_a_function_of_the_installed_dask():
-    # A renamed function in a new Dask release would silently leave its messages
-    # unallowed; this names the caller to update.
-    callers = pickleguard._core.channel_callers("dask")
-    assert callers, "no dask channel"
-    versions = f"dask {dask.__version__}, distributed {distributed.__version__}"
-    for caller in callers:
-        module, _, qualname = caller.partition(":")
-        try:
-            function = _function(caller)
-        except AttributeError:
-            # Python before 3.11 names a method's frame without its class; such an
-            # entry must be the short spelling of a listed method.
-            longer = [
-                c for c in callers if c.startswith(module + ":") and c.endswith("." + qualname)
-            ]
-            assert longer, f"{caller} is not in {versions}"
-            continue
-        assert function.__module__ == module, f"{caller} in {versions}"
-        assert function.__qualname__ == qualname, f"{caller} in {versions}"
-        assert function.__code__.co_name == qualname.rsplit(".", 1)[-1], caller
