@@ -142,8 +142,8 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
             continue
         channels_added[name] = new
         blocks.append(
-            f"# recorded {stamp}: {name}'s own pipes and queues carry pickles that change\n"
-            "# on every run; they are allowed only when loaded directly by these callers.\n"
+            f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
+            "# every run; they are allowed only when loaded directly by these callers.\n"
             "[[channel]]\n"
             f"name = {_toml_string(name)}\n"
             f"callers = {_toml_list(new)}\n"

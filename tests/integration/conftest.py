@@ -140,3 +140,9 @@ def make_app(tmp_path: Path) -> Callable[[str], App]:
         return App(tmp_path)
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: runs an engine's processes under record and run (slow)"
+    )
