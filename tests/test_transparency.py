@@ -303,3 +303,21 @@ else:
     raise SystemExit("loaded without verification")
 """
     )
+
+
+def test_the_guarded_loaders_pickle_by_reference_as_pickles_own(run_py):
+    """Code that pickles `pickle.loads` (dask sends `cloudpickle.loads` to its
+    workers) must get the guarded function back, not a reference to pickleguard's
+    internals that the backstop refuses."""
+    result = run_py(
+        """
+        import pickle, pickleguard
+        token = pickleguard.activate(None)
+        for obj in (pickle.loads, pickle.load, pickle.Unpickler):
+            data = pickle.dumps(obj)
+            assert b"pickleguard" not in data, data
+            with pickleguard.allow_pickles(token):
+                print(pickle.loads(data) is obj)
+        """
+    )
+    assert result.stdout.split() == ["True"] * 3

@@ -127,6 +127,10 @@ def _explain_undelimited(
 # they never bind as methods when a class stores them (`loads = pickle.loads`).
 loads = _core.loads
 load = _core.load
+# They stand in for pickle's own, and pickle by reference as them: code that
+# pickles `pickle.loads` (dask sends `cloudpickle.loads` to its workers) must not
+# write a reference to pickleguard's internals, which the backstop refuses.
+loads.__module__ = load.__module__ = "pickle"
 
 
 class _BufferFeed:
@@ -151,6 +155,8 @@ class Unpickler(_CUnpickler):
     bytes; its memo persists across ``load()`` calls exactly as in plain pickle, and
     subclasses may override ``find_class`` and ``persistent_load`` as usual.
     """
+
+    __module__ = "pickle"  # it is pickle.Unpickler once installed; see `loads`
 
     def __init__(
         self,
