@@ -65,11 +65,10 @@ pub const KNOWN_CHANNELS: &[(&str, &[&str])] = &[
             // Tokenizing (dask.base.tokenize) pickles an object in memory and loads
             // the bytes straight back to check they are deterministic.
             "dask.tokenize:_normalize_pickle",
-            // Not listed: dask.local:execute_task and dask.local:get_async, which
-            // load the tasks and results of dask's "processes" scheduler. That
-            // scheduler sends its workers a reference to cloudpickle.loads, which a
-            // guarded process pickles as pickleguard._core.loads and the backstop
-            // refuses, so it does not run under pickleguard yet.
+            // dask's local "processes" scheduler (dask.multiprocessing): the tasks
+            // a worker process receives and the results the scheduler gets back.
+            "dask.local:execute_task",
+            "dask.local:get_async",
         ],
     ),
 ];

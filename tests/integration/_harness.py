@@ -87,7 +87,12 @@ def denials(log: Path) -> List[dict]:
 def pins(manifest: Path) -> Set[Tuple[str, Tuple[str, ...]]]:
     """(sha256, stack) of each [[pickle]] entry."""
     entries, _ = pickleguard._core.manifest_summary(str(manifest))
-    return {(digest, tuple(stack or ())) for digest, stack in entries}
+    return {
+        (identity.split(":", 1)[1], tuple(stack or ()))
+        for table, identities, stack in entries
+        if table == "pickle"
+        for identity in identities
+    }
 
 
 def channels(manifest: Path) -> Dict[str, Set[str]]:

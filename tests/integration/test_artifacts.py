@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, Optional
 
 import joblib  # noqa: F401  (installed: these tests never skip)
 import pytest
 import torch  # noqa: F401
 
+from ._harness import pg, run
+
 PY = sys.executable
-
-
-def clean_env(**extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
-    env.update(extra)
-    return env
-
-
-def run(args, cwd: Path, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=300
-    )
-
-
-def pg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return run([PY, "-m", "pickleguard", *args], cwd)
 
 
 def write(path: Path, code: str) -> Path:

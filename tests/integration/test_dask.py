@@ -76,6 +76,8 @@ def copy_of(recorded: Recorded, tmp_path: Path) -> Path:
 # Callers whose code path is newer than the oldest Dask the tests run with (the last
 # release for Python 3.9 is 2024.8.0): before it, that function does not load.
 SINCE = {"dask.tokenize:_normalize_pickle": (2024, 9)}
+# The callers of dask's local "processes" scheduler, which a cluster does not use.
+LOCAL_SCHEDULER = {"dask.local:execute_task", "dask.local:get_async"}
 VERSIONS = f"dask {dask.__version__}, distributed {distributed.__version__}"
 
 
@@ -144,7 +146,7 @@ def test_every_dask_channel_caller_loaded_the_clusters_messages(recorded):
     # The list is no wider than the traffic: each caller (as this Python names its
     # frames) loaded some of this run's messages, and no other Dask function did.
     seen = {e["caller"] for e in recorded.journal if e["channel"] == "dask"}
-    assert seen == set(dask_frames().values())
+    assert seen == set(dask_frames().values()) - LOCAL_SCHEDULER
     unlisted = {e["caller"] for e in recorded.journal if e["channel"] is None}
     assert unlisted == {"__main__:load_model", "__main__:unpickle"}
 
@@ -210,3 +212,47 @@ def test_a_task_unpickling_bytes_it_was_sent_is_not_covered_by_the_channel(recor
     assert len(events) == 1 and events[0]["pid"] in pids["workers"]
     assert not sentinel.exists()
     assert_all_exited(pids["workers"])
+
+
+PROCESSES_APP = """
+import pickle, sys
+import dask.bag as db
+
+def square(x):
+    return x * x
+
+def unpickle(hex_payload):
+    return pickle.loads(bytes.fromhex(hex_payload))
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        bag = db.from_sequence([sys.argv[1]], npartitions=1).map(unpickle)
+        print(bag.compute(scheduler="processes"))
+    else:
+        bag = db.from_sequence(range(20), npartitions=4).map(square)
+        print("sum", bag.sum().compute(scheduler="processes"))
+"""
+
+
+def test_the_processes_scheduler_runs_under_the_dask_channel(tmp_path):
+    """dask's local processes scheduler (dask.multiprocessing) sends its workers
+    `cloudpickle.loads` itself; its tasks and results are the dask channel's."""
+    (tmp_path / "app.py").write_text(PROCESSES_APP)
+    journal = tmp_path / "journal"
+    summary = record(tmp_path / "m.toml", ["app.py"], tmp_path, journal)
+    assert summary["added"] == []
+    loaded = {e["caller"] for e in journaled(journal) if e["channel"] == "dask"}
+    assert {"dask.local:execute_task", "dask.local:get_async"} <= loaded
+    proc = enforce(tmp_path / "m.toml", ["app.py"], tmp_path, tmp_path / "log.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "sum 2470"
+    # A task that unpickles bytes itself is not the channel.
+    sentinel = tmp_path / "PWNED"
+    payload = hostile(sentinel)
+    assert_fires(payload, sentinel)
+    refused = enforce(
+        tmp_path / "m.toml", ["app.py", payload.hex()], tmp_path, tmp_path / "d.jsonl"
+    )
+    assert refused.returncode != 0
+    assert "NoPickleError" in refused.stderr and "__main__:unpickle" in refused.stderr
+    assert not sentinel.exists()

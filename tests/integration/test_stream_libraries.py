@@ -69,7 +69,12 @@ def npy_pickle(f: io.BufferedIOBase) -> bytes:
 def manifest_pins(path: Path) -> dict:
     """The manifest's entries, as {sha256: stack patterns}."""
     entries, _ = pickleguard._core.manifest_summary(str(path))
-    return {digest: stack for digest, stack in entries}
+    return {
+        identity.split(":", 1)[1]: stack
+        for table, identities, stack in entries
+        if table == "pickle"
+        for identity in identities
+    }
 
 
 # ---------------------------------------------------------------------------
