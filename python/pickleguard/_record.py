@@ -95,8 +95,12 @@ def read_journals(directory: Path) -> Journal:
 
 
 def _toml_string(text: str) -> str:
-    # A JSON string is a valid TOML basic string: same quotes, same escapes.
-    return json.dumps(text, ensure_ascii=False)
+    # A JSON string is a valid TOML basic string: same quotes, same escapes. Except
+    # for DEL, which JSON leaves raw and TOML requires escaped, and lone surrogates
+    # (undecodable bytes of a file name), which neither TOML nor UTF-8 can hold:
+    # they are written as text, "\\udcff".
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _toml_list(items: List[str]) -> str:
