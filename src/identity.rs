@@ -67,6 +67,16 @@ impl Id {
     /// optionally prefixed with `algorithm:`.
     pub fn parse_as(algorithm: Algorithm, text: &str) -> Result<Id, String> {
         let name = algorithm.name();
+        if let Some((prefix, _)) = text.split_once(':') {
+            if prefix != name {
+                return Err(match Algorithm::parse(prefix) {
+                    Some(_) => format!(
+                        "{text:?} is a {prefix} digest, but this is a {name} value; write it as {prefix} = \"...\""
+                    ),
+                    None => format!("{name} value {text:?} has an unknown prefix {prefix:?}"),
+                });
+            }
+        }
         let hex_part = text
             .strip_prefix(name)
             .and_then(|rest| rest.strip_prefix(':'))

@@ -232,7 +232,10 @@ impl Manifest {
                     fail(
                         Some(value.span()),
                         message,
-                        "copy the digest from `pickleguard hash FILE`, `sha256sum FILE` or the denial message",
+                        match algorithm {
+                            Algorithm::Sha256 => "copy the digest from `pickleguard hash FILE`, `sha256sum FILE` or the denial message",
+                            Algorithm::Blake3 => "copy the digest from `pickleguard hash --identity blake3 FILE`, `b3sum FILE` or the denial message",
+                        },
                     )
                 })?;
                 ids.push(id);

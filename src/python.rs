@@ -493,19 +493,29 @@ fn admit_artifact(
     judge(py, &load, None)?;
     Ok(ArtifactScope {
         entered: Mutex::new(Vec::new()),
+        used: AtomicBool::new(false),
     })
 }
 
-/// The with-block of an admitted artifact (see `admit_artifact`).
+/// The with-block of an admitted artifact (see `admit_artifact`). It can be
+/// entered once: the admission covers one load.
 #[pyclass(frozen, module = "pickleguard._core")]
 struct ArtifactScope {
     entered: Mutex<Vec<Vec<Arc<GrantState>>>>,
+    used: AtomicBool,
 }
 
 #[pymethods]
 impl ArtifactScope {
     fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         let py = slf.py();
+        if slf.get().used.swap(true, Ordering::AcqRel) {
+            return Err(GuardError::BadToken(
+                "an admitted artifact's block can be entered only once; admit the file again"
+                    .into(),
+            )
+            .into());
+        }
         let owner = current_owner(py)?;
         // Every layer in force now; 0 (no layer) marks the block even when none is.
         let mut layers: Vec<LayerId> = vec![0];
@@ -729,6 +739,14 @@ fn manifest_summary(
     Ok((entries, channels))
 }
 
+/// Whether the stack pattern `pattern` matches the frame name `name`.
+#[pyfunction]
+fn pattern_matches(pattern: &str, name: &str) -> PyResult<bool> {
+    crate::pattern::FramePattern::parse(pattern)
+        .map(|p| p.matches(name))
+        .map_err(|e| PyValueError::new_err(e.message))
+}
+
 /// The functions through which the known channel `name` loads its messages.
 #[pyfunction]
 fn channel_callers(name: &str) -> Vec<&'static str> {
@@ -947,7 +965,8 @@ fn caller(py: Python<'_>) -> Option<FrameInfo> {
 struct Denial {
     message: String,
     kind: Kind,
-    /// Hex SHA-256 of the payload, whatever algorithm the manifest uses.
+    /// Hex SHA-256 of the payload if it was computed (the manifest pins with
+    /// SHA-256), else empty.
     sha256_hex: String,
     /// The identity the suggested entry uses, as `algorithm:hex`.
     identity: String,
@@ -1029,6 +1048,12 @@ fn describe_payload(load: &Load<'_>, id: &Id) -> String {
     format!("{} {id} ({details})", load.kind.table())
 }
 
+fn known_sha256_hex(ids: &Identities<'_>) -> String {
+    ids.known(Algorithm::Sha256)
+        .map(|id| id.hex())
+        .unwrap_or_default()
+}
+
 fn describe(
     refusal: &Refusal,
     load: &Load<'_>,
@@ -1036,7 +1061,8 @@ fn describe(
     caller: Option<&FrameInfo>,
 ) -> Denial {
     let id = ids.get(refusal.algorithm);
-    let sha256_hex = ids.get(Algorithm::Sha256).hex();
+    // Not computed just for the message: a second pass over a large checkpoint.
+    let sha256_hex = known_sha256_hex(ids);
     let entry = suggested_entry(load, &id, caller);
     let whence = caller
         .map(|c| format!("{} ({}:{})", c.name, c.file, c.line))
@@ -1181,7 +1207,7 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
                     describe_payload(load, &actual),
                 ),
                 kind: load.kind,
-                sha256_hex: ids.get(Algorithm::Sha256).hex(),
+                sha256_hex: known_sha256_hex(&ids),
                 identity: actual.to_string(),
                 size: load.size(),
                 caller: who.map(|c| c.name).unwrap_or_default(),
@@ -2407,6 +2433,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manifest_summary, m)?)?;
     m.add_function(wrap_pyfunction!(record_layer, m)?)?;
     m.add_function(wrap_pyfunction!(channel_callers, m)?)?;
+    m.add_function(wrap_pyfunction!(pattern_matches, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;
     m.add_function(wrap_pyfunction!(identify, m)?)?;

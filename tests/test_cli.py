@@ -70,6 +70,30 @@ def test_hash_lists_each_pickle_of_a_concatenated_file(tmp_path):
     assert human.returncode == 0 and pickleguard.identify(second) in human.stdout
 
 
+def test_hash_prints_blake3_identities_on_request(tmp_path):
+    import pickleguard
+
+    data = pickle.dumps({"a": 1})
+    path = tmp_path / "one.pkl"
+    path.write_bytes(data)
+    report = json.loads(cli("hash", "--identity", "blake3", "--json", str(path)).stdout)
+    result = report["results"][0]
+    assert "sha256" not in result and len(result["blake3"]) == 64
+    assert "blake3:" + result["pickles"][0]["blake3"] == pickleguard.identify(
+        data, algorithm="blake3"
+    )
+    human = cli("hash", "--identity", "blake3", str(path)).stdout
+    assert f"file blake3:{result['blake3']}" in human
+
+
+def test_check_names_a_digest_under_the_wrong_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = 1\n[[pickle]]\nsha256 = "blake3:' + "a" * 64 + '"\n')
+    proc = cli("check", str(bad))
+    assert proc.returncode == 1
+    assert "is a blake3 digest, but this is a sha256 value" in proc.stderr
+
+
 def test_hash_of_a_damaged_file_is_a_finding(tmp_path):
     path = tmp_path / "cut.pkl"
     path.write_bytes(pickle.dumps(list(range(100)))[:-3])

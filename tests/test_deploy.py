@@ -242,7 +242,7 @@ def test_record_flags_risky_imports_for_review(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = (tmp_path / "m.toml").read_text()
     assert "# RISKY imports, review before trusting: posix.getcwd" in manifest
-    assert "review the entries marked RISKY" in proc.stdout
+    assert "review the entries marked RISKY" in proc.stderr
 
 
 def test_env_activation_is_idempotent_and_hands_out_no_token(tmp_path):
@@ -418,3 +418,44 @@ def test_forking_while_a_large_manifest_is_read_is_safe(tmp_path):
     )
     proc = run([sys.executable, "-c", code], tmp_path, clean_env(PICKLEGUARD_MANIFEST="big.toml"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_names_from_a_recorded_pickle_cannot_add_entries(tmp_path):
+    """A global's name comes from the pickle: a newline in it must not end the
+    comment `record` writes and start an entry nobody reviewed."""
+    planted = "ab" * 32
+    module = f'x\n[[pickle]]\nsha256 = "{planted}"\n#'
+
+    def short_binunicode(text: str) -> bytes:
+        raw = text.encode()
+        return b"\x8c" + bytes([len(raw)]) + raw
+
+    payload = b"\x80\x04" + short_binunicode(module) + short_binunicode("y") + b"\x93."
+    code = f"import pickle\ntry:\n    pickle.loads({payload!r})\nexcept Exception:\n    pass\n"
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import pickleguard
+
+    entries, _ = pickleguard._core.manifest_summary(str(tmp_path / "m.toml"))
+    assert [ids for _, ids, _ in entries] == [[pickleguard.identify(payload)]]
+    assert planted not in {i.split(":")[1] for _, ids, _ in entries for i in ids}
+    assert '"x\\n[[pickle]]' in (tmp_path / "m.toml").read_text()
+
+
+def test_record_adds_no_pins_for_loads_a_hand_written_channel_allows(tmp_path):
+    (tmp_path / "engine.py").write_text(
+        "import pickle, sys\n"
+        "def receive(message):\n    return pickle.loads(message)\n"
+        "for i in range(3):\n    receive(pickle.dumps({'task': i, 'run': sys.argv[1]}))\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        'version = 1\n[[channel]]\nname = "toy"\ncallers = ["__main__:rec*"]\n'
+    )
+    for run_id in ("a", "b"):
+        proc = pg("record", "-o", "m.toml", "--", sys.executable, "engine.py", run_id, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert "[[pickle]]" not in (tmp_path / "m.toml").read_text()
+    enforced = pg(
+        "run", "--manifest", "m.toml", "--", sys.executable, "engine.py", "c", cwd=tmp_path
+    )
+    assert enforced.returncode == 0, enforced.stderr

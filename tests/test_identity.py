@@ -137,3 +137,24 @@ def test_artifact_pins_in_code(run_py, tmp_path: Path):
         "not-listed pickle",
         "not-listed artifact True True",
     ]
+
+
+def test_an_admitted_artifact_block_is_entered_once(run_py):
+    result = run_py(
+        """
+        import pickleguard
+        from pickleguard import _core
+        pickleguard.activate(None, mode="warn")
+        scope = _core.admit_artifact(b"weights")
+        with scope:
+            pass
+        try:
+            with scope:
+                print("entered twice")
+        except pickleguard.BadTokenError as e:
+            print("refused:", e)
+        """
+    )
+    assert result.stdout.startswith(
+        "refused: an admitted artifact's block can be entered only once"
+    )

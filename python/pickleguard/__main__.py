@@ -23,6 +23,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from . import _core
 from . import _record as recording
+from ._record import clean_text as _clean
+from ._record import quoted as _quoted
+from ._record import shown as _shown
 from .errors import ManifestError
 
 EXIT_OK = 0
@@ -90,9 +93,11 @@ def _check(args: argparse.Namespace) -> int:
     return report.finish(status)
 
 
-def _pickles_in(data: bytes) -> Tuple[List[Dict[str, Any]], Optional[str]]:
-    """Each pickle of a file of concatenated pickles: offset, size, sha256, and the
-    reason scanning stopped early, if it did."""
+def _pickles_in(
+    data: bytes, algorithm: str = "sha256"
+) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    """Each pickle of a file of concatenated pickles: offset, size, digest (keyed by
+    the algorithm's name), and the reason scanning stopped early, if it did."""
     pickles: List[Dict[str, Any]] = []
     offset = 0
     if not data:
@@ -102,8 +107,8 @@ def _pickles_in(data: bytes) -> Tuple[List[Dict[str, Any]], Optional[str]]:
             length, _ = _core.delimit(data, offset)
         except Exception as e:  # the reader's UnpicklingError, EOFError, OverflowError
             return pickles, f"no complete pickle at offset {offset}: {e}"
-        digest = _core.sha256(memoryview(data)[offset : offset + length])
-        pickles.append({"offset": offset, "size": length, "sha256": digest})
+        digest = _core.sha256(memoryview(data)[offset : offset + length], algorithm)
+        pickles.append({"offset": offset, "size": length, algorithm: digest})
         offset += length
     return pickles, None
 
@@ -157,25 +162,28 @@ def _readable(paths: Sequence[str], report: _Report) -> Iterator[Tuple[str, byte
 def _hash(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
+    algorithm = args.identity
     for path, data in _readable(args.files, report):
-        whole = hashlib.sha256(data).hexdigest()
-        item: Dict[str, Any] = {"file": path, "sha256": whole, "size": len(data)}
-        lines = [f"{path}: file sha256:{whole} ({len(data)} bytes)"]
+        whole = _core.sha256(data, algorithm)
+        item: Dict[str, Any] = {"file": path, algorithm: whole, "size": len(data)}
+        lines = [f"{path}: file {algorithm}:{whole} ({len(data)} bytes)"]
         members, problem = _members(path, data)
         if _is_zip(data):
             item["members"] = []
             for name, member in members:
-                pickles, problem = _pickles_in(member)
+                pickles, problem = _pickles_in(member, algorithm)
                 item["members"].append({"name": name, "pickles": pickles})
-                lines += [f"  {name}: sha256:{p['sha256']} ({p['size']} bytes)" for p in pickles]
+                lines += [
+                    f"  {name}: {algorithm}:{p[algorithm]} ({p['size']} bytes)" for p in pickles
+                ]
                 if problem:
                     problem = f"{name}: {problem}"
                     break
         else:
-            pickles, problem = _pickles_in(data)
+            pickles, problem = _pickles_in(data, algorithm)
             item["pickles"] = pickles
             lines += [
-                f"  pickle at {p['offset']}: sha256:{p['sha256']} ({p['size']} bytes)"
+                f"  pickle at {p['offset']}: {algorithm}:{p[algorithm]} ({p['size']} bytes)"
                 for p in pickles
             ]
         if problem:
@@ -353,10 +361,12 @@ def _record(args: argparse.Namespace) -> int:
         )
         for r in risky:
             print(
-                f"warning: {r.identity[:23]}... (loaded by {r.caller}) imports {', '.join(r.risky)}"
+                f"warning: {r.identity[:23]}... (loaded by {_shown(r.caller)}) imports "
+                f"{', '.join(map(_shown, r.risky))}",
+                file=sys.stderr,
             )
         if risky:
-            print("hint: review the entries marked RISKY before you trust them")
+            print("hint: review the entries marked RISKY before you trust them", file=sys.stderr)
     if returncode < 0:  # killed by a signal: report it as a shell would
         returncode = 128 - returncode
     if returncode != 0:
@@ -445,27 +455,6 @@ class _PinError(Exception):
         self.message = message
         self.hint = hint
         self.status = status
-
-
-def _clean(text: str) -> str:
-    """``text`` as valid Unicode: undecodable bytes of a file name become ``\\xff``."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raw = text.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _quoted(text: str) -> str:
-    """``text`` quoted, with control characters escaped: safe in a TOML comment."""
-    return recording._toml_string(_clean(text))
-
-
-def _shown(text: str) -> str:
-    """A name for a message: as it is, or quoted if it holds control characters (a
-    name from a sums file or an archive could hold a newline or a terminal escape)."""
-    clean = _clean(text)
-    return clean if clean.isprintable() else _quoted(clean)
 
 
 def _stack_problem(patterns: Sequence[str]) -> Optional[Tuple[str, str]]:
@@ -735,10 +724,12 @@ def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
     if pin.kind == "artifact":
         lines.append("# the whole file is pinned: its pickles and its tensor or array data")
+    # The globals come from the pickle itself: never let one end the comment.
     if pin.imports:
-        lines.append("# imports: " + ", ".join(pin.imports))
+        lines.append("# imports: " + ", ".join(map(_shown, pin.imports)))
     if pin.risky:
-        lines.append("# RISKY imports, review before trusting: " + ", ".join(pin.risky))
+        risky = ", ".join(map(_shown, pin.risky))
+        lines.append(f"# RISKY imports, review before trusting: {risky}")
     algorithm, _, digest = pin.identity.partition(":")
     lines.append(f"[[{pin.kind}]]")
     lines.append(f"{algorithm} = {recording._toml_string(digest)}")
@@ -987,6 +978,12 @@ def _parser() -> argparse.ArgumentParser:
     hash_ = commands.add_parser("hash", help="print the identities pickleguard sees in files")
     hash_.add_argument("files", nargs="+", metavar="FILE")
     hash_.add_argument("--json", action="store_true", help="machine-readable output")
+    hash_.add_argument(
+        "--identity",
+        choices=("sha256", "blake3"),
+        default="sha256",
+        help="print SHA-256 (default) or BLAKE3 digests",
+    )
     hash_.set_defaults(run=_hash)
     inspect = commands.add_parser(
         "inspect", help="list the globals a pickle would import, without loading it"

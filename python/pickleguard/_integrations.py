@@ -62,13 +62,12 @@ def _start_of(file: Any) -> Optional[int]:
         return None
 
 
-def _refuse_mapping(loader: str, option: str) -> None:
+def _refuse_mapping(loader: str, option: str, alternative: str) -> None:
     raise PickleGuardError(
         f"{loader} with {option} is refused while pickleguard enforces a manifest: the "
         "loader maps the file after pickleguard has hashed it, so its bytes could change "
         "between the check and their use.\n"
-        f"hint: load without {option} (the verified bytes are read into memory), or "
-        "convert the checkpoint to safetensors"
+        f"hint: load without {option} (the verified bytes are read into memory){alternative}"
     )
 
 
@@ -94,11 +93,13 @@ def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
             _seek_after(file_object, start, verified.tell())
 
 
-def _load_mapped(loader: str, option: str, path: Any, call: Callable[[], Any]) -> Any:
+def _load_mapped(
+    loader: str, option: str, alternative: str, path: Any, call: Callable[[], Any]
+) -> Any:
     """A loader that maps the file at ``path`` itself: refused while enforcing;
     recorded (or warned about) otherwise, then run as asked."""
     if _core.enforcing():
-        _refuse_mapping(loader, option)
+        _refuse_mapping(loader, option, alternative)
     found = _read_whole(path)
     assert found is not None
     data, source, _ = found
@@ -118,7 +119,13 @@ def _patch_torch(torch: Any) -> None:
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("mmap") and _is_path(f):
-            return _load_mapped("torch.load", "mmap=True", f, lambda: original(f, *args, **kwargs))
+            return _load_mapped(
+                "torch.load",
+                "mmap=True",
+                ", or convert the checkpoint to safetensors",
+                f,
+                lambda: original(f, *args, **kwargs),
+            )
         # (torch itself refuses mmap=True for a file object.)
         return _load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
 
@@ -170,14 +177,16 @@ def _patch_joblib(joblib: Any) -> None:
     original = numpy_pickle.load
 
     def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if mmap_mode is not None and _is_path(filename):
+        if mmap_mode is not None and _is_path(filename) and not _joblib_compressed(filename):
             return _load_mapped(
                 "joblib.load",
                 f"mmap_mode={mmap_mode!r}",
+                "",
                 filename,
                 lambda: original(filename, mmap_mode, *args, **kwargs),
             )
-        # (joblib ignores mmap_mode for a file object, with a warning.)
+        # joblib ignores mmap_mode, with a warning, for a file object or a compressed
+        # file: nothing is mapped, so the verified bytes can be loaded as they are.
         return _load_artifact(
             "joblib.load", filename, lambda verified: original(verified, mmap_mode, *args, **kwargs)
         )
@@ -190,6 +199,21 @@ def _patch_joblib(joblib: Any) -> None:
     numpy_pickle.load = load
     if getattr(joblib, "load", None) is original:
         joblib.load = load
+
+
+def _joblib_compressed(path: Any) -> bool:
+    """Whether joblib sees the file at ``path`` as compressed (by its magic bytes)."""
+    # Imported with joblib.numpy_pickle, whose load this wraps.
+    utils = sys.modules.get("joblib.numpy_pickle_utils")
+    detect = getattr(utils, "_detect_compressor", None)
+    if detect is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = io.BytesIO(f.read(64))
+        return bool(detect(head) != "not-compressed")
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------

@@ -103,6 +103,28 @@ def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: undecodable bytes of a file name become ``\\xff``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def quoted(text: str) -> str:
+    """``text`` quoted, with control characters escaped: safe in a TOML comment."""
+    return _toml_string(clean_text(text))
+
+
+def shown(text: str) -> str:
+    """Text for a comment or a message: as it is, or quoted if it holds control
+    characters. File names, and the globals a recorded pickle names, come from
+    untrusted input: a newline in one must not end a comment and start an entry."""
+    clean = clean_text(text)
+    return clean if clean.isprintable() else quoted(clean)
+
+
 def _toml_list(items: List[str]) -> str:
     if len(items) <= 2:
         return "[" + ", ".join(_toml_string(i) for i in items) + "]"
@@ -152,7 +174,12 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
             f"name = {_toml_string(name)}\n"
             f"callers = {_toml_list(new)}\n"
         )
+    channel_patterns = [p for patterns in have_callers.values() for p in patterns]
     for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
+        if rec.kind == "pickle" and any(
+            _core.pattern_matches(p, rec.caller) for p in channel_patterns
+        ):
+            continue  # a channel rule of the manifest (one written by hand) allows it
         if (rec.kind, rec.identity, None) in have_pins or (
             rec.kind,
             rec.identity,
@@ -160,16 +187,18 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
         ) in have_pins:
             continue
         added.append(rec)
-        where = f" from {rec.source}" if rec.source else ""
+        where = f" from {shown(rec.source)}" if rec.source else ""
         if rec.loader:
-            where += f", read by {rec.loader}"
-        lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {rec.caller}"]
+            where += f", read by {shown(rec.loader)}"
+        lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {shown(rec.caller)}"]
         if rec.kind == "artifact":
             lines.append("# the whole file is pinned: its pickles and its tensor or array data")
         if rec.imports:
-            lines.append("# imports: " + ", ".join(rec.imports))
+            lines.append("# imports: " + ", ".join(map(shown, rec.imports)))
         if rec.risky:
-            lines.append("# RISKY imports, review before trusting: " + ", ".join(rec.risky))
+            lines.append(
+                "# RISKY imports, review before trusting: " + ", ".join(map(shown, rec.risky))
+            )
         algorithm, _, digest = rec.identity.partition(":")
         lines.append(f"[[{rec.kind}]]")
         lines.append(f"{algorithm} = {_toml_string(digest)}")

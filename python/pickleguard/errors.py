@@ -23,7 +23,8 @@ class NoPickleError(PickleGuardError):
     """A load was refused by the active policy. Nothing in the pickle ran.
 
     Attributes:
-        sha256: hex SHA-256 of the refused payload.
+        sha256: hex SHA-256 of the refused payload; empty when the refusing manifest
+            identifies with BLAKE3 alone (it is not computed just for this).
         identity: the identity the suggested entry uses, ``sha256:<hex>`` or
             ``blake3:<hex>`` (the refusing manifest's choice).
         kind: ``pickle`` (one pickle stream) or ``artifact`` (a whole file).

@@ -256,3 +256,25 @@ def test_loaders_bound_before_activation_are_wrapped_too(project):
     result = run([PY, "early.py"], project)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["artifact not-listed"] * 3
+
+
+def test_mmap_mode_on_a_compressed_joblib_file_loads_the_verified_bytes(project):
+    """joblib maps nothing for a compressed file (it warns and reads it), so the
+    guard loads the verified bytes instead of refusing."""
+    write(
+        project / "gz.py",
+        """
+        import warnings, joblib
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            obj = joblib.load("model.joblib.gz", mmap_mode="r")
+        print(obj["name"], int(obj["coef"].sum()), [str(w.message)[:30] for w in caught])
+        """,
+    )
+    plain = run([PY, "gz.py"], project)
+    assert plain.returncode == 0, plain.stderr
+    result = pg("record", "-o", "gz.toml", "--", PY, "gz.py", cwd=project)
+    assert result.returncode == 0, result.stderr
+    enforced = pg("run", "--manifest", "gz.toml", "--", PY, "gz.py", cwd=project)
+    assert enforced.returncode == 0, enforced.stderr
+    assert enforced.stdout == plain.stdout
