@@ -475,20 +475,23 @@ fn allow_pickles(
 /// this thread or task only, the pickles the loader reads out of the artifact are
 /// covered by the artifact's entry. Raises NoPickleError otherwise.
 #[pyfunction]
-#[pyo3(signature = (data, source=None, loader=None))]
+#[pyo3(signature = (data, source=None, loader=None, imports=None))]
 fn admit_artifact(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     source: Option<String>,
     loader: Option<String>,
+    imports: Option<Vec<(String, bool)>>,
 ) -> PyResult<ArtifactScope> {
     let bytes = snapshot_bytes(data)?;
+    let imports = imports.unwrap_or_default();
     let load = Load {
         kind: Kind::Artifact,
         data: bytes.as_bytes(),
         buffers: &[],
         source,
         loader: loader.as_deref(),
+        artifact_imports: &imports,
     };
     judge(py, &load, None)?;
     Ok(ArtifactScope {
@@ -571,6 +574,12 @@ fn enforcing(py: Python<'_>) -> PyResult<bool> {
         .iter()
         .any(|l| l.mode == Mode::Enforce && !matches!(l.rules, Rules::Everything));
     Ok(process || !active_scopes(py)?.scopes.is_empty())
+}
+
+/// Whether `pickleguard record` is journaling this process's loads.
+#[pyfunction]
+fn journaling() -> bool {
+    JOURNAL.get().is_some()
 }
 
 /// Whether this thread or task is inside an admitted artifact's with-block.
@@ -1173,6 +1182,9 @@ struct Load<'a> {
     source: Option<String>,
     /// For artifacts: the loader that reads it (`torch.load`).
     loader: Option<&'a str>,
+    /// For artifacts: the globals its pickles import, found by the adapter, with
+    /// whether each is risky (for the journal, so `record` can flag them).
+    artifact_imports: &'a [(String, bool)],
 }
 
 impl<'a> Load<'a> {
@@ -1183,6 +1195,7 @@ impl<'a> Load<'a> {
             buffers,
             source,
             loader: None,
+            artifact_imports: &[],
         }
     }
 
@@ -1300,10 +1313,13 @@ static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync::OnceCell::
 
 impl Journal {
     fn record(&self, load: &Load<'_>, ids: &mut Identities<'_>, stack: &CallStack) {
-        let imports = match load.kind {
-            Kind::Pickle => scan::imports(load.data),
-            // A whole file (a zip archive, say); its pickles are its loader's business.
-            Kind::Artifact => Vec::new(),
+        let imports: Vec<(String, bool)> = match load.kind {
+            Kind::Pickle => scan::imports(load.data)
+                .iter()
+                .map(|i| (i.render(), i.is_risky()))
+                .collect(),
+            // A whole file (a zip archive, say): its adapter scanned the pickles inside.
+            Kind::Artifact => load.artifact_imports.to_vec(),
         };
         let caller = stack.caller.as_deref().unwrap_or_default();
         let channel = match load.kind {
@@ -1322,8 +1338,8 @@ impl Journal {
             "source": load.source,
             "loader": load.loader,
             "channel": channel,
-            "imports": imports.iter().map(scan::Import::render).collect::<Vec<_>>(),
-            "risky": imports.iter().filter(|i| i.is_risky()).map(scan::Import::render).collect::<Vec<_>>(),
+            "imports": imports.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "risky": imports.iter().filter(|(_, risky)| *risky).map(|(name, _)| name).collect::<Vec<_>>(),
         });
         let pid = std::process::id();
         let mut slot = self.file.lock();
@@ -2413,6 +2429,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(admit_artifact, m)?)?;
     m.add_function(wrap_pyfunction!(in_artifact, m)?)?;
     m.add_function(wrap_pyfunction!(enforcing, m)?)?;
+    m.add_function(wrap_pyfunction!(journaling, m)?)?;
     m.add_class::<ArtifactScope>()?;
     m.add_function(wrap_pyfunction!(allow_pickles, m)?)?;
     m.add_function(wrap_pyfunction!(loads, m)?)?;

@@ -18,6 +18,7 @@ __all__ = [
     "enforcing",
     "identify",
     "in_artifact",
+    "journaling",
     "imports",
     "install_backstop",
     "load",
@@ -70,8 +71,12 @@ class ArtifactScope:
     def __exit__(self, *args: object) -> bool: ...
 
 def admit_artifact(
-    data: Any, source: Optional[str] = None, loader: Optional[str] = None
+    data: Any,
+    source: Optional[str] = None,
+    loader: Optional[str] = None,
+    imports: Optional[List[Tuple[str, bool]]] = None,
 ) -> ArtifactScope: ...
+def journaling() -> bool: ...
 def in_artifact() -> bool: ...
 def enforcing() -> bool: ...
 def activate(manifest: Optional[str] = None, mode: str = "enforce") -> Token: ...

@@ -28,7 +28,7 @@ from .errors import PickleGuardError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
-    from typing import Any, Callable, Dict, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 def _read_whole(file: Any) -> Optional[Tuple[bytes, Optional[str], Any]]:
@@ -62,6 +62,43 @@ def _start_of(file: Any) -> Optional[int]:
         return None
 
 
+def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
+    """The globals the pickles of an artifact import, found without running them,
+    for ``record`` to flag risky ones: each ``.pkl`` member of a zip archive (torch's
+    format), or the leading run of concatenated pickles (torch's legacy format).
+    Only while recording; None for a file whose pickles cannot be delimited
+    (joblib interleaves raw array bytes with the opcodes)."""
+    if not _core.journaling():
+        return None
+    found: List[Tuple[str, bool]] = []
+    if data[:4] == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for name in archive.namelist():
+                    if name.endswith(".pkl"):
+                        found += _core.imports(archive.read(name))
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+    else:
+        offset = 0
+        while offset < len(data):
+            try:
+                length, _ = _core.delimit(data, offset)
+            except Exception:  # the reader's errors: the raw data after the pickles
+                break
+            found += _core.imports(memoryview(data)[offset : offset + length])
+            offset += length
+        if offset == 0:
+            return None
+    return list(dict.fromkeys(found))
+
+
+def _admit(data: bytes, source: Optional[str], loader: str) -> Any:
+    return _core.admit_artifact(data, source=source, loader=loader, imports=_artifact_imports(data))
+
+
 def _refuse_mapping(loader: str, option: str, alternative: str) -> None:
     raise PickleGuardError(
         f"{loader} with {option} is refused while pickleguard enforces a manifest: the "
@@ -83,7 +120,7 @@ def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
     if found is None:
         return call(file)
     data, source, file_object = found
-    with _core.admit_artifact(data, source=source, loader=loader):
+    with _admit(data, source, loader):
         verified = io.BytesIO(data)
         if source is not None:
             verified.name = source
@@ -103,7 +140,7 @@ def _load_mapped(
     found = _read_whole(path)
     assert found is not None
     data, source, _ = found
-    with _core.admit_artifact(data, source=source, loader=loader):
+    with _admit(data, source, loader):
         return call()
 
 

@@ -278,3 +278,20 @@ def test_mmap_mode_on_a_compressed_joblib_file_loads_the_verified_bytes(project)
     enforced = pg("run", "--manifest", "gz.toml", "--", PY, "gz.py", cwd=project)
     assert enforced.returncode == 0, enforced.stderr
     assert enforced.stdout == plain.stdout
+
+
+def test_record_flags_risky_imports_inside_a_checkpoint(project):
+    """The pickles inside a pinned checkpoint are scanned when it is recorded, so a
+    reviewer sees what it imports before trusting it."""
+    assert run([PY, "make.py", "hostile-torch"], project).returncode == 0
+    torch.save(  # also a legacy-format file with the same payload
+        {"w": torch.zeros(1)}, project / "legacy.pt", _use_new_zipfile_serialization=False
+    )
+    result = pg("record", "-o", "r.toml", "--", PY, "app.py", "unsafe", "legacy", cwd=project)
+    assert (project / "PWNED").exists()  # recording runs the program as it is
+    (project / "PWNED").rmdir()
+    manifest = (project / "r.toml").read_text()
+    assert result.returncode == 0, result.stderr
+    assert "# RISKY imports, review before trusting: posix.mkdir" in manifest
+    assert "torch._utils._rebuild_tensor_v2" in manifest  # the legacy file's pickles
+    assert "RISKY" in result.stderr
