@@ -255,13 +255,44 @@ impl<'f> Identities<'f> {
             .or_else(|| self.known(Algorithm::Blake3))
     }
 
-    /// `algorithms` reordered so that those already computed come first.
-    pub fn cheapest_order(&self, algorithms: &[Algorithm]) -> Vec<Algorithm> {
-        let mut order = algorithms.to_vec();
-        order.sort_by_key(|a| self.known[a.index()].is_none());
+    /// Every algorithm, those already computed first, then the cheapest: the order
+    /// to look a payload up in, so a second hash is computed only if needed.
+    pub fn lookup_order(&self) -> [Algorithm; 2] {
+        let mut order = Algorithm::CHEAPEST_FIRST;
+        if self.known(order[0]).is_none() && self.known(order[1]).is_some() {
+            order.swap(0, 1);
+        }
         order
     }
 }
+
+/// A hasher for maps keyed by digests: they are uniformly distributed already,
+/// and their holder cannot choose them, so a few of their bytes make the hash.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(7) ^ u64::from_le_bytes(word);
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.0 = self.0.rotate_left(7) ^ u64::from(value);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0 = self.0.rotate_left(7) ^ value as u64;
+    }
+}
+
+pub type BuildDigestHasher = std::hash::BuildHasherDefault<DigestHasher>;
 
 #[cfg(test)]
 mod tests {
@@ -347,10 +378,7 @@ mod tests {
         assert!(ids.any_known().is_none());
         let first = ids.get(Algorithm::Blake3);
         assert_eq!(ids.get(Algorithm::Blake3), first);
-        assert_eq!(
-            ids.cheapest_order(&[Algorithm::Sha256, Algorithm::Blake3]),
-            [Algorithm::Blake3, Algorithm::Sha256]
-        );
+        assert_eq!(ids.lookup_order(), [Algorithm::Blake3, Algorithm::Sha256]);
         assert_eq!(calls, [Algorithm::Blake3]);
     }
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::identity::{Algorithm, Id};
+use crate::identity::{Algorithm, BuildDigestHasher, Id};
 use crate::pattern::FramePattern;
 
 pub use crate::identity::Digest;
@@ -64,7 +64,7 @@ pub struct Manifest {
     pub origin: String,
     entries: Vec<Entry>,
     channels: Vec<ChannelRule>,
-    by_id: HashMap<(Kind, Id), Vec<usize>>,
+    by_id: HashMap<(Kind, Id), Vec<usize>, BuildDigestHasher>,
     /// Which algorithms each kind's entries use, so a load hashes only with those.
     used: Vec<(Kind, Algorithm)>,
 }
@@ -339,8 +339,13 @@ impl Manifest {
     pub fn algorithms(&self, kind: Kind) -> Vec<Algorithm> {
         Algorithm::CHEAPEST_FIRST
             .into_iter()
-            .filter(|a| self.used.contains(&(kind, *a)))
+            .filter(|a| self.uses(kind, *a))
             .collect()
+    }
+
+    /// Whether some entry of `kind` is identified with `algorithm`.
+    pub fn uses(&self, kind: Kind, algorithm: Algorithm) -> bool {
+        self.used.contains(&(kind, algorithm))
     }
 
     /// The algorithm a new entry of `kind` should use: BLAKE3 if the manifest pins

@@ -236,7 +236,10 @@ fn check_manifest(
     let mut patterns = Vec::new();
     // Hashes already computed first, then the cheapest: a second hash is paid for
     // only when the first found no entry.
-    for algorithm in ids.cheapest_order(&manifest.algorithms(kind)) {
+    for algorithm in ids.lookup_order() {
+        if !manifest.uses(kind, algorithm) {
+            continue;
+        }
         let id = ids.get(algorithm);
         for entry in manifest.entries_for(kind, &id) {
             match &entry.stack {

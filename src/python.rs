@@ -78,7 +78,13 @@ impl From<GuardError> for PyErr {
 // ---------------------------------------------------------------------------
 // Process layers and deny scopes.
 
-static PROCESS_LAYERS: RwLock<Vec<Arc<ProcessLayer>>> = RwLock::new(Vec::new());
+/// The process layers. A load takes a snapshot by cloning the outer Arc, not the list.
+static PROCESS_LAYERS: once_cell::sync::Lazy<RwLock<Arc<Vec<Arc<ProcessLayer>>>>> =
+    once_cell::sync::Lazy::new(|| RwLock::new(Arc::new(Vec::new())));
+
+fn add_process_layer(layer: ProcessLayer) {
+    Arc::make_mut(&mut PROCESS_LAYERS.write()).push(Arc::new(layer));
+}
 static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
 
 fn next_layer_id() -> LayerId {
@@ -632,9 +638,7 @@ fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token>
         }
     };
     let id = next_layer_id();
-    PROCESS_LAYERS
-        .write()
-        .push(Arc::new(ProcessLayer { id, mode, rules }));
+    add_process_layer(ProcessLayer { id, mode, rules });
     if let Some(e) = failure {
         // The layer stays: in enforce mode it refuses every load and says why.
         return Err(GuardError::Manifest(e).into());
@@ -657,11 +661,11 @@ fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> PyResult<()> {
     })?;
     let origin = manifest.to_string_lossy().into_owned();
     let deferred = crate::policy::DeferredManifest::start(origin, load_manifest);
-    PROCESS_LAYERS.write().push(Arc::new(ProcessLayer {
+    add_process_layer(ProcessLayer {
         id: next_layer_id(),
         mode,
         rules: Rules::Deferred(deferred),
-    }));
+    });
     Ok(())
 }
 
@@ -671,7 +675,7 @@ fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> PyResult<()> {
 fn settle_manifests(py: Python<'_>) {
     let layers = PROCESS_LAYERS.read().clone();
     py.detach(|| {
-        for layer in &layers {
+        for layer in layers.iter() {
             if let Rules::Deferred(d) = &layer.rules {
                 let _ = d.get();
             }
@@ -765,11 +769,11 @@ fn channel_callers(name: &str) -> Vec<&'static str> {
 /// Add a process layer that allows every load (`pickleguard record`).
 #[pyfunction]
 fn record_layer() {
-    PROCESS_LAYERS.write().push(Arc::new(ProcessLayer {
+    add_process_layer(ProcessLayer {
         id: next_layer_id(),
         mode: Mode::Enforce,
         rules: Rules::Everything,
-    }));
+    });
 }
 
 /// Validate a manifest file, raising ManifestError; returns its entry count.
@@ -1135,21 +1139,32 @@ fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 const DEBUG: i32 = 10;
 
+/// The logger's per-level cache of isEnabledFor answers (`Logger._cache`). logging
+/// clears it in place whenever levels change, so the dict object itself is stable.
+static LOGGER_CACHE: PyOnceLock<Option<Py<PyDict>>> = PyOnceLock::new();
+
+fn debug_enabled(py: Python<'_>, logger: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let cache = LOGGER_CACHE.get_or_init(py, || {
+        logger
+            .getattr(pyo3::intern!(py, "_cache"))
+            .ok()
+            .and_then(|c| c.cast_into::<PyDict>().ok())
+            .map(Bound::unbind)
+    });
+    // Reading the cached answer skips a Python-level call on every load; without
+    // it, ask isEnabledFor, which fills it.
+    if let Some(flag) = cache
+        .as_ref()
+        .and_then(|c| c.bind(py).get_item(DEBUG).ok().flatten())
+    {
+        return flag.is_truthy();
+    }
+    logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()
+}
+
 fn log_allowed(py: Python<'_>, load: &Load<'_>, ids: &mut Identities<'_>) -> PyResult<()> {
     let logger = logger(py)?;
-    // Logger.isEnabledFor caches its answer per level in `_cache` (cleared by
-    // logging whenever levels change); reading it skips a Python-level call on
-    // every load. Without the cache entry, ask isEnabledFor, which fills it.
-    let cached = logger
-        .getattr(pyo3::intern!(py, "_cache"))
-        .ok()
-        .and_then(|c| c.cast_into::<PyDict>().ok())
-        .and_then(|c| c.get_item(DEBUG).ok().flatten());
-    let enabled = match cached {
-        Some(flag) => flag.is_truthy()?,
-        None => logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()?,
-    };
-    if enabled {
+    if debug_enabled(py, logger)? {
         let id = ids
             .any_known()
             .unwrap_or_else(|| ids.get(Algorithm::Sha256));
@@ -1675,9 +1690,11 @@ fn split_kwargs<'py>(
 ) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyAny>>)> {
     let options = match kwargs {
         Some(k) if !k.is_empty() => k.copy()?,
-        _ => PyDict::new(py),
+        _ => return Ok((PyDict::new(py), None)),
     };
-    let buffers = options.get_item("buffers")?.filter(|b| !b.is_none());
+    let buffers = options
+        .get_item(pyo3::intern!(py, "buffers"))?
+        .filter(|b| !b.is_none());
     if buffers.is_some() {
         options.del_item("buffers")?;
     }
