@@ -266,8 +266,9 @@ impl<'f> Identities<'f> {
     }
 }
 
-/// A hasher for maps keyed by digests: they are uniformly distributed already,
-/// and their holder cannot choose them, so a few of their bytes make the hash.
+/// A hasher for maps keyed by digests (uniformly distributed already, and not
+/// chosen by whoever supplies the payload, so a few of their bytes make the hash)
+/// or by object addresses.
 #[derive(Default)]
 pub struct DigestHasher(u64);
 
@@ -288,7 +289,8 @@ impl std::hash::Hasher for DigestHasher {
     }
 
     fn write_usize(&mut self, value: usize) {
-        self.0 = self.0.rotate_left(7) ^ value as u64;
+        // Fibonacci hashing spreads addresses, whose low bits are all zero.
+        self.0 = self.0.rotate_left(7) ^ (value as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -90,7 +90,16 @@ impl fmt::Display for FramePattern {
 
 /// Wildcard match with single-star backtracking: linear in practice, never exponential.
 fn glob(pattern: &[char], text: &str) -> bool {
-    let text: Vec<char> = text.chars().collect();
+    // Frame names are ASCII almost always: match their bytes without collecting.
+    if text.is_ascii() {
+        glob_in(pattern, text.as_bytes(), char::from)
+    } else {
+        let chars: Vec<char> = text.chars().collect();
+        glob_in(pattern, &chars, |c| c)
+    }
+}
+
+fn glob_in<T: Copy>(pattern: &[char], text: &[T], as_char: impl Fn(T) -> char) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -99,7 +108,7 @@ fn glob(pattern: &[char], text: &str) -> bool {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if c == '?' || c == text[t] => {
+            Some(&c) if c == '?' || c == as_char(text[t]) => {
                 p += 1;
                 t += 1;
             }
@@ -148,6 +157,10 @@ mod tests {
         assert!(p("m:f?").matches("m:f1"));
         assert!(!p("m:f?").matches("m:f12"));
         assert!(p("m:*a*b*c").matches("m:xaybzc"));
+        // `?` is one character, also outside ASCII.
+        assert!(p("m:f?").matches("m:fé"));
+        assert!(p("m:é*").matches("m:éa"));
+        assert!(!p("m:f??").matches("m:fé"));
         assert!(!p("m:*a*b*c").matches("m:xaybz"));
     }
 

@@ -869,10 +869,11 @@ struct FrameName {
 /// Frame names cached by code object (held, so its address is not reused while
 /// cached). Computing one takes several attribute lookups; stack patterns need it
 /// for every frame of every load they check.
-type FrameNameCache = std::collections::HashMap<usize, (Py<PyAny>, FrameName)>;
+type FrameNameCache =
+    std::collections::HashMap<usize, (Py<PyAny>, FrameName), crate::identity::BuildDigestHasher>;
 
 static FRAME_NAMES: once_cell::sync::Lazy<Mutex<FrameNameCache>> =
-    once_cell::sync::Lazy::new(|| Mutex::new(FrameNameCache::new()));
+    once_cell::sync::Lazy::new(|| Mutex::new(FrameNameCache::default()));
 
 const FRAME_NAME_CACHE_LIMIT: usize = 16_384;
 
@@ -894,7 +895,10 @@ fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
 /// The loading call stack: every frame but pickleguard's own, outermost first, and
 /// the innermost frame outside pickle and pickleguard.
 fn call_stack(py: Python<'_>) -> CallStack {
-    let mut stack = CallStack::default();
+    let mut stack = CallStack {
+        frames: Vec::with_capacity(64),
+        caller: None,
+    };
     // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
     // running frame (or NULL), which from_borrowed_ptr_or_opt turns into an owned one.
     let mut frame = unsafe {
