@@ -266,7 +266,11 @@ def _child_env(**settings: Optional[str]) -> Dict[str, str]:
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
+    if count == 1:
+        return f"{count} {word}"
+    if word.endswith("y"):
+        return f"{count} {word[:-1]}ies"
+    return f"{count} {word}" + ("es" if word.endswith("s") else "s")
 
 
 def _command(args: argparse.Namespace) -> Optional[List[str]]:
@@ -355,9 +359,11 @@ def _record(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(
-            f"recorded {journal.loads} loads in {len(journal.processes)} processes: "
-            f"{len(merged.added)} new entries, {sum(map(len, merged.channels_added.values()))} "
-            f"new channel callers, written to {output}"
+            f"recorded {_plural(journal.loads, 'load')} in "
+            f"{_plural(len(journal.processes), 'process')}: "
+            f"{_plural(len(merged.added), 'new entry')}, "
+            f"{_plural(sum(map(len, merged.channels_added.values())), 'new channel caller')}, "
+            f"written to {output}"
         )
         for r in risky:
             print(
