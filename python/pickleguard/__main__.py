@@ -728,14 +728,7 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
 
 def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
-    if pin.kind == "artifact":
-        lines.append("# the whole file is pinned: its pickles and its tensor or array data")
-    # The globals come from the pickle itself: never let one end the comment.
-    if pin.imports:
-        lines.append("# imports: " + ", ".join(map(_shown, pin.imports)))
-    if pin.risky:
-        risky = ", ".join(map(_shown, pin.risky))
-        lines.append(f"# RISKY imports, review before trusting: {risky}")
+    lines += recording.review_comments(pin.kind, pin.imports, pin.risky)
     algorithm, _, digest = pin.identity.partition(":")
     lines.append(f"[[{pin.kind}]]")
     lines.append(f"{algorithm} = {recording._toml_string(digest)}")

@@ -144,6 +144,18 @@ def _load_mapped(
         return call()
 
 
+def _replace_load(original: Any, wrapper: Any, module: Any, package: Any) -> None:
+    """Put ``wrapper`` in place of ``module.load`` and of the package's re-export of
+    it, looking like the original to introspection."""
+    for attribute in ("__doc__", "__name__", "__qualname__"):
+        setattr(wrapper, attribute, getattr(original, attribute))
+    wrapper.__wrapped__ = original
+    wrapper._pickleguard = True
+    module.load = wrapper
+    if getattr(package, "load", None) is original:
+        package.load = wrapper
+
+
 # ---------------------------------------------------------------------------
 # torch
 
@@ -166,14 +178,7 @@ def _patch_torch(torch: Any) -> None:
         # (torch itself refuses mmap=True for a file object.)
         return _load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
 
-    load.__doc__ = original.__doc__
-    load.__name__ = original.__name__
-    load.__qualname__ = original.__qualname__
-    load.__wrapped__ = original  # type: ignore[attr-defined]
-    load._pickleguard = True  # type: ignore[attr-defined]
-    serialization.load = load
-    if getattr(torch, "load", None) is original:
-        torch.load = load
+    _replace_load(original, load, serialization, torch)
     _gate_weights_only_unpickler()
 
 
@@ -228,14 +233,7 @@ def _patch_joblib(joblib: Any) -> None:
             "joblib.load", filename, lambda verified: original(verified, mmap_mode, *args, **kwargs)
         )
 
-    load.__doc__ = original.__doc__
-    load.__name__ = original.__name__
-    load.__qualname__ = original.__qualname__
-    load.__wrapped__ = original  # type: ignore[attr-defined]
-    load._pickleguard = True  # type: ignore[attr-defined]
-    numpy_pickle.load = load
-    if getattr(joblib, "load", None) is original:
-        joblib.load = load
+    _replace_load(original, load, numpy_pickle, joblib)
 
 
 def _joblib_compressed(path: Any) -> bool:

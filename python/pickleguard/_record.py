@@ -125,6 +125,20 @@ def shown(text: str) -> str:
     return clean if clean.isprintable() else quoted(clean)
 
 
+def review_comments(kind: str, imports: List[str], risky: List[str]) -> List[str]:
+    """The comment lines above a new entry that tell its reviewer what it covers
+    and what its pickles import. The globals' names come from the pickles
+    themselves, so each is shown safely."""
+    lines = []
+    if kind == "artifact":
+        lines.append("# the whole file is pinned: its pickles and its tensor or array data")
+    if imports:
+        lines.append("# imports: " + ", ".join(map(shown, imports)))
+    if risky:
+        lines.append("# RISKY imports, review before trusting: " + ", ".join(map(shown, risky)))
+    return lines
+
+
 def _toml_list(items: List[str]) -> str:
     if len(items) <= 2:
         return "[" + ", ".join(_toml_string(i) for i in items) + "]"
@@ -191,14 +205,7 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
         if rec.loader:
             where += f", read by {shown(rec.loader)}"
         lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {shown(rec.caller)}"]
-        if rec.kind == "artifact":
-            lines.append("# the whole file is pinned: its pickles and its tensor or array data")
-        if rec.imports:
-            lines.append("# imports: " + ", ".join(map(shown, rec.imports)))
-        if rec.risky:
-            lines.append(
-                "# RISKY imports, review before trusting: " + ", ".join(map(shown, rec.risky))
-            )
+        lines += review_comments(rec.kind, rec.imports, rec.risky)
         algorithm, _, digest = rec.identity.partition(":")
         lines.append(f"[[{rec.kind}]]")
         lines.append(f"{algorithm} = {_toml_string(digest)}")
