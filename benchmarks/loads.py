@@ -143,7 +143,11 @@ def load_at_depth():
 try:
     first = load_at_depth()  # also warms up
 except Exception as e:
-    print(json.dumps({"refused": f"{type(e).__name__}: {e}"[:300]}))
+    # fickling's UnsafeFileError keeps its findings in .info; its str() leads with a repr.
+    info = getattr(e, "info", None) or str(e)
+    if isinstance(info, dict):
+        info = f"{info.get('severity')}: {info.get('analysis')}"
+    print(json.dumps({"refused": f"{type(e).__name__}: {info}"}))
     sys.exit(0)
 if first != expected:
     print(f"{guard} {entry} returned a different object", file=sys.stderr)
@@ -209,8 +213,9 @@ def measure(payload: Path, configs: list[Config], entry: str, rounds: int, budge
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=0.4, help="time per measurement")
+    # Many short rounds: on a shared machine, a burst of load then spoils few of them.
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--seconds", type=float, default=0.25, help="time per measurement")
     parser.add_argument("--quick", action="store_true", help="skip the 64 MB payload")
     parser.add_argument(
         "--configs",
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     if config.name in refused:
                         time_cells.append(f"{'refused':>15}")
                         ratio_cells.append(f"{'refused':>17}")
-                        reason = refused[config.name].splitlines()[0][:200]
+                        reason = refused[config.name].splitlines()[0][:160]
                         refusals.setdefault((name, config.name), ([], reason))[0].append(entry)
                         continue
                     t = statistics.median(r["load"] for r in samples[config.name])
