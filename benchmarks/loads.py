@@ -54,8 +54,9 @@ PAYLOADS = {
 }
 ENTRY_POINTS = ["loads", "load", "Unpickler"]
 
-# The hex digest a manifest key holds, by key. A BLAKE3 identity would add
-# "blake3": lambda data: blake3.blake3(data).hexdigest().
+# The hex digest a manifest key holds, by key. A "guarded-blake3" configuration needs
+# "blake3": lambda data: pickleguard.identify(data, algorithm="blake3").split(":")[1]
+# here and Config("guarded-blake3", "pickleguard", identity="blake3") in CONFIGS.
 IDENTITIES: dict[str, Callable[[bytes], str]] = {
     "sha256": lambda data: hashlib.sha256(data).hexdigest(),
 }
