@@ -54,12 +54,17 @@ PAYLOADS = {
 }
 ENTRY_POINTS = ["loads", "load", "Unpickler"]
 
-# The hex digest a manifest key holds, by key. A "guarded-blake3" configuration needs
-# "blake3": lambda data: pickleguard.identify(data, algorithm="blake3").split(":")[1]
-# here and Config("guarded-blake3", "pickleguard", identity="blake3") in CONFIGS.
+# The hex digest a manifest key holds, by key (each payload file is one pickle).
 IDENTITIES: dict[str, Callable[[bytes], str]] = {
     "sha256": lambda data: hashlib.sha256(data).hexdigest(),
+    "blake3": lambda data: _blake3_hex(data),
 }
+
+
+def _blake3_hex(data: bytes) -> str:
+    import pickleguard
+
+    return pickleguard.identify(data, algorithm="blake3").split(":")[1]
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ CONFIGS = [
     Config("plain", "none"),
     Config("guarded", "pickleguard"),
     Config("guarded+stack", "pickleguard", stack=True),
+    Config("guarded-blake3", "pickleguard", identity="blake3"),
     Config("python-guard", "python"),
     Config("fickling", "fickling"),
     Config("fickling-ml", "fickling-ml"),
@@ -219,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.25, help="time per measurement")
     parser.add_argument("--quick", action="store_true", help="skip the 64 MB payload")
     parser.add_argument(
+        "--payloads",
+        default=",".join(PAYLOADS),
+        help="comma-separated payloads to measure (default: all)",
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(c.name for c in CONFIGS),
         help="comma-separated configurations to compare (plain is always included)",
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     refusals: dict[tuple[str, str], tuple[list[str], str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, expression in PAYLOADS.items():
-            if args.quick and "64 MB" in name:
+            if (args.quick and "64 MB" in name) or name not in args.payloads.split(","):
                 continue
             payload = Path(tmp) / "payload.pkl"
             payload.write_bytes(pickle.dumps(eval(expression), protocol=4))

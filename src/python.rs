@@ -1554,6 +1554,78 @@ fn admit_bytes<'py>(
 struct PyFileSource<'a, 'py> {
     read: &'a Bound<'py, PyAny>,
     readline: &'a Bound<'py, PyAny>,
+    /// For a file of one of io's own C types: the type's `readinto` and the file,
+    /// to read large runs straight into the buffer (see `trusted_readinto`).
+    readinto: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+}
+
+/// Reads of at least this many bytes go through `readinto` when it is trusted.
+const READINTO_FROM: usize = 1 << 16;
+
+/// `type(file).readinto` when `file` is exactly an `io.BufferedReader`, `io.FileIO`
+/// or `io.BytesIO` whose `read` is its own: their C `readinto` writes into the
+/// buffer it is given and keeps no reference to it, so it may write into memory
+/// this module owns (and will hash). Any other file, which could keep the buffer
+/// and change the bytes after they were judged, is read with `read` alone.
+fn trusted_readinto<'py>(
+    file: &Bound<'py, PyAny>,
+    read: &Bound<'py, PyAny>,
+) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let py = file.py();
+    let io = py.import("io").ok()?;
+    let file_type = file.get_type();
+    let trusted = ["BufferedReader", "FileIO", "BytesIO"]
+        .iter()
+        .any(|name| io.getattr(*name).is_ok_and(|t| t.is(&file_type)));
+    let own_read = read.is_instance_of::<pyo3::types::PyCFunction>()
+        && read.getattr("__self__").is_ok_and(|s| s.is(file))
+        && read
+            .getattr("__name__")
+            .is_ok_and(|n| n.eq("read").unwrap_or(false));
+    if !(trusted && own_read) {
+        return None;
+    }
+    Some((file_type.getattr("readinto").ok()?, file.clone()))
+}
+
+/// Call `readinto(file, view)` with `view` over the spare capacity of `out`, for up
+/// to `n` bytes, and count what it wrote as part of `out`.
+fn read_into_vec(
+    readinto: &Bound<'_, PyAny>,
+    file: &Bound<'_, PyAny>,
+    n: usize,
+    out: &mut Vec<u8>,
+) -> PyResult<usize> {
+    let py = file.py();
+    out.reserve(n);
+    let spare = out.spare_capacity_mut();
+    let length = isize::try_from(n).map_err(|_| PyOverflowError::new_err("read too large"))?;
+    // SAFETY: `spare` has room for at least `n` bytes (reserved above) and stays
+    // allocated until this function returns: `out` is not touched meanwhile. The
+    // view is released before returning, and the trusted C `readinto` keeps no
+    // reference to it. It only writes into the memory (never reads it).
+    let view = unsafe {
+        pyo3::ffi::PyMemoryView_FromMemory(
+            spare.as_mut_ptr().cast::<std::os::raw::c_char>(),
+            length,
+            pyo3::ffi::PyBUF_WRITE,
+        )
+    };
+    // SAFETY: PyMemoryView_FromMemory returns a new reference or NULL with an
+    // exception set.
+    let view = unsafe { Bound::from_owned_ptr_or_err(py, view)? };
+    let result = readinto.call1((file, &view));
+    view.call_method0("release")?;
+    let count: usize = result?.extract()?;
+    if count > n {
+        return Err(PyValueError::new_err(format!(
+            "readinto() returned {count}, more than the {n} bytes asked for"
+        )));
+    }
+    // SAFETY: `readinto` initialised the first `count` bytes of the spare
+    // capacity, and `count <= n <= capacity - len`.
+    unsafe { out.set_len(out.len() + count) };
+    Ok(count)
 }
 
 fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<usize> {
@@ -1569,6 +1641,9 @@ fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<u
 impl Source for PyFileSource<'_, '_> {
     type Error = PyErr;
     fn read(&mut self, n: usize, out: &mut Vec<u8>) -> PyResult<usize> {
+        if let Some((readinto, file)) = self.readinto.as_ref().filter(|_| n >= READINTO_FROM) {
+            return read_into_vec(readinto, file, n, out);
+        }
         append_bytes_like(&self.read.call1((n,))?, out)
     }
     fn read_line(&mut self, out: &mut Vec<u8>) -> PyResult<usize> {
@@ -1583,15 +1658,23 @@ fn admit_stream_inner<'py>(
     py: Python<'py>,
     read: &Bound<'py, PyAny>,
     readline: &Bound<'py, PyAny>,
+    file: Option<&Bound<'py, PyAny>>,
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
     source_name: Option<String>,
-) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>, bool)> {
-    let mut source = PyFileSource { read, readline };
+) -> Result<(Bound<'py, AdmittedBytes>, Option<Bound<'py, PyAny>>, bool)> {
+    let mut source = PyFileSource {
+        read,
+        readline,
+        readinto: file.and_then(|f| trusted_readinto(f, read)),
+    };
     let mut pickle = Vec::new();
     let extent = match reader::read_one_into(&mut source, &mut pickle) {
         Ok(extent) => extent,
-        Err(ReadError::Empty) => return Ok((PyBytes::new(py, b""), buffers, false)),
+        Err(ReadError::Empty) => {
+            let empty = Bound::new(py, AdmittedBytes { data: Vec::new() })?;
+            return Ok((empty, buffers, false));
+        }
         Err(ReadError::Source(e)) => return Err(e.into()),
         Err(error) => {
             return Err(GuardError::Undelimited {
@@ -1603,7 +1686,51 @@ fn admit_stream_inner<'py>(
     let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let slices = as_slices(&taken);
     judge(py, &Load::pickle(&pickle, &slices, source_name), sha256)?;
-    Ok((PyBytes::new(py, &pickle), feed_buffers, extent.uses_globals))
+    let admitted = Bound::new(py, AdmittedBytes { data: pickle })?;
+    Ok((admitted, feed_buffers, extent.uses_globals))
+}
+
+/// The bytes of a pickle admitted from a stream, kept as read (no copy into a
+/// `bytes` object) and lent read-only, through the buffer protocol, to the
+/// unpickler that loads them. Nothing can change them: no method mutates them
+/// and no writable view is handed out.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct AdmittedBytes {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl AdmittedBytes {
+    /// # Safety
+    /// CPython calls this with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let data = &slf.get().data;
+        // SAFETY: `view` is valid (CPython's contract for bf_getbuffer). The memory
+        // belongs to `slf`, which the filled view holds a reference to until it is
+        // released; `readonly = 1` makes a request for a writable view fail.
+        let status = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                data.as_ptr().cast_mut().cast::<std::os::raw::c_void>(),
+                data.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if status == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
 }
 
 /// `admit_stream` for the Python-level unpickler classes: raises `_UndelimitedPickle`
@@ -1619,7 +1746,9 @@ fn admit_stream<'py>(
     file: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
     let name = file.as_ref().and_then(source_name);
-    let (data, feed_buffers, _) = admit_stream_inner(py, read, readline, buffers, sha256, name)?;
+    let (admitted, feed_buffers, _) =
+        admit_stream_inner(py, read, readline, file.as_ref(), buffers, sha256, name)?;
+    let data = PyBytes::new(py, &admitted.get().data);
     Ok((data, feed_buffers))
 }
 
@@ -1719,8 +1848,15 @@ fn run_original<'py>(
     }
     let result = if uses_globals {
         // Through a subclass whose find_class admits each import in its own frame,
-        // so no other unpickler started meanwhile counts as admitted.
-        let file = py.import("io")?.call_method1("BytesIO", (feed,))?;
+        // so no other unpickler started meanwhile counts as admitted. Bytes read
+        // from a stream are fed without a copy (BytesIO copies all but `bytes`).
+        let file = if feed.is_instance_of::<AdmittedBytes>() {
+            let holder = Bound::new(py, Feed::new())?;
+            holder.get().set(feed);
+            holder.into_any()
+        } else {
+            py.import("io")?.call_method1("BytesIO", (feed,))?
+        };
         gate_part(py, &ADMITTED_UNPICKLER)?
             .call((file,), Some(&options))?
             .call_method0("load")
@@ -1766,7 +1902,22 @@ fn explain(py: Python<'_>, error: GuardError, flavor: &str, options: &Bound<'_, 
 /// itself, not a copy: a 1 GB pickle is not held twice while it loads.
 #[pyclass(frozen, module = "pickleguard._core")]
 struct Feed {
-    state: Mutex<(Option<Py<PyBytes>>, usize)>,
+    state: Mutex<(Option<FeedData>, usize)>,
+}
+
+/// What a feed holds: admitted bytes that no one can change.
+enum FeedData {
+    Bytes(Py<PyBytes>),
+    Admitted(Py<AdmittedBytes>),
+}
+
+impl FeedData {
+    fn as_bytes<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            FeedData::Bytes(b) => b.bind(py).as_bytes(),
+            FeedData::Admitted(a) => &a.get().data,
+        }
+    }
 }
 
 impl Feed {
@@ -1774,7 +1925,7 @@ impl Feed {
     fn with_rest<R>(&self, py: Python<'_>, take: impl FnOnce(&[u8]) -> (usize, R)) -> R {
         let mut state = self.state.lock();
         let (data, pos) = &mut *state;
-        let all = data.as_ref().map_or(&[][..], |d| d.bind(py).as_bytes());
+        let all = data.as_ref().map_or(&[][..], |d| d.as_bytes(py));
         let (consumed, result) = take(&all[*pos..]);
         *pos += consumed;
         result
@@ -1841,8 +1992,18 @@ impl Feed {
 }
 
 impl Feed {
-    fn set(&self, bytes: &Bound<'_, PyBytes>) {
-        *self.state.lock() = (Some(bytes.clone().unbind()), 0);
+    /// Hold `data`, a `bytes` or an `AdmittedBytes` object (anything else is
+    /// held as empty: the caller only ever passes those two).
+    fn set(&self, data: Bound<'_, PyAny>) {
+        let held = match data.cast_into::<AdmittedBytes>() {
+            Ok(admitted) => Some(FeedData::Admitted(admitted.unbind())),
+            Err(e) => e
+                .into_inner()
+                .cast_into::<PyBytes>()
+                .ok()
+                .map(|b| FeedData::Bytes(b.unbind())),
+        };
+        *self.state.lock() = (held, 0);
     }
 
     fn clear(&self) {
@@ -1877,9 +2038,9 @@ fn unpickler_load<'py>(
     let feed = unpickler.getattr("_pickleguard_feed")?;
     let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
     let name = source_name(&file);
-    match admit_stream_inner(py, &read, &readline, buffers, None, name) {
+    match admit_stream_inner(py, &read, &readline, Some(&file), buffers, None, name) {
         Ok((data, feed_buffers, _)) => {
-            feed.get().set(&data);
+            feed.get().set(data.into_any());
             if let Some(b) = feed_buffers {
                 unpickler
                     .getattr("_pickleguard_buffer_feed")?
@@ -1931,7 +2092,7 @@ fn py_unpickler_load<'py>(
     let file = read.getattr("__self__").ok();
     let name = file.as_ref().and_then(source_name);
     let (data, feed_buffers, _) =
-        match admit_stream_inner(py, &read, &readline, buffers, None, name) {
+        match admit_stream_inner(py, &read, &readline, file.as_ref(), buffers, None, name) {
             Ok(found) => found,
             Err(e) => {
                 let options = PyDict::new(py);
@@ -1942,7 +2103,7 @@ fn py_unpickler_load<'py>(
             }
         };
     let feed = Bound::new(py, Feed::new())?;
-    feed.get().set(&data);
+    feed.get().set(data.into_any());
     unpickler.setattr("_file_read", feed.getattr("read")?)?;
     unpickler.setattr("_file_readline", feed.getattr("readline")?)?;
     if let Some(b) = feed_buffers {
@@ -2333,7 +2494,7 @@ fn load<'py>(
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
-    let admitted = admit_stream_inner(py, &read, &readline, buffers, None, name)
+    let admitted = admit_stream_inner(py, &read, &readline, Some(file), buffers, None, name)
         .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
     run_original(py, admitted, options)
 }
@@ -2363,8 +2524,16 @@ fn pinned_load<'py>(
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
-    let admitted = admit_stream_inner(py, &read, &readline, buffers, Some(sha256), name)
-        .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
+    let admitted = admit_stream_inner(
+        py,
+        &read,
+        &readline,
+        Some(file),
+        buffers,
+        Some(sha256),
+        name,
+    )
+    .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
     run_original(py, admitted, options)
 }
 
@@ -2464,6 +2633,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_unpickler_load, m)?)?;
     m.add_function(wrap_pyfunction!(install_backstop, m)?)?;
     m.add_class::<Feed>()?;
+    m.add_class::<AdmittedBytes>()?;
     m.add_function(wrap_pyfunction!(seal_type, m)?)?;
     m.add_function(wrap_pyfunction!(start_journal, m)?)?;
     m.add_function(wrap_pyfunction!(set_audit_log, m)?)?;

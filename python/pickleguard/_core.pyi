@@ -1,6 +1,7 @@
 """Type stubs for pickleguard's native core (built from src/python.rs)."""
 
 __all__ = [
+    "AdmittedBytes",
     "ArtifactScope",
     "Feed",
     "Grant",
@@ -102,6 +103,12 @@ def py_unpickler_find_class(unpickler: Any, module: Any, name: Any) -> Any: ...
 def unpickler_load(unpickler: Any) -> Any: ...
 def py_unpickler_load(unpickler: Any) -> Any: ...
 def install_backstop() -> None: ...
+
+@final
+class AdmittedBytes:
+    """Admitted pickle bytes read from a stream, lent read-only as a buffer."""
+
+    def __len__(self) -> int: ...
 
 @final
 class Feed:
