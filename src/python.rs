@@ -1815,15 +1815,20 @@ fn gate_part<'py>(
     })
 }
 
+/// The caller's keyword arguments but `buffers` (None when there are none), and
+/// `buffers`.
+type SplitOptions<'py> = (Option<Bound<'py, PyDict>>, Option<Bound<'py, PyAny>>);
+
 /// Split `buffers` out of the caller's keyword arguments; the rest pass through to
 /// the original untouched, so it validates them exactly as plain pickle does.
+/// No options at all (the common call) is `None`: no dict is built per load.
 fn split_kwargs<'py>(
     py: Python<'py>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<(Bound<'py, PyDict>, Option<Bound<'py, PyAny>>)> {
+) -> PyResult<SplitOptions<'py>> {
     let options = match kwargs {
         Some(k) if !k.is_empty() => k.copy()?,
-        _ => return Ok((PyDict::new(py), None)),
+        _ => return Ok((None, None)),
     };
     let buffers = options
         .get_item(pyo3::intern!(py, "buffers"))?
@@ -1831,20 +1836,25 @@ fn split_kwargs<'py>(
     if buffers.is_some() {
         options.del_item("buffers")?;
     }
-    Ok((options, buffers))
+    Ok((Some(options).filter(|o| !o.is_empty()), buffers))
 }
 
 fn run_original<'py>(
     py: Python<'py>,
     admitted: Result<AdmittedInput<'py>>,
-    options: Bound<'py, PyDict>,
+    mut options: Option<Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (feed, feed_buffers, uses_globals) = match admitted {
         Ok(found) => found,
-        Err(e) => return Err(explain(py, e, "c", &options)),
+        Err(e) => {
+            let options = options.unwrap_or_else(|| PyDict::new(py));
+            return Err(explain(py, e, "c", &options));
+        }
     };
     if let Some(b) = feed_buffers {
-        options.set_item("buffers", b)?;
+        options
+            .get_or_insert_with(|| PyDict::new(py))
+            .set_item("buffers", b)?;
     }
     let result = if uses_globals {
         // Through a subclass whose find_class admits each import in its own frame,
@@ -1858,15 +1868,14 @@ fn run_original<'py>(
             py.import("io")?.call_method1("BytesIO", (feed,))?
         };
         gate_part(py, &ADMITTED_UNPICKLER)?
-            .call((file,), Some(&options))?
+            .call((file,), options.as_ref())?
             .call_method0("load")
     } else {
         // No global to import, nothing to call: the plain C loads.
         let original = gate_part(py, &ORIGINAL_LOADS)?;
-        if options.is_empty() {
-            original.call1((feed,))
-        } else {
-            original.call((feed,), Some(&options))
+        match &options {
+            None => original.call1((feed,)),
+            Some(options) => original.call((feed,), Some(options)),
         }
     };
     clear_extension_cache(py);
