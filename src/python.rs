@@ -108,7 +108,59 @@ struct GrantState {
     owner: Owner,
     active: AtomicBool,
     /// Made by an admitted artifact for the loads inside it (see `admit_artifact`).
-    artifact: bool,
+    artifact: Option<Arc<AdmittedArtifact>>,
+}
+
+/// What an admitted artifact's grants cover: pickles whose bytes occur in the
+/// artifact, and (for a loader whose pickles cannot be delimited) pure-Python
+/// unpicklers reading from the verified stream the adapter made.
+#[derive(Debug)]
+struct AdmittedArtifact {
+    data: Py<PyBytes>,
+    stream: Option<Py<PyAny>>,
+    /// The loader reads the file itself (memory mapping, allowed only while no
+    /// layer enforces): any pure-Python unpickler's stream counts as verified.
+    any_stream: bool,
+    /// Every layer and deny scope in force when the block was entered.
+    lifted: Vec<LayerId>,
+}
+
+impl AdmittedArtifact {
+    fn contains(&self, py: Python<'_>, pickle: &[u8]) -> bool {
+        let data = self.data.bind(py).as_bytes();
+        let find = || memchr::memmem::find(data, pickle).is_some();
+        if data.len() >= DETACH_THRESHOLD {
+            py.detach(find)
+        } else {
+            find()
+        }
+    }
+
+    /// Whether `file`, or a file it reads from (a buffered reader's `raw`, a
+    /// decompressor's `_fp` or `fileobj`, a few levels down), is the verified
+    /// stream.
+    fn feeds(&self, py: Python<'_>, file: &Bound<'_, PyAny>) -> bool {
+        if self.any_stream {
+            return true;
+        }
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        let mut current = file.clone();
+        for _ in 0..4 {
+            if current.is(stream.bind(py)) {
+                return true;
+            }
+            let inner = ["raw", "_fp", "fileobj"]
+                .iter()
+                .find_map(|name| current.getattr(*name).ok().filter(|f| !f.is_none()));
+            match inner {
+                Some(inner) => current = inner,
+                None => return false,
+            }
+        }
+        false
+    }
 }
 
 /// The thread and asyncio task a grant belongs to. The task is compared by address,
@@ -238,9 +290,31 @@ fn current_owner(py: Python<'_>) -> PyResult<Owner> {
 struct ActiveScopes {
     scopes: Vec<LayerId>,
     grants: Vec<Arc<GrantState>>,
-    /// Inside the load of an admitted artifact: its nested loads are covered by the
-    /// artifact's entry and are not journaled on their own.
-    in_artifact: bool,
+    /// The admitted artifacts whose loads run in this thread or task.
+    artifacts: Vec<Arc<AdmittedArtifact>>,
+}
+
+impl ActiveScopes {
+    /// The admitted artifact, if any, that covers `pickle`: its bytes occur in it.
+    fn covering_artifact(&self, py: Python<'_>, pickle: &[u8]) -> Option<&Arc<AdmittedArtifact>> {
+        self.artifacts.iter().find(|a| a.contains(py, pickle))
+    }
+
+    /// The grants in force for a load: artifact grants only from `covering`.
+    fn grants_for<'a>(&'a self, covering: Option<&Arc<AdmittedArtifact>>) -> Vec<ActiveGrant<'a>> {
+        self.grants
+            .iter()
+            .filter(|g| match (&g.artifact, covering) {
+                (None, _) => true,
+                (Some(a), Some(c)) => Arc::ptr_eq(a, c),
+                (Some(_), None) => false,
+            })
+            .map(|g| ActiveGrant {
+                layer: g.layer,
+                only: g.only.as_ref(),
+            })
+            .collect()
+    }
 }
 
 fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
@@ -248,7 +322,7 @@ fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
     let mut active = ActiveScopes {
         scopes: Vec::new(),
         grants: Vec::new(),
-        in_artifact: false,
+        artifacts: Vec::new(),
     };
     let mut owner: Option<Owner> = None;
     for node in nodes {
@@ -262,7 +336,11 @@ fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
                     None => *owner.insert(current_owner(py)?),
                 };
                 if grant.owner == here {
-                    active.in_artifact |= grant.artifact;
+                    if let Some(artifact) = &grant.artifact {
+                        if !active.artifacts.iter().any(|a| Arc::ptr_eq(a, artifact)) {
+                            active.artifacts.push(artifact.clone());
+                        }
+                    }
                     active.grants.push(grant);
                 }
             }
@@ -401,7 +479,7 @@ impl Grant {
             only: this.only.clone(),
             owner: current_owner(py)?,
             active: AtomicBool::new(true),
-            artifact: false,
+            artifact: None,
         });
         push_node(py, ScopeNode::Grant(state.clone()))?;
         this.entered.lock().push(state);
@@ -481,14 +559,21 @@ fn allow_pickles(
 /// this thread or task only, the pickles the loader reads out of the artifact are
 /// covered by the artifact's entry. Raises NoPickleError otherwise.
 #[pyfunction]
-#[pyo3(signature = (data, source=None, loader=None, imports=None))]
+#[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false))]
 fn admit_artifact(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     source: Option<String>,
     loader: Option<String>,
     imports: Option<Vec<(String, bool)>>,
+    stream: Option<Bound<'_, PyAny>>,
+    any_stream: bool,
 ) -> PyResult<ArtifactScope> {
+    if any_stream && enforcing(py)? {
+        return Err(PickleGuardError::new_err(
+            "an artifact whose loader reads the file itself cannot be admitted while a layer enforces",
+        ));
+    }
     let bytes = snapshot_bytes(data)?;
     let imports = imports.unwrap_or_default();
     let load = Load {
@@ -501,6 +586,9 @@ fn admit_artifact(
     };
     judge(py, &load, None)?;
     Ok(ArtifactScope {
+        data: bytes.unbind(),
+        stream: stream.map(Bound::unbind),
+        any_stream,
         entered: Mutex::new(Vec::new()),
         used: AtomicBool::new(false),
     })
@@ -510,6 +598,10 @@ fn admit_artifact(
 /// entered once: the admission covers one load.
 #[pyclass(frozen, module = "pickleguard._core")]
 struct ArtifactScope {
+    /// The verified bytes, and the stream the adapter reads them through.
+    data: Py<PyBytes>,
+    stream: Option<Py<PyAny>>,
+    any_stream: bool,
     entered: Mutex<Vec<Vec<Arc<GrantState>>>>,
     used: AtomicBool,
 }
@@ -530,6 +622,13 @@ impl ArtifactScope {
         let mut layers: Vec<LayerId> = vec![0];
         layers.extend(PROCESS_LAYERS.read().iter().map(|l| l.id));
         layers.extend(active_scopes(py)?.scopes);
+        let this = slf.get();
+        let artifact = Arc::new(AdmittedArtifact {
+            data: this.data.clone_ref(py),
+            stream: this.stream.as_ref().map(|s| s.clone_ref(py)),
+            any_stream: this.any_stream,
+            lifted: layers.clone(),
+        });
         let grants: Vec<Arc<GrantState>> = layers
             .into_iter()
             .map(|layer| {
@@ -538,7 +637,7 @@ impl ArtifactScope {
                     only: None,
                     owner,
                     active: AtomicBool::new(true),
-                    artifact: true,
+                    artifact: Some(artifact.clone()),
                 })
             })
             .collect();
@@ -591,7 +690,7 @@ fn journaling() -> bool {
 /// Whether this thread or task is inside an admitted artifact's with-block.
 #[pyfunction]
 fn in_artifact(py: Python<'_>) -> PyResult<bool> {
-    Ok(active_scopes(py)?.in_artifact)
+    Ok(!active_scopes(py)?.artifacts.is_empty())
 }
 
 /// Open a deny scope in this thread or task and return its token.
@@ -1256,14 +1355,14 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
     if layers.is_empty() && scopes.scopes.is_empty() && journal.is_none() {
         return Ok(log_allowed(py, load, &mut ids)?);
     }
-    let grants: Vec<ActiveGrant<'_>> = scopes
-        .grants
-        .iter()
-        .map(|g| ActiveGrant {
-            layer: g.layer,
-            only: g.only.as_ref(),
-        })
-        .collect();
+    // Inside an admitted artifact, a pickle is covered by its entry only if the
+    // pickle's bytes are part of the artifact; anything else the loader reads (a
+    // file next to it, a cache) is judged like any load.
+    let covering = match load.kind {
+        Kind::Pickle if !scopes.artifacts.is_empty() => scopes.covering_artifact(py, load.data),
+        _ => None,
+    };
+    let grants = scopes.grants_for(covering);
     let mut stack = || call_stack(py);
     let mut frames = LazyFrames::new(&mut stack);
     let decision: Decision = decide(
@@ -1274,7 +1373,7 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
         &mut ids,
         &mut frames,
     );
-    if decision.allowed() && !scopes.in_artifact {
+    if decision.allowed() && covering.is_none() {
         if let Some(journal) = journal {
             journal.record(load, &mut ids, frames.get());
         }
@@ -1562,21 +1661,28 @@ struct PyFileSource<'a, 'py> {
 /// Reads of at least this many bytes go through `readinto` when it is trusted.
 const READINTO_FROM: usize = 1 << 16;
 
-/// `type(file).readinto` when `file` is exactly an `io.BufferedReader`, `io.FileIO`
-/// or `io.BytesIO` whose `read` is its own: their C `readinto` writes into the
-/// buffer it is given and keeps no reference to it, so it may write into memory
-/// this module owns (and will hash). Any other file, which could keep the buffer
-/// and change the bytes after they were judged, is read with `read` alone.
+/// `type(file).readinto` when `file` is exactly an `io.FileIO`, an `io.BytesIO`, or
+/// an `io.BufferedReader` over exactly an `io.FileIO` (what `open(path, "rb")`
+/// returns), and its `read` is its own. Their C `readinto` writes into the buffer
+/// it is given and keeps no reference to it, so it may write into memory this
+/// module owns (and will hash). Any other file is read with `read` alone: its
+/// `readinto` (or, for a BufferedReader, its raw stream's) could keep the view
+/// and change the bytes after they were judged.
 fn trusted_readinto<'py>(
     file: &Bound<'py, PyAny>,
     read: &Bound<'py, PyAny>,
 ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let py = file.py();
     let io = py.import("io").ok()?;
-    let file_type = file.get_type();
-    let trusted = ["BufferedReader", "FileIO", "BytesIO"]
-        .iter()
-        .any(|name| io.getattr(*name).is_ok_and(|t| t.is(&file_type)));
+    let is_exactly = |object: &Bound<'py, PyAny>, name: &str| {
+        io.getattr(name).is_ok_and(|t| t.is(object.get_type()))
+    };
+    let trusted = is_exactly(file, "FileIO")
+        || is_exactly(file, "BytesIO")
+        || (is_exactly(file, "BufferedReader")
+            && file
+                .getattr("raw")
+                .is_ok_and(|raw| is_exactly(&raw, "FileIO")));
     let own_read = read.is_instance_of::<pyo3::types::PyCFunction>()
         && read.getattr("__self__").is_ok_and(|s| s.is(file))
         && read
@@ -1585,7 +1691,7 @@ fn trusted_readinto<'py>(
     if !(trusted && own_read) {
         return None;
     }
-    Some((file_type.getattr("readinto").ok()?, file.clone()))
+    Some((file.get_type().getattr("readinto").ok()?, file.clone()))
 }
 
 /// Call `readinto(file, view)` with `view` over the spare capacity of `out`, for up
@@ -2072,6 +2178,26 @@ fn unpickler_load<'py>(
     }
 }
 
+/// Whether this pure-Python load reads (through `read`, perhaps via a decompressor)
+/// the verified stream of an admitted artifact whose grants still lift every
+/// layer and deny scope in force: nothing was added inside the block that the
+/// artifact's admission did not see.
+fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let scopes = active_scopes(py)?;
+    if scopes.artifacts.is_empty() {
+        return Ok(false);
+    }
+    let Ok(file) = read.getattr("__self__") else {
+        return Ok(false);
+    };
+    let layers = PROCESS_LAYERS.read().clone();
+    Ok(scopes.artifacts.iter().any(|artifact| {
+        artifact.feeds(py, &file)
+            && layers.iter().all(|l| artifact.lifted.contains(&l.id))
+            && scopes.scopes.iter().all(|s| artifact.lifted.contains(s))
+    }))
+}
+
 /// `pickle._Unpickler.load`, patched on the class: admit one pickle from the
 /// instance's file, swap in a private feed holding it, run the original `load`.
 #[pyfunction]
@@ -2087,7 +2213,7 @@ fn py_unpickler_load<'py>(
         // Not initialised: the original raises its own error, reading nothing.
         return original.call1((unpickler,));
     };
-    if active_scopes(py)?.in_artifact {
+    if reads_admitted_stream(py, &read)? {
         // A pickle inside an admitted artifact, which its entry covers: joblib
         // interleaves raw array bytes with the opcodes, so it cannot be delimited.
         let result = {

@@ -95,8 +95,17 @@ def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
     return list(dict.fromkeys(found))
 
 
-def _admit(data: bytes, source: Optional[str], loader: str) -> Any:
-    return _core.admit_artifact(data, source=source, loader=loader, imports=_artifact_imports(data))
+def _admit(
+    data: bytes, source: Optional[str], loader: str, stream: Any = None, any_stream: bool = False
+) -> Any:
+    return _core.admit_artifact(
+        data,
+        source=source,
+        loader=loader,
+        imports=_artifact_imports(data),
+        stream=stream,
+        any_stream=any_stream,
+    )
 
 
 def _refuse_mapping(loader: str, option: str, alternative: str) -> None:
@@ -120,10 +129,12 @@ def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
     if found is None:
         return call(file)
     data, source, file_object = found
-    with _admit(data, source, loader):
-        verified = io.BytesIO(data)
-        if source is not None:
-            verified.name = source
+    verified = io.BytesIO(data)
+    if source is not None:
+        verified.name = source
+    # The pickles the loader reads out of `verified` are covered by the entry;
+    # anything else it loads meanwhile (a file next to it) is judged on its own.
+    with _admit(data, source, loader, stream=verified):
         try:
             return call(verified)
         finally:
@@ -140,7 +151,8 @@ def _load_mapped(
     found = _read_whole(path)
     assert found is not None
     data, source, _ = found
-    with _admit(data, source, loader):
+    # Not enforcing (refused above otherwise): the loader opens the file itself.
+    with _admit(data, source, loader, any_stream=True):
         return call()
 
 
@@ -190,9 +202,8 @@ def _gate_weights_only_unpickler() -> None:
     original_load = unpickler.load
 
     def load(self: Any) -> Any:
-        if _core.in_artifact():
-            return original_load(self)
-        # Judged like any pickle, then run on exactly the verified bytes.
+        # Judged like any pickle (inside an admitted checkpoint, its bytes are
+        # found in the checkpoint's), then run on exactly the verified bytes.
         data, _ = _core.admit_stream(self.read, self.readline)
         read, readline = self.read, self.readline
         verified = io.BytesIO(data)

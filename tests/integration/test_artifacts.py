@@ -295,3 +295,81 @@ def test_record_flags_risky_imports_inside_a_checkpoint(project):
     assert "# RISKY imports, review before trusting: posix.mkdir" in manifest
     assert "torch._utils._rebuild_tensor_v2" in manifest  # the legacy file's pickles
     assert "RISKY" in result.stderr
+
+
+def test_files_a_pinned_artifact_loads_from_elsewhere_are_judged_on_their_own(project):
+    """joblib's old format names an array file next to the pickle, which numpy may
+    read with pickle: it is not part of the pinned bytes, so the artifact's entry
+    does not cover it."""
+    write(
+        project / "old.py",
+        """
+        import os, pickle, sys
+        import numpy as np
+        from joblib.numpy_pickle_compat import NDArrayWrapper
+
+        class Boom:
+            def __reduce__(self):
+                return (os.mkdir, ("PWNED",))
+
+        if sys.argv[1] == "make":
+            np.save("old.pkl_01.npy", np.arange(5))
+            with open("old.pkl", "wb") as f:
+                pickle.dump({"w": NDArrayWrapper("old.pkl_01.npy", np.ndarray)}, f, protocol=2)
+        elif sys.argv[1] == "swap":
+            with open("old.pkl_01.npy", "wb") as f:
+                pickle.dump(Boom(), f)
+        else:
+            import joblib
+            print(joblib.load("old.pkl"))
+        """,
+    )
+    assert run([PY, "old.py", "make"], project).returncode == 0
+    assert run([PY, "old.py", "swap"], project).returncode == 0
+    fired = run([PY, "old.py", "load"], project)
+    assert (project / "PWNED").exists(), fired.stderr
+    (project / "PWNED").rmdir()
+    digest = sha256sum(project / "old.pkl")
+    (project / "old.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    refused = pg("run", "--manifest", "old.toml", "--", PY, "old.py", "load", cwd=project)
+    assert refused.returncode != 0
+    assert "NoPickleError" in refused.stderr
+    assert not (project / "PWNED").exists()
+
+
+def test_code_running_inside_an_artifact_load_cannot_load_other_bytes(project):
+    """Inside a pinned checkpoint's load, bytes that are not part of the checkpoint
+    are judged as usual, through the C and the pure-Python unpicklers, and a
+    no_pickles() scope opened there still applies."""
+    write(
+        project / "inside.py",
+        """
+        import io, os, pickle, torch, pickleguard
+
+        class Boom:
+            def __reduce__(self):
+                return (os.mkdir, ("PWNED",))
+
+        payload = pickle.dumps(Boom())
+        original = torch.serialization._load
+
+        def hooked(*args, **kwargs):
+            with pickleguard.no_pickles():
+                for load in (pickle.loads, pickle._loads):
+                    try:
+                        load(payload)
+                        print("loaded")
+                    except pickleguard.NoPickleError as e:
+                        print("refused", e.code)
+            return original(*args, **kwargs)
+
+        torch.serialization._load = hooked
+        pickleguard.activate("pickleguard.toml")
+        print(type(torch.load("ckpt.pt")).__name__)
+        """,
+    )
+    recorded(project)
+    result = run([PY, "inside.py"], project)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["refused not-listed"] * 2 + ["dict"]
+    assert not (project / "PWNED").exists()

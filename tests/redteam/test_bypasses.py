@@ -360,3 +360,68 @@ with grant({pickleguard.identify(EXT_REFERENCE)!r}):
     assert result["first"] in ("EOFError", "UnpicklingError"), result
     assert result["outcome"] == "loaded", result
     assert result["allowed"] == control["allowed"] == "<built-in function mkdir>", result
+
+
+# Technique: a file object whose raw stream keeps the buffer it is asked to fill,
+# then rewrites the listed pickle's frame after it was hashed and before it runs.
+# The gate reads straight into its own buffer only for io's own C file types over
+# a real file; a BufferedReader over any other raw stream is read with read().
+RAW_KEEPS_THE_VIEW = r"""
+import io, os, struct, sys, threading, time, pickle, hashlib
+sentinel = sys.argv[1]
+body = b"ccollections\nOrderedDict\n)R" + b"X" + struct.pack("<I", 70000) + b"A" * 70000 + b"\x86."
+listed = b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body
+evil = b"cos\nmkdir\n(" + b"X" + struct.pack("<I", len(sentinel)) + sentinel.encode() + b"tR."
+evil_body = evil + b"\0" * (len(body) - len(evil))
+open("m.toml", "w").write(
+    f'version = 1\n[[pickle]]\nsha256 = "{hashlib.sha256(listed).hexdigest()}"\n'
+)
+if sys.argv[2] == "guard":
+    import pickleguard
+    pickleguard.activate("m.toml")
+
+class Raw(io.RawIOBase):
+    def __init__(self):
+        self.pos = 0
+        self.kept = None
+        self.go = threading.Event()
+        threading.Thread(target=self.rewrite, daemon=True).start()
+    def readable(self):
+        return True
+    def readinto(self, b):
+        n = 11 if self.pos == 0 else min(len(b), len(listed) - self.pos)
+        b[:n] = listed[self.pos:self.pos + n]
+        if n > 60000:
+            self.kept = b
+            self.go.set()
+        self.pos += n
+        return n
+    def rewrite(self):
+        self.go.wait()
+        time.sleep(0.0005)
+        try:
+            self.kept[: len(evil_body)] = evil_body
+        except Exception:
+            pass
+
+try:
+    pickle.load(io.BufferedReader(Raw(), buffer_size=8192))
+except Exception:
+    pass
+"""
+
+
+def test_a_raw_stream_that_keeps_the_read_buffer_cannot_rewrite_the_pickle(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "raw.py"
+    script.write_text(RAW_KEEPS_THE_VIEW)
+    sentinel = tmp_path / "PWNED"
+    # The race: it fired in 15 of 20 runs against the gate that trusted any
+    # BufferedReader; here it must never fire.
+    for _ in range(10):
+        subprocess.run(
+            [sys.executable, str(script), str(sentinel), "guard"], cwd=tmp_path, timeout=60
+        )
+        assert not sentinel.exists()
