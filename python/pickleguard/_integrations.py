@@ -79,7 +79,7 @@ def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
                 for name in archive.namelist():
                     if name.endswith(".pkl"):
                         found += _core.imports(archive.read(name))
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except Exception:  # a damaged or unusual archive: the loader will say so
             return None
     else:
         offset = 0
@@ -179,7 +179,7 @@ def _patch_torch(torch: Any) -> None:
     original = serialization.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("mmap") and _is_path(f):
+        if _maps(kwargs.get("mmap")) and _is_path(f):
             return _load_mapped(
                 "torch.load",
                 "mmap=True",
@@ -192,6 +192,15 @@ def _patch_torch(torch: Any) -> None:
 
     _replace_load(original, load, serialization, torch)
     _gate_weights_only_unpickler()
+
+
+def _maps(mmap: Any) -> bool:
+    """Whether torch.load will map the file: `mmap=True`, or `mmap=None` with torch's
+    own default (`torch.utils.serialization.config.load.mmap`) set."""
+    if mmap is not None:
+        return bool(mmap)
+    config = sys.modules.get("torch.utils.serialization.config")
+    return bool(getattr(getattr(config, "load", None), "mmap", False))
 
 
 def _gate_weights_only_unpickler() -> None:

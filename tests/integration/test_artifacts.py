@@ -373,3 +373,22 @@ def test_code_running_inside_an_artifact_load_cannot_load_other_bytes(project):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["refused not-listed"] * 2 + ["dict"]
     assert not (project / "PWNED").exists()
+
+
+def test_torch_default_mmap_setting_is_treated_as_mmap(project):
+    """torch.utils.serialization.config.load.mmap = True makes torch.load map the
+    file when mmap is not given: refused while enforcing, like mmap=True."""
+    write(
+        project / "config_mmap.py",
+        """
+        import torch
+        from torch.utils.serialization import config
+        config.load.mmap = True
+        print(type(torch.load("ckpt.pt")).__name__)
+        """,
+    )
+    result = pg("record", "-o", "c.toml", "--", PY, "config_mmap.py", cwd=project)
+    assert result.returncode == 0, result.stderr
+    refused = pg("run", "--manifest", "c.toml", "--", PY, "config_mmap.py", cwd=project)
+    assert refused.returncode != 0
+    assert "torch.load with mmap=True is refused" in refused.stderr
