@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import site
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 from typing import Callable, Optional
@@ -64,6 +66,18 @@ def assert_fires(payload: bytes, sentinel: Path) -> None:
     )
     assert sentinel.exists(), "the payload must fire without the guard"
     sentinel.rmdir()
+
+
+@pytest.fixture
+def wheel_installed() -> None:
+    """Fail (never skip) unless pickleguard's .pth file is installed: the tests that
+    use this start processes that only the .pth file activates."""
+    dirs = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    if not any((Path(d) / "00-pickleguard.pth").exists() for d in dirs):
+        pytest.fail(
+            "00-pickleguard.pth is not installed: install pickleguard from its wheel "
+            "(pip install . or .ci/run), not in editable mode, to run these tests"
+        )
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ import json
 import os
 import pickle
 import re
-import site
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -24,18 +22,7 @@ from conftest import REPO, assert_fires, hostile, write_manifest
 PIPELINE = REPO / "examples" / "pipeline"
 
 
-def _pth_installed() -> bool:
-    dirs = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
-    return any((Path(d) / "00-pickleguard.pth").exists() for d in dirs)
-
-
-@pytest.fixture(autouse=True)
-def require_wheel_install() -> None:
-    if not _pth_installed():
-        pytest.fail(
-            "00-pickleguard.pth is not installed: install pickleguard from its wheel "
-            "(pip install . or .ci/run), not in editable mode, to run these tests"
-        )
+pytestmark = pytest.mark.usefixtures("wheel_installed")
 
 
 def clean_env(**settings: str) -> Dict[str, str]:

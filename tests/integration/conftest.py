@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +29,9 @@ import pytest
 MANIFEST = "pickleguard.toml"
 
 
-def _pth_installed() -> bool:
-    dirs = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
-    return any((Path(d) / "00-pickleguard.pth").exists() for d in dirs)
-
-
 @pytest.fixture(autouse=True)
-def require_wheel_install() -> None:
-    if not _pth_installed():
-        pytest.fail(
-            "00-pickleguard.pth is not installed: install pickleguard from its wheel "
-            "(pip install . or .ci/run), not in editable mode, to run these tests"
-        )
+def _needs_the_wheel(wheel_installed: None) -> None:
+    """Every test here runs processes that pickleguard's .pth file activates."""
 
 
 def clean_env() -> Dict[str, str]:

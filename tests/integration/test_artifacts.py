@@ -344,13 +344,16 @@ def test_code_running_inside_an_artifact_load_cannot_load_other_bytes(project):
     write(
         project / "inside.py",
         """
-        import io, os, pickle, torch, pickleguard
+        import io, os, pickle, sys, torch, pickleguard
 
         class Boom:
             def __reduce__(self):
                 return (os.mkdir, ("PWNED",))
 
         payload = pickle.dumps(Boom())
+        if sys.argv[1:] == ["plain"]:  # the payload fires without the guard
+            pickle.loads(payload)
+            raise SystemExit
         original = torch.serialization._load
 
         def hooked(*args, **kwargs):
@@ -369,6 +372,9 @@ def test_code_running_inside_an_artifact_load_cannot_load_other_bytes(project):
         """,
     )
     recorded(project)
+    assert run([PY, "inside.py", "plain"], project).returncode == 0
+    assert (project / "PWNED").exists()
+    (project / "PWNED").rmdir()
     result = run([PY, "inside.py"], project)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["refused not-listed"] * 2 + ["dict"]

@@ -415,9 +415,15 @@ def test_a_raw_stream_that_keeps_the_read_buffer_cannot_rewrite_the_pickle(tmp_p
     import subprocess
     import sys
 
+    from conftest import assert_fires as fires_without_the_guard
+
     script = tmp_path / "raw.py"
     script.write_text(RAW_KEEPS_THE_VIEW)
     sentinel = tmp_path / "PWNED"
+    # The rewrite's opcodes fire when loaded without the guard.
+    path = str(sentinel).encode()
+    evil = b"cos\nmkdir\n(X" + struct.pack("<I", len(path)) + path + b"tR."
+    fires_without_the_guard(evil, sentinel)
     # The race: it fired in 15 of 20 runs against the gate that trusted any
     # BufferedReader; here it must never fire.
     for _ in range(10):
