@@ -224,11 +224,14 @@ pub fn to_hex(digest: &Digest) -> String {
     hex::encode(digest)
 }
 
+/// Digests already computed, indexed by `Algorithm::index`.
+pub type KnownDigests = [Option<Digest>; 2];
+
 /// The identities of one payload, each computed at most once and only when a rule
 /// asks for it: a load pays for a second hash only if the first did not decide.
 pub struct Identities<'f> {
     compute: &'f mut dyn FnMut(Algorithm) -> Digest,
-    known: [Option<Digest>; 2],
+    known: KnownDigests,
 }
 
 impl<'f> Identities<'f> {
@@ -237,6 +240,17 @@ impl<'f> Identities<'f> {
             compute,
             known: [None, None],
         }
+    }
+
+    /// Identities of which some are known already: `known[algorithm.index()]`,
+    /// from an earlier look at the same bytes.
+    pub fn seeded(compute: &'f mut dyn FnMut(Algorithm) -> Digest, known: KnownDigests) -> Self {
+        Identities { compute, known }
+    }
+
+    /// What has been computed so far, to seed a later look at the same bytes.
+    pub fn computed(&self) -> KnownDigests {
+        self.known
     }
 
     pub fn get(&mut self, algorithm: Algorithm) -> Id {
@@ -371,9 +385,9 @@ mod tests {
 
     #[test]
     fn identities_are_computed_once_and_on_demand() {
-        let mut calls = Vec::new();
+        let calls = std::cell::RefCell::new(Vec::new());
         let mut compute = |a: Algorithm| {
-            calls.push(a);
+            calls.borrow_mut().push(a);
             digest(a, b"x")
         };
         let mut ids = Identities::new(&mut compute);
@@ -381,6 +395,12 @@ mod tests {
         let first = ids.get(Algorithm::Blake3);
         assert_eq!(ids.get(Algorithm::Blake3), first);
         assert_eq!(ids.lookup_order(), [Algorithm::Blake3, Algorithm::Sha256]);
-        assert_eq!(calls, [Algorithm::Blake3]);
+        assert_eq!(*calls.borrow(), [Algorithm::Blake3]);
+        let known = ids.computed();
+        let mut again = Identities::seeded(&mut compute, known);
+        assert_eq!(again.get(Algorithm::Blake3), first);
+        assert_eq!(again.lookup_order(), [Algorithm::Blake3, Algorithm::Sha256]);
+        again.get(Algorithm::Sha256);
+        assert_eq!(*calls.borrow(), [Algorithm::Blake3, Algorithm::Sha256]);
     }
 }

@@ -13,7 +13,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString};
 
-use crate::identity::{digest_with_buffers, to_hex, Algorithm, Digest, Id, Identities};
+use crate::identity::{
+    digest_with_buffers, to_hex, Algorithm, Digest, Id, Identities, KnownDigests,
+};
 use crate::manifest::{Kind, Manifest, ManifestError as CoreManifestError};
 use crate::policy::{
     decide, ActiveGrant, CallStack, Decision, LayerId, LazyFrames, Mode, ProcessLayer, Reason,
@@ -583,6 +585,7 @@ fn admit_artifact(
         source,
         loader: loader.as_deref(),
         artifact_imports: &imports,
+        known: [None, None],
     };
     judge(py, &load, None)?;
     Ok(ArtifactScope {
@@ -1303,6 +1306,8 @@ struct Load<'a> {
     /// For artifacts: the globals its pickles import, found by the adapter, with
     /// whether each is risky (for the journal, so `record` can flag them).
     artifact_imports: &'a [(String, bool)],
+    /// Digests of exactly these bytes already computed by a first look.
+    known: KnownDigests,
 }
 
 impl<'a> Load<'a> {
@@ -1314,7 +1319,13 @@ impl<'a> Load<'a> {
             source,
             loader: None,
             artifact_imports: &[],
+            known: [None, None],
         }
+    }
+
+    fn knowing(mut self, known: KnownDigests) -> Self {
+        self.known = known;
+        self
     }
 
     fn size(&self) -> usize {
@@ -1325,7 +1336,7 @@ impl<'a> Load<'a> {
 /// Apply the call-site pin, then every layer; log; journal; refuse or return.
 fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
     let mut compute = |algorithm| hash(py, algorithm, load.data, load.buffers);
-    let mut ids = Identities::new(&mut compute);
+    let mut ids = Identities::seeded(&mut compute, load.known);
     if let Some(pin) = pin {
         let expected = Id::parse(pin)
             .map_err(|e| GuardError::Py(PyValueError::new_err(format!("pin: {e}"))))?;
@@ -1397,6 +1408,58 @@ fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
         return Err(GuardError::Denied(Box::new(d)));
     }
     Ok(())
+}
+
+/// Inputs at least this long get a first look by the hash of the whole input.
+/// Below it, delimiting costs less than the admitted unpickler that a load
+/// admitted this way runs through (it cannot know whether the pickle names
+/// globals without delimiting it).
+const WHOLE_LOOK_FROM: usize = 4096;
+
+/// What a first look at a whole input found.
+enum WholeLook {
+    /// Allowed as it is, by every layer and scope, with nothing to report.
+    Allowed,
+    /// Not decided this way: delimit and judge the pickle. The digests of the
+    /// whole input, if it turns out to be exactly the pickle.
+    Judge(KnownDigests),
+}
+
+/// Decide `data` as though it were exactly one pickle, without delimiting it and
+/// with no side effect. Every pin and manifest entry is the hash of exactly one
+/// pickle, so a listed hash of the whole input means the input is that pickle, and
+/// the unpickler consumes it whole: the identity is the same as delimiting gives.
+/// (Were an entry the hash of a pickle followed by other bytes, the unpickler
+/// would still run only bytes the entry names.) Anything short of a plain allow
+/// (a refusal, a warning, a journal to write, a load inside an artifact) goes the
+/// delimiting way, which decides, reports and records with the exact identity.
+fn whole_look(py: Python<'_>, data: &[u8]) -> PyResult<WholeLook> {
+    if JOURNAL.get().is_some() {
+        return Ok(WholeLook::Judge([None, None]));
+    }
+    let layers = PROCESS_LAYERS.read().clone();
+    let scopes = active_scopes(py)?;
+    if (layers.is_empty() && scopes.scopes.is_empty()) || !scopes.artifacts.is_empty() {
+        return Ok(WholeLook::Judge([None, None]));
+    }
+    let mut compute = |algorithm| hash(py, algorithm, data, &[]);
+    let mut ids = Identities::new(&mut compute);
+    let grants = scopes.grants_for(None);
+    let mut stack = || call_stack(py);
+    let mut frames = LazyFrames::new(&mut stack);
+    let decision = decide(
+        &layers,
+        &scopes.scopes,
+        &grants,
+        Kind::Pickle,
+        &mut ids,
+        &mut frames,
+    );
+    if !decision.refusals.is_empty() {
+        return Ok(WholeLook::Judge(ids.computed()));
+    }
+    log_allowed(py, &Load::pickle(data, &[], None), &mut ids)?;
+    Ok(WholeLook::Allowed)
 }
 
 // ---------------------------------------------------------------------------
@@ -1625,6 +1688,13 @@ fn admit_bytes<'py>(
 ) -> Result<AdmittedInput<'py>> {
     let bytes = snapshot_bytes(data)?;
     let raw = bytes.as_bytes();
+    let mut whole = [None, None];
+    if raw.len() >= WHOLE_LOOK_FROM && buffers.is_none() && sha256.is_none() {
+        match whole_look(py, raw)? {
+            WholeLook::Allowed => return Ok((bytes.into_any(), None, true)),
+            WholeLook::Judge(known) => whole = known,
+        }
+    }
     let extent = match reader::delimit(raw) {
         Ok(extent) => extent,
         // Nothing to run: let the real unpickler raise its own EOFError.
@@ -1639,7 +1709,14 @@ fn admit_bytes<'py>(
     let pickle = &raw[..extent.len];
     let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let slices = as_slices(&taken);
-    judge(py, &Load::pickle(pickle, &slices, None), sha256)?;
+    if extent.len < raw.len() || !slices.is_empty() {
+        whole = [None, None];
+    }
+    judge(
+        py,
+        &Load::pickle(pickle, &slices, None).knowing(whole),
+        sha256,
+    )?;
     let feed = if extent.len == raw.len() {
         bytes.into_any()
     } else {
@@ -1757,9 +1834,80 @@ impl Source for PyFileSource<'_, '_> {
     }
 }
 
+/// Files up to this size get a first look by the hash of the whole file.
+const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
+
+/// The whole of a file of io's own types (see `trusted_readinto`) whose position
+/// is at its start, for a first look (see `whole_look`); `None`, with the file
+/// where it was, for any other. Only at the start, so a file of many pickles
+/// costs one look that finds nothing, not one per pickle.
+fn read_whole_file(
+    file: &Bound<'_, PyAny>,
+    readinto: &Bound<'_, PyAny>,
+) -> PyResult<Option<Vec<u8>>> {
+    // The type's own methods: the file is exactly one of io's types, but an
+    // attribute set on the instance could shadow a method.
+    let method = |name: &str| file.get_type().getattr(name);
+    if !method("seekable")?.call1((file,))?.is_truthy()?
+        || method("tell")?.call1((file,))?.extract::<u64>()? != 0
+    {
+        return Ok(None);
+    }
+    let end: u64 = method("seek")?.call1((file, 0, 2))?.extract()?;
+    method("seek")?.call1((file, 0))?;
+    let size = usize::try_from(end).unwrap_or(usize::MAX);
+    if !(WHOLE_LOOK_FROM..=WHOLE_FILE_LOOK_UP_TO).contains(&size) {
+        return Ok(None);
+    }
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        if read_into_vec(readinto, file, size - data.len(), &mut data)? == 0 {
+            break;
+        }
+    }
+    if data.len() != size {
+        // It shrank meanwhile: read it the ordinary way.
+        method("seek")?.call1((file, 0))?;
+        return Ok(None);
+    }
+    Ok(Some(data))
+}
+
+/// A file whose whole contents were admitted at once: after the load, its
+/// position goes back to right after what the unpickler read, as plain pickle
+/// leaves it.
+struct Rewind<'py> {
+    file: Bound<'py, PyAny>,
+    len: usize,
+}
+
+impl Rewind<'_> {
+    fn after(&self, consumed: usize) -> PyResult<()> {
+        if consumed < self.len {
+            self.file
+                .get_type()
+                .getattr("seek")?
+                .call1((&self.file, consumed))?;
+        }
+        Ok(())
+    }
+}
+
+/// One pickle admitted from a stream.
+struct AdmittedStream<'py> {
+    /// The verified bytes (empty at end of stream, so the real unpickler raises
+    /// its own EOFError).
+    data: Bound<'py, AdmittedBytes>,
+    /// The buffers iterator to pass with them.
+    buffers: Option<Bound<'py, PyAny>>,
+    /// Whether the pickle names globals (true when not known).
+    uses_globals: bool,
+    rewind: Option<Rewind<'py>>,
+}
+
 /// Admit one pickle read from a stream through its `read` and `readline` callables.
-/// Returns the verified bytes (empty at end of stream, so the real unpickler raises
-/// its own EOFError) and the buffers iterator to pass with them.
+/// With `look_whole`, a file of io's own types at its start is first judged whole.
+#[allow(clippy::too_many_arguments)]
 fn admit_stream_inner<'py>(
     py: Python<'py>,
     read: &Bound<'py, PyAny>,
@@ -1768,18 +1916,50 @@ fn admit_stream_inner<'py>(
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
     source_name: Option<String>,
-) -> Result<(Bound<'py, AdmittedBytes>, Option<Bound<'py, PyAny>>, bool)> {
+    look_whole: bool,
+) -> Result<AdmittedStream<'py>> {
+    let readinto = file.and_then(|f| trusted_readinto(f, read));
+    let mut whole = [None, None];
+    let mut whole_len = None;
+    if let (Some(file), Some((readinto, _)), true, None, None) =
+        (file, &readinto, look_whole, &buffers, sha256)
+    {
+        if let Some(data) = read_whole_file(file, readinto)? {
+            match whole_look(py, &data)? {
+                WholeLook::Allowed => {
+                    let len = data.len();
+                    return Ok(AdmittedStream {
+                        data: Bound::new(py, AdmittedBytes { data })?,
+                        buffers: None,
+                        uses_globals: true,
+                        rewind: Some(Rewind {
+                            file: file.clone(),
+                            len,
+                        }),
+                    });
+                }
+                WholeLook::Judge(known) => {
+                    file.get_type().getattr("seek")?.call1((file, 0))?;
+                    (whole, whole_len) = (known, Some(data.len()));
+                }
+            }
+        }
+    }
     let mut source = PyFileSource {
         read,
         readline,
-        readinto: file.and_then(|f| trusted_readinto(f, read)),
+        readinto,
     };
     let mut pickle = Vec::new();
     let extent = match reader::read_one_into(&mut source, &mut pickle) {
         Ok(extent) => extent,
         Err(ReadError::Empty) => {
-            let empty = Bound::new(py, AdmittedBytes { data: Vec::new() })?;
-            return Ok((empty, buffers, false));
+            return Ok(AdmittedStream {
+                data: Bound::new(py, AdmittedBytes { data: Vec::new() })?,
+                buffers,
+                uses_globals: false,
+                rewind: None,
+            });
         }
         Err(ReadError::Source(e)) => return Err(e.into()),
         Err(error) => {
@@ -1791,9 +1971,17 @@ fn admit_stream_inner<'py>(
     };
     let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let slices = as_slices(&taken);
-    judge(py, &Load::pickle(&pickle, &slices, source_name), sha256)?;
-    let admitted = Bound::new(py, AdmittedBytes { data: pickle })?;
-    Ok((admitted, feed_buffers, extent.uses_globals))
+    if whole_len != Some(pickle.len()) || !slices.is_empty() {
+        whole = [None, None];
+    }
+    let load = Load::pickle(&pickle, &slices, source_name).knowing(whole);
+    judge(py, &load, sha256)?;
+    Ok(AdmittedStream {
+        data: Bound::new(py, AdmittedBytes { data: pickle })?,
+        buffers: feed_buffers,
+        uses_globals: extent.uses_globals,
+        rewind: None,
+    })
 }
 
 /// The bytes of a pickle admitted from a stream, kept as read (no copy into a
@@ -1852,10 +2040,18 @@ fn admit_stream<'py>(
     file: Option<Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
     let name = file.as_ref().and_then(source_name);
-    let (admitted, feed_buffers, _) =
-        admit_stream_inner(py, read, readline, file.as_ref(), buffers, sha256, name)?;
-    let data = PyBytes::new(py, &admitted.get().data);
-    Ok((data, feed_buffers))
+    let admitted = admit_stream_inner(
+        py,
+        read,
+        readline,
+        file.as_ref(),
+        buffers,
+        sha256,
+        name,
+        false,
+    )?;
+    let data = PyBytes::new(py, &admitted.data.get().data);
+    Ok((data, admitted.buffers))
 }
 
 /// The name of the file a pickle is read from, for the journal and the audit log
@@ -1949,6 +2145,7 @@ fn run_original<'py>(
     py: Python<'py>,
     admitted: Result<AdmittedInput<'py>>,
     mut options: Option<Bound<'py, PyDict>>,
+    rewind: Option<Rewind<'py>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (feed, feed_buffers, uses_globals) = match admitted {
         Ok(found) => found,
@@ -1966,16 +2163,22 @@ fn run_original<'py>(
         // Through a subclass whose find_class admits each import in its own frame,
         // so no other unpickler started meanwhile counts as admitted. Bytes read
         // from a stream are fed without a copy (BytesIO copies all but `bytes`).
-        let file = if feed.is_instance_of::<AdmittedBytes>() {
+        if feed.is_instance_of::<AdmittedBytes>() {
             let holder = Bound::new(py, Feed::new())?;
             holder.get().set(feed);
-            holder.into_any()
+            let result = gate_part(py, &ADMITTED_UNPICKLER)?
+                .call((&holder,), options.as_ref())?
+                .call_method0("load");
+            if let Some(rewind) = &rewind {
+                rewind.after(holder.get().consumed())?;
+            }
+            result
         } else {
-            py.import("io")?.call_method1("BytesIO", (feed,))?
-        };
-        gate_part(py, &ADMITTED_UNPICKLER)?
-            .call((file,), options.as_ref())?
-            .call_method0("load")
+            let file = py.import("io")?.call_method1("BytesIO", (feed,))?;
+            gate_part(py, &ADMITTED_UNPICKLER)?
+                .call((file,), options.as_ref())?
+                .call_method0("load")
+        }
     } else {
         // No global to import, nothing to call: the plain C loads.
         let original = gate_part(py, &ORIGINAL_LOADS)?;
@@ -2124,6 +2327,11 @@ impl Feed {
     fn clear(&self) {
         *self.state.lock() = (None, 0);
     }
+
+    /// How much of the contents has been read.
+    fn consumed(&self) -> usize {
+        self.state.lock().1
+    }
 }
 
 fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
@@ -2153,17 +2361,20 @@ fn unpickler_load<'py>(
     let feed = unpickler.getattr("_pickleguard_feed")?;
     let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
     let name = source_name(&file);
-    match admit_stream_inner(py, &read, &readline, Some(&file), buffers, None, name) {
-        Ok((data, feed_buffers, _)) => {
-            feed.get().set(data.into_any());
-            if let Some(b) = feed_buffers {
+    match admit_stream_inner(py, &read, &readline, Some(&file), buffers, None, name, true) {
+        Ok(admitted) => {
+            feed.get().set(admitted.data.into_any());
+            if let Some(b) = admitted.buffers {
                 unpickler
                     .getattr("_pickleguard_buffer_feed")?
                     .setattr("current", b)?;
             }
             // Its globals are admitted one by one, in the class's find_class.
             let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
-            // The load consumed exactly the admitted bytes; do not keep them alive.
+            if let Some(rewind) = &admitted.rewind {
+                rewind.after(feed.get().consumed())?;
+            }
+            // Do not keep the admitted bytes alive.
             feed.get().clear();
             clear_extension_cache(py);
             result
@@ -2226,17 +2437,29 @@ fn py_unpickler_load<'py>(
     let buffers = Some(unpickler.getattr("_buffers")?).filter(|b| !b.is_none());
     let file = read.getattr("__self__").ok();
     let name = file.as_ref().and_then(source_name);
-    let (data, feed_buffers, _) =
-        match admit_stream_inner(py, &read, &readline, file.as_ref(), buffers, None, name) {
-            Ok(found) => found,
-            Err(e) => {
-                let options = PyDict::new(py);
-                for key in ["fix_imports", "encoding", "errors"] {
-                    options.set_item(key, unpickler.getattr(key)?)?;
-                }
-                return Err(explain(py, e, "py", &options));
+    let AdmittedStream {
+        data,
+        buffers: feed_buffers,
+        ..
+    } = match admit_stream_inner(
+        py,
+        &read,
+        &readline,
+        file.as_ref(),
+        buffers,
+        None,
+        name,
+        false,
+    ) {
+        Ok(found) => found,
+        Err(e) => {
+            let options = PyDict::new(py);
+            for key in ["fix_imports", "encoding", "errors"] {
+                options.set_item(key, unpickler.getattr(key)?)?;
             }
-        };
+            return Err(explain(py, e, "py", &options));
+        }
+    };
     let feed = Bound::new(py, Feed::new())?;
     feed.get().set(data.into_any());
     unpickler.setattr("_file_read", feed.getattr("read")?)?;
@@ -2615,7 +2838,7 @@ fn loads<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (options, buffers) = split_kwargs(py, kwargs)?;
-    run_original(py, admit_bytes(py, data, buffers, None), options)
+    run_original(py, admit_bytes(py, data, buffers, None), options, None)
 }
 
 /// `pickle.load`, admitted by pickleguard first.
@@ -2629,9 +2852,19 @@ fn load<'py>(
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
-    let admitted = admit_stream_inner(py, &read, &readline, Some(file), buffers, None, name)
-        .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
-    run_original(py, admitted, options)
+    match admit_stream_inner(py, &read, &readline, Some(file), buffers, None, name, true) {
+        Ok(admitted) => run_original(
+            py,
+            Ok((
+                admitted.data.into_any(),
+                admitted.buffers,
+                admitted.uses_globals,
+            )),
+            options,
+            admitted.rewind,
+        ),
+        Err(e) => run_original(py, Err(e), options, None),
+    }
 }
 
 /// `pickleguard.loads`: `loads` that also requires the data's SHA-256 to be `sha256`.
@@ -2644,7 +2877,12 @@ fn pinned_loads<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (options, buffers) = split_kwargs(py, kwargs)?;
-    run_original(py, admit_bytes(py, data, buffers, Some(sha256)), options)
+    run_original(
+        py,
+        admit_bytes(py, data, buffers, Some(sha256)),
+        options,
+        None,
+    )
 }
 
 /// `pickleguard.load`: `load` that also requires the pickle's SHA-256 to be `sha256`.
@@ -2667,9 +2905,10 @@ fn pinned_load<'py>(
         buffers,
         Some(sha256),
         name,
+        false,
     )
-    .map(|(bytes, b, globals)| (bytes.into_any(), b, globals));
-    run_original(py, admitted, options)
+    .map(|a| (a.data.into_any(), a.buffers, a.uses_globals));
+    run_original(py, admitted, options, None)
 }
 
 /// Make `cls` immutable on CPython 3.10+ (as the C `pickle.Unpickler` is), so no one

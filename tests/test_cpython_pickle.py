@@ -19,20 +19,26 @@ EXCLUDED = {
 
 RUNNER = textwrap.dedent(
     """
-    import json, logging, sys, unittest
+    import json, logging, re, sys, unittest
     import pickleguard, pickleguard._core
 
-    counted = []
+    sizes = []
     class Count(logging.Handler):
         def emit(self, record):
-            counted.append(record.levelno)
+            sizes.append(int(re.search(r"\\((\\d+) bytes", record.getMessage()).group(1)))
     log = logging.getLogger("pickleguard")
     log.addHandler(Count())
     log.propagate = False
-    log.setLevel(logging.WARNING)
 
-    # No manifest in warn mode: every load is reported, so each one is counted.
-    pickleguard.activate(mode="warn")
+    if sys.argv[2] == "warn":
+        # No manifest in warn mode: every load is delimited, then reported.
+        log.setLevel(logging.WARNING)
+        pickleguard.activate(mode="warn")
+    else:
+        # A channel rule allowing every caller: large inputs are allowed by the
+        # hash of the whole input, without delimiting; each load is logged.
+        log.setLevel(logging.DEBUG)
+        pickleguard.activate(sys.argv[2])
     import pickle
     assert pickle.loads is pickleguard._core.loads
 
@@ -54,19 +60,32 @@ RUNNER = textwrap.dedent(
         "run": result.testsRun,
         "failures": [t.id() for t, _ in result.failures],
         "errors": [t.id() for t, _ in result.errors],
-        "guarded_loads": len(counted),
+        "guarded_loads": len(sizes),
+        "large_loads": sum(size >= 4096 for size in sizes),
     }))
     """
 )
 
 
-def test_cpython_test_pickle_passes_under_the_gate(tmp_path):
+ALLOW_EVERY_CALLER = """version = 1
+[[channel]]
+name = "everything"
+callers = ["*:*"]
+"""
+
+
+@pytest.mark.parametrize("policy", ["warn", "allowed"])
+def test_cpython_test_pickle_passes_under_the_gate(tmp_path, policy):
     try:
         import test.test_pickle  # noqa: F401
     except ImportError:  # pragma: no cover
         pytest.fail("this interpreter has no test package; install it to run the referee")
+    how = "warn"
+    if policy == "allowed":
+        how = str(tmp_path / "everything.toml")
+        (tmp_path / "everything.toml").write_text(ALLOW_EVERY_CALLER)
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, json.dumps(sorted(EXCLUDED))],
+        [sys.executable, "-c", RUNNER, json.dumps(sorted(EXCLUDED)), how],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -79,3 +98,5 @@ def test_cpython_test_pickle_passes_under_the_gate(tmp_path):
     assert result["run"] > 500
     # The gate really was in the way: thousands of loads went through it.
     assert result["guarded_loads"] > 1000, result
+    # Both ways of admitting were in the way: large inputs too.
+    assert result["large_loads"] > 50, result

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from conftest import assert_fires, hostile, write_manifest
+from conftest import Boom, assert_fires, hostile, write_manifest
 
 PRELUDE = """
 import io, json, os, pickle, _pickle, sys
@@ -413,5 +413,86 @@ class Holder:
     load = pickle.load
 assert Holder().loads(pickle.dumps(3)) == 3
 assert Holder().load(io.BytesIO(pickle.dumps(4))) == 4
+"""
+    )
+
+
+# Readers of large inputs: the whole input is judged first, then (if that does not
+# allow it) the delimited pickle. Exactly FileIO, BufferedReader over FileIO and
+# BytesIO at position 0 are read whole; anything else is read pickle by pickle.
+LARGE_READERS = {
+    "loads": "pickle.loads(open(PATH, 'rb').read() + TAIL)",
+    "load, buffered file": "pickle.load(F := open(PATH, 'rb'))",
+    "load, raw file": "pickle.load(F := open(PATH, 'rb', buffering=0))",
+    "Unpickler, BytesIO": "pickle.Unpickler(F := io.BytesIO(open(PATH, 'rb').read())).load()",
+}
+
+
+@pytest.mark.parametrize("reader", LARGE_READERS)
+def test_large_inputs_are_judged_by_the_pickle_they_hold(reader, run_py, tmp_path):
+    # Technique: put a hostile pickle right after a listed one, in one file or one
+    # bytes object, and hope the guard judges (or runs) more than the first pickle.
+    sentinel = tmp_path / "sentinel"
+    big_hostile = pickle.dumps(["padding" * 1000, Boom(sentinel)], protocol=4)
+    assert len(big_hostile) > 4096
+    assert_fires(big_hostile, sentinel)
+    benign_value = [{"k%d" % i: [i, float(i), str(i)] * 3} for i in range(200)]
+    benign = pickle.dumps(benign_value, protocol=4)
+    assert len(benign) > 4096
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(benign)})
+    (tmp_path / "listed-then-hostile.pkl").write_bytes(benign + big_hostile)
+    (tmp_path / "hostile.pkl").write_bytes(big_hostile)
+    expr = LARGE_READERS[reader]
+    proc = run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+F = None
+PATH, TAIL = "listed-then-hostile.pkl", b""
+assert {expr} == {benign_value!r}
+# The position is right after the listed pickle, as plain pickle leaves it.
+assert F is None or F.tell() == {len(benign)}, F.tell()
+if F is not None:
+    try:
+        pickle.load(F)
+    except NoPickleError as e:
+        assert e.identity == pickleguard.identify(open("hostile.pkl", "rb").read())
+    else:
+        raise SystemExit("the second pickle was not refused")
+PATH, TAIL = "hostile.pkl", b"more bytes"
+try:
+    {expr}
+except NoPickleError as e:
+    # The identity is the pickle's own, not the whole input's.
+    assert e.identity == pickleguard.identify(open("hostile.pkl", "rb").read()), e.identity
+    print("refused")
+"""
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "refused"
+    assert not sentinel.exists()
+
+
+def test_an_entry_for_a_pickle_with_bytes_after_it_leaves_the_file_after_the_pickle(
+    run_py, tmp_path
+):
+    # An entry is the hash of exactly one pickle. One made by hand for a whole file
+    # that holds more admits that file, but the load still reads only the pickle.
+    data = pickle.dumps(list(range(3000)), protocol=4) + b"trailing bytes"
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(data)})
+    (tmp_path / "f.bin").write_bytes(data)
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+for f in (open("f.bin", "rb"), open("f.bin", "rb", buffering=0), io.BytesIO(open("f.bin", "rb").read())):
+    assert pickle.load(f) == list(range(3000))
+    assert f.read() == b"trailing bytes"
+    f.seek(0)
+    assert pickle.Unpickler(f).load() == list(range(3000))
+    assert f.read() == b"trailing bytes"
 """
     )
