@@ -73,6 +73,7 @@ class Config:
     guard: str  # what the worker installs: none, pickleguard, python, fickling, fickling-ml
     identity: str = "sha256"  # the manifest key that lists the payload
     stack: bool = False  # restrict the payload's entry to the loading function
+    python: str = sys.executable  # the interpreter (and so the pickleguard build) to run
 
 
 CONFIGS = [
@@ -186,7 +187,7 @@ def make_manifest(path: Path, identity: str, digest: str, stack: bool, entries: 
 
 
 def run_worker(config: Config, payload: Path, manifest: Path, entry: str, budget: float) -> dict:
-    command = [sys.executable, "-c", WORKER, config.guard, str(payload), str(manifest), entry]
+    command = [config.python, "-c", WORKER, config.guard, str(payload), str(manifest), entry]
     out = subprocess.run([*command, str(budget)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{config.name} {entry} failed:\n{out.stderr}")
@@ -234,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(c.name for c in CONFIGS),
         help="comma-separated configurations to compare (plain is always included)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run 'guarded' with this interpreter, where another pickleguard build "
+        "is installed (column 'baseline'), to compare two builds side by side",
+    )
     args = parser.parse_args(argv)
     import pickle
 
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
     configs = [c for c in CONFIGS if c.name in wanted]
+    if args.baseline:
+        configs.append(Config("baseline", "pickleguard", python=args.baseline))
     others = [c.name for c in configs if c.name != "plain"]
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "

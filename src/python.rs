@@ -1730,9 +1730,9 @@ fn admit_bytes<'py>(
 struct PyFileSource<'a, 'py> {
     read: &'a Bound<'py, PyAny>,
     readline: &'a Bound<'py, PyAny>,
-    /// For a file of one of io's own C types: the type's `readinto` and the file,
-    /// to read large runs straight into the buffer (see `trusted_readinto`).
-    readinto: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    /// For a file of one of io's own C types, to read large runs straight into
+    /// the buffer (see `trusted_readinto`).
+    readinto: Option<TrustedFile<'py>>,
 }
 
 /// Reads of at least this many bytes go through `readinto` when it is trusted.
@@ -1748,27 +1748,54 @@ const READINTO_FROM: usize = 1 << 16;
 fn trusted_readinto<'py>(
     file: &Bound<'py, PyAny>,
     read: &Bound<'py, PyAny>,
-) -> Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Option<TrustedFile<'py>> {
     let py = file.py();
     let io = py.import("io").ok()?;
     let is_exactly = |object: &Bound<'py, PyAny>, name: &str| {
         io.getattr(name).is_ok_and(|t| t.is(object.get_type()))
     };
-    let trusted = is_exactly(file, "FileIO")
-        || is_exactly(file, "BytesIO")
-        || (is_exactly(file, "BufferedReader")
-            && file
-                .getattr("raw")
-                .is_ok_and(|raw| is_exactly(&raw, "FileIO")));
+    let kind = if is_exactly(file, "FileIO") {
+        TrustedKind::Raw
+    } else if is_exactly(file, "BytesIO") {
+        TrustedKind::InMemory
+    } else if is_exactly(file, "BufferedReader")
+        && file
+            .getattr("raw")
+            .is_ok_and(|raw| is_exactly(&raw, "FileIO"))
+    {
+        TrustedKind::Buffered
+    } else {
+        return None;
+    };
     let own_read = read.is_instance_of::<pyo3::types::PyCFunction>()
         && read.getattr("__self__").is_ok_and(|s| s.is(file))
         && read
             .getattr("__name__")
             .is_ok_and(|n| n.eq("read").unwrap_or(false));
-    if !(trusted && own_read) {
+    if !own_read {
         return None;
     }
-    Some((file.get_type().getattr("readinto").ok()?, file.clone()))
+    Some(TrustedFile {
+        readinto: file.get_type().getattr("readinto").ok()?,
+        file: file.clone(),
+        kind,
+    })
+}
+
+/// A file of one of io's own types, and its type's `readinto`.
+struct TrustedFile<'py> {
+    readinto: Bound<'py, PyAny>,
+    file: Bound<'py, PyAny>,
+    kind: TrustedKind,
+}
+
+enum TrustedKind {
+    /// `io.FileIO`.
+    Raw,
+    /// `io.BufferedReader` over an `io.FileIO`.
+    Buffered,
+    /// `io.BytesIO`.
+    InMemory,
 }
 
 /// Call `readinto(file, view)` with `view` over the spare capacity of `out`, for up
@@ -1824,8 +1851,8 @@ fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<u
 impl Source for PyFileSource<'_, '_> {
     type Error = PyErr;
     fn read(&mut self, n: usize, out: &mut Vec<u8>) -> PyResult<usize> {
-        if let Some((readinto, file)) = self.readinto.as_ref().filter(|_| n >= READINTO_FROM) {
-            return read_into_vec(readinto, file, n, out);
+        if let Some(trusted) = self.readinto.as_ref().filter(|_| n >= READINTO_FROM) {
+            return read_into_vec(&trusted.readinto, &trusted.file, n, out);
         }
         append_bytes_like(&self.read.call1((n,))?, out)
     }
@@ -1841,27 +1868,58 @@ const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
 /// is at its start, for a first look (see `whole_look`); `None`, with the file
 /// where it was, for any other. Only at the start, so a file of many pickles
 /// costs one look that finds nothing, not one per pickle.
-fn read_whole_file(
-    file: &Bound<'_, PyAny>,
-    readinto: &Bound<'_, PyAny>,
-) -> PyResult<Option<Vec<u8>>> {
+fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
+    let file = &trusted.file;
     // The type's own methods: the file is exactly one of io's types, but an
     // attribute set on the instance could shadow a method.
     let method = |name: &str| file.get_type().getattr(name);
-    if !method("seekable")?.call1((file,))?.is_truthy()?
-        || method("tell")?.call1((file,))?.extract::<u64>()? != 0
-    {
+    let worth_it =
+        |size: u64| (WHOLE_LOOK_FROM as u64..=WHOLE_FILE_LOOK_UP_TO as u64).contains(&size);
+    // A file that cannot tell its position (a pipe, a closed file) is read the
+    // ordinary way, which raises what plain pickle raises.
+    let at_start = || {
+        let position = method("tell").and_then(|tell| tell.call1((file,))?.extract::<u64>());
+        matches!(position, Ok(0))
+    };
+    let size = match trusted.kind {
+        // Read pickle by pickle: each read is a system call anyway.
+        TrustedKind::Raw => return Ok(None),
+        TrustedKind::InMemory => {
+            if !at_start() {
+                return Ok(None);
+            }
+            let end: u64 = method("seek")?.call1((file, 0, 2))?.extract()?;
+            method("seek")?.call1((file, 0))?;
+            end
+        }
+        TrustedKind::Buffered => {
+            // System calls are dear (tell and fstat each cost more than a small
+            // load): the first frame's length, in the bytes the load reads first
+            // anyway, says whether the pickle is large enough to look at whole.
+            // Pickles of protocols before 4 have no frame and are delimited.
+            let head = method("peek").and_then(|peek| peek.call1((file, 11)));
+            let large = head
+                .as_ref()
+                .ok()
+                .and_then(|h| h.cast::<PyBytes>().ok())
+                .is_some_and(|h| {
+                    reader::first_frame_len(h.as_bytes())
+                        .is_some_and(|len| len >= WHOLE_LOOK_FROM as u64)
+                });
+            if !large || !at_start() {
+                return Ok(None);
+            }
+            let fd: std::os::raw::c_int = method("fileno")?.call1((file,))?.extract()?;
+            regular_file_size(fd).unwrap_or(0)
+        }
+    };
+    if !worth_it(size) {
         return Ok(None);
     }
-    let end: u64 = method("seek")?.call1((file, 0, 2))?.extract()?;
-    method("seek")?.call1((file, 0))?;
-    let size = usize::try_from(end).unwrap_or(usize::MAX);
-    if !(WHOLE_LOOK_FROM..=WHOLE_FILE_LOOK_UP_TO).contains(&size) {
-        return Ok(None);
-    }
+    let size = size as usize;
     let mut data = Vec::with_capacity(size);
     while data.len() < size {
-        if read_into_vec(readinto, file, size - data.len(), &mut data)? == 0 {
+        if read_into_vec(&trusted.readinto, file, size - data.len(), &mut data)? == 0 {
             break;
         }
     }
@@ -1871,6 +1929,22 @@ fn read_whole_file(
         return Ok(None);
     }
     Ok(Some(data))
+}
+
+/// The size of the regular file open as `fd`; `None` for anything else (a pipe, a
+/// device), or if fstat(2) fails.
+fn regular_file_size(fd: std::os::raw::c_int) -> Option<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `struct stat` into the pointer it is given, which
+    // points to enough memory for one; it reads no memory of ours. A bad `fd`
+    // makes it fail with EBADF, nothing more.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat returned 0, so it filled the whole struct.
+    let stat = unsafe { stat.assume_init() };
+    let regular = (stat.st_mode & libc::S_IFMT) == libc::S_IFREG;
+    regular.then(|| u64::try_from(stat.st_size).ok()).flatten()
 }
 
 /// A file whose whole contents were admitted at once: after the load, its
@@ -1921,10 +1995,10 @@ fn admit_stream_inner<'py>(
     let readinto = file.and_then(|f| trusted_readinto(f, read));
     let mut whole = [None, None];
     let mut whole_len = None;
-    if let (Some(file), Some((readinto, _)), true, None, None) =
+    if let (Some(file), Some(trusted), true, None, None) =
         (file, &readinto, look_whole, &buffers, sha256)
     {
-        if let Some(data) = read_whole_file(file, readinto)? {
+        if let Some(data) = read_whole_file(trusted)? {
             match whole_look(py, &data)? {
                 WholeLook::Allowed => {
                     let len = data.len();

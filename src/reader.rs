@@ -486,6 +486,18 @@ pub fn delimit(data: &[u8]) -> Result<Extent, ReadError<std::convert::Infallible
     .scan()
 }
 
+/// The length of the first frame of a framed pickle (protocol 4 and later), from
+/// the pickle's first bytes: `PROTO n`, then `FRAME` and its 8-byte length. `None`
+/// for a pickle without one, or if `head` is too short to tell.
+pub fn first_frame_len(head: &[u8]) -> Option<u64> {
+    match head {
+        [op::PROTO, protocol, op::FRAME, len @ ..] if *protocol >= 4 && len.len() >= 8 => {
+            Some(u64::from_le_bytes(len[..8].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// Read exactly one pickle from `source` and return its bytes.
 pub fn read_one<S: Source>(source: &mut S) -> Result<(Vec<u8>, Extent), ReadError<S::Error>> {
     let mut buf = Vec::new();
@@ -544,6 +556,20 @@ mod tests {
 
     fn len_of(data: &[u8]) -> usize {
         delimit(data).expect("valid pickle").len
+    }
+
+    #[test]
+    fn first_frame_lengths() {
+        let framed = b"\x80\x04\x95\x03\x00\x00\x00\x00\x00\x00\x00K\x01.";
+        assert_eq!(first_frame_len(framed), Some(3));
+        assert_eq!(len_of(framed), framed.len());
+        assert_eq!(first_frame_len(&framed[..10]), None);
+        assert_eq!(
+            first_frame_len(b"\x80\x03\x95\x03\x00\x00\x00\x00\x00\x00\x00"),
+            None
+        );
+        assert_eq!(first_frame_len(b"\x80\x04K\x01."), None);
+        assert_eq!(first_frame_len(b""), None);
     }
 
     #[test]
