@@ -7,30 +7,29 @@ delimited), 2 a usage or I/O error.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _core
 from . import _record as recording
-from ._record import clean_text as _clean
-from ._record import quoted as _quoted
+from ._cli_common import (
+    EXIT_FINDING,
+    EXIT_OK,
+    EXIT_USAGE,
+    is_zip,
+    pickle_members,
+    pickles_in,
+    plural,
+)
+from ._pin import pin as _pin
 from ._record import shown as _shown
 from .errors import ManifestError
-
-EXIT_OK = 0
-EXIT_FINDING = 1
-EXIT_USAGE = 2
 
 
 class _Report:
@@ -93,50 +92,6 @@ def _check(args: argparse.Namespace) -> int:
     return report.finish(status)
 
 
-def _pickles_in(
-    data: bytes, algorithm: str = "sha256"
-) -> Tuple[List[Dict[str, Any]], Optional[str]]:
-    """Each pickle of a file of concatenated pickles: offset, size, digest (keyed by
-    the algorithm's name), and the reason scanning stopped early, if it did."""
-    pickles: List[Dict[str, Any]] = []
-    offset = 0
-    if not data:
-        return pickles, "the file is empty"
-    while offset < len(data):
-        try:
-            length, _ = _core.delimit(data, offset)
-        except Exception as e:  # the reader's UnpicklingError, EOFError, OverflowError
-            return pickles, f"no complete pickle at offset {offset}: {e}"
-        digest = _core.sha256(memoryview(data)[offset : offset + length], algorithm)
-        pickles.append({"offset": offset, "size": length, algorithm: digest})
-        offset += length
-    return pickles, None
-
-
-def _is_zip(data: bytes) -> bool:
-    # A zip archive (a torch checkpoint) starts with a local file header; a pickle
-    # that merely contains an end-of-archive record does not.
-    return data[:4] == b"PK\x03\x04"
-
-
-def _zip_pickles(path: str) -> Iterator[Tuple[str, bytes]]:
-    """The pickles inside a zip archive, such as a torch checkpoint's data.pkl."""
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith(".pkl"):
-                yield name, archive.read(name)
-
-
-def _members(path: str, data: bytes) -> Tuple[List[Tuple[str, bytes]], Optional[str]]:
-    """(name, bytes) of each pickle to look at: the zip's .pkl members, or the file."""
-    if not _is_zip(data):
-        return [("", data)], None
-    try:
-        return list(_zip_pickles(path)), None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        return [], f"damaged zip archive: {e}"
-
-
 def _read(path: str, report: _Report) -> Optional[bytes]:
     try:
         with open(path, "rb") as f:
@@ -167,11 +122,11 @@ def _hash(args: argparse.Namespace) -> int:
         whole = _core.sha256(data, algorithm)
         item: Dict[str, Any] = {"file": path, algorithm: whole, "size": len(data)}
         lines = [f"{path}: file {algorithm}:{whole} ({len(data)} bytes)"]
-        members, problem = _members(path, data)
-        if _is_zip(data):
+        members, problem = pickle_members(path, data)
+        if is_zip(data):
             item["members"] = []
             for name, member in members:
-                pickles, problem = _pickles_in(member, algorithm)
+                pickles, problem = pickles_in(member, algorithm)
                 item["members"].append({"name": name, "pickles": pickles})
                 lines += [
                     f"  {name}: {algorithm}:{p[algorithm]} ({p['size']} bytes)" for p in pickles
@@ -180,7 +135,7 @@ def _hash(args: argparse.Namespace) -> int:
                     problem = f"{name}: {problem}"
                     break
         else:
-            pickles, problem = _pickles_in(data, algorithm)
+            pickles, problem = pickles_in(data, algorithm)
             item["pickles"] = pickles
             lines += [
                 f"  pickle at {p['offset']}: {algorithm}:{p[algorithm]} ({p['size']} bytes)"
@@ -201,14 +156,14 @@ def _inspect(args: argparse.Namespace) -> int:
     report = _Report(args.json)
     status = EXIT_OK
     for path, data in _readable(args.files, report):
-        members, damaged = _members(path, data)
+        members, damaged = pickle_members(path, data)
         if damaged:
             report.error(
                 {"file": path, "error": damaged}, f"{path}: {damaged}", "the file is damaged"
             )
             status = max(status, EXIT_FINDING)
         for name, blob in members:
-            pickles, problem = _pickles_in(blob)
+            pickles, problem = pickles_in(blob)
             label = f"{path}:{name}" if name else path
             for p in pickles:
                 offset = p["offset"]
@@ -263,14 +218,6 @@ def _child_env(**settings: Optional[str]) -> Dict[str, str]:
     if inherited:
         env["PICKLEGUARD_LAYERS"] = json.dumps(inherited)
     return env
-
-
-def _plural(count: int, word: str) -> str:
-    if count == 1:
-        return f"{count} {word}"
-    if word.endswith("y"):
-        return f"{count} {word[:-1]}ies"
-    return f"{count} {word}" + ("es" if word.endswith("s") else "s")
 
 
 def _command(args: argparse.Namespace) -> Optional[List[str]]:
@@ -359,10 +306,10 @@ def _record(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(
-            f"recorded {_plural(journal.loads, 'load')} in "
-            f"{_plural(len(journal.processes), 'process')}: "
-            f"{_plural(len(merged.added), 'new entry')}, "
-            f"{_plural(sum(map(len, merged.channels_added.values())), 'new channel caller')}, "
+            f"recorded {plural(journal.loads, 'load')} in "
+            f"{plural(len(journal.processes), 'process')}: "
+            f"{plural(len(merged.added), 'new entry')}, "
+            f"{plural(sum(map(len, merged.channels_added.values())), 'new channel caller')}, "
             f"written to {output}"
         )
         for r in risky:
@@ -419,549 +366,6 @@ def _run(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execve(executable, command, env)
     return EXIT_USAGE  # not reached
-
-
-# ---------------------------------------------------------------------------
-# pickleguard pin
-
-_SUMS_FORMAT = (
-    'sha256sum lines look like "<64 hex digits>  <name>" or "<64 hex digits> *<name>", '
-    'or "SHA256 (<name>) = <64 hex digits>" (sha256sum --tag)'
-)
-# GNU sha256sum: the digest, a space, then " " (text) or "*" (binary) or nothing (the
-# reversed BSD format), then the name. A leading backslash marks an escaped name.
-_GNU_LINE = re.compile(r"(\\?)([0-9A-Fa-f]+) ([ *]?)(.*)", re.DOTALL)
-# BSD and `sha256sum --tag`: "SHA256 (name) = digest"; OpenSSL writes "SHA2-256(name)= ".
-_BSD_LINE = re.compile(r"(\\?)([A-Za-z0-9-]+) ?\((.*)\) ?= ?([0-9A-Fa-f]*)", re.DOTALL)
-_HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
-_DIGEST_NAMES = {32: "MD5", 40: "SHA-1", 56: "SHA-224", 96: "SHA-384", 128: "SHA-512"}
-_MAX_BAD_LINES = 10  # per sums file: a file that is no sums file at all says so quickly
-
-
-@dataclass
-class _Pin:
-    """One entry that `pin` adds: what it pins, and where that came from."""
-
-    kind: str  # the table: "pickle" or "artifact"
-    identity: str  # "sha256:<hex>" or "blake3:<hex>", lowercase
-    source: Optional[str]
-    label: str  # the input, for messages: "model.pt, 417 bytes", "SUMS line 3: name", ...
-    origin: str  # the comment above the entry: how it was pinned
-    size: Optional[int] = None
-    offset: Optional[int] = None  # of a stream pin in its file (or archive member)
-    imports: List[str] = field(default_factory=list)
-    risky: List[str] = field(default_factory=list)
-
-
-class _PinError(Exception):
-    """An input that cannot be pinned; nothing is written when there is one."""
-
-    def __init__(self, message: str, hint: str, status: int = EXIT_FINDING) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.status = status
-
-
-def _stack_problem(patterns: Sequence[str]) -> Optional[Tuple[str, str]]:
-    """The manifest parser's complaint about ``--stack`` patterns, if it has one."""
-    if not patterns:
-        return None
-    fd, temp = tempfile.mkstemp(prefix="pickleguard-stack-", suffix=".toml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(
-                f'version = 1\n[[pickle]]\nsha256 = "{"0" * 64}"\n'
-                f"stack = {recording._toml_list([_clean(p) for p in patterns])}\n"
-            )
-        _core.check_manifest(temp)
-    except ManifestError as e:
-        message, _, hint = str(e).partition("\nhint: ")
-        if message.startswith(temp + ":"):  # drop the scratch file's path and position
-            message = re.sub(r"^\d+:\d+: ", "", message[len(temp) + 1 :])
-        return message, hint
-    finally:
-        os.unlink(temp)
-    return None
-
-
-def _file_artifact(path: str, algorithm: str) -> _Pin:
-    """The whole file as one [[artifact]] entry: what `sha256sum FILE` prints."""
-    try:
-        with open(path, "rb") as f:
-            if algorithm == "sha256":
-                # In chunks: a checkpoint may be larger than memory.
-                digest, size = hashlib.sha256(), 0
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-                    size += len(chunk)
-                hexdigest = digest.hexdigest()
-            else:
-                data = f.read()
-                size, hexdigest = len(data), _core.sha256(data, algorithm)
-    except OSError as e:
-        raise _PinError(
-            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", EXIT_USAGE
-        ) from None
-    if size == 0:
-        raise _PinError(
-            f"{_shown(path)}: the file is empty",
-            "an empty file holds no model or data: check that it was written or downloaded",
-        )
-    return _Pin(
-        kind="artifact",
-        identity=f"{algorithm}:{hexdigest}",
-        source=_clean(path),
-        label=f"{_shown(path)}, {_plural(size, 'byte')}",
-        origin=f"from the file {_quoted(path)}, {_plural(size, 'byte')}",
-        size=size,
-    )
-
-
-def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]:
-    """Each pickle in the file as a [[pickle]] entry, delimited as `pickleguard hash`
-    does, and a warning for a zip archive (whose loaders check the whole file)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise _PinError(
-            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", EXIT_USAGE
-        ) from None
-    name = _shown(path)
-    members, damaged = _members(path, data)
-    if damaged:
-        raise _PinError(f"{name}: {damaged}", "the file is damaged; check it or download it again")
-    if _is_zip(data) and not members:
-        raise _PinError(
-            f"{name}: a zip archive with no .pkl member",
-            "pin the whole file: drop --pickle",
-        )
-    pins: List[_Pin] = []
-    for member, blob in members:
-        pickles, problem = _pickles_in(blob)
-        source = f"{_clean(path)}:{_clean(member)}" if member else _clean(path)
-        where = _shown(source)
-        if problem:
-            raise _PinError(
-                f"{where}: {problem}",
-                "pin the whole file instead: drop --pickle"
-                if not pickles
-                else "the file has bytes after its last complete pickle, or is damaged: "
-                "pin the whole file without --pickle, or check it with `pickleguard hash`",
-            )
-        for p in pickles:
-            offset, size = p["offset"], p["size"]
-            stream = memoryview(blob)[offset : offset + size]
-            hexdigest = p["sha256"] if algorithm == "sha256" else _core.sha256(stream, algorithm)
-            found = _core.imports(stream)
-            in_member = f", member {_quoted(member)}" if member else ""
-            pins.append(
-                _Pin(
-                    kind="pickle",
-                    identity=f"{algorithm}:{hexdigest}",
-                    source=source,
-                    label=f"{where} at offset {offset}, {_plural(size, 'byte')}",
-                    origin=f"from the file {_quoted(path)}{in_member}: "
-                    f"the pickle at offset {offset}, {_plural(size, 'byte')}",
-                    size=size,
-                    offset=offset,
-                    imports=[g for g, _ in found],
-                    risky=[g for g, bad in found if bad],
-                )
-            )
-    warning = None
-    if _is_zip(data):
-        warning = (
-            f"{name} is a zip archive: its .pkl members are pinned as pickle streams, "
-            "but torch.load checks the whole file"
-        )
-    return pins, warning
-
-
-def _unescape(name: str) -> Optional[str]:
-    """A name sha256sum escaped (\\\\, \\n, \\r), or None if it holds another escape."""
-    out: List[str] = []
-    chars = iter(name)
-    for c in chars:
-        if c != "\\":
-            out.append(c)
-            continue
-        escaped = {"\\": "\\", "n": "\n", "r": "\r"}.get(next(chars, ""))
-        if escaped is None:
-            return None
-        out.append(escaped)
-    return "".join(out)
-
-
-def _sums_line(line: str) -> Tuple[str, str]:
-    """The digest (lowercase hex) and the name of one checksum line, or ValueError."""
-    gnu = _GNU_LINE.fullmatch(line)
-    bsd = _BSD_LINE.fullmatch(line)
-    if gnu and len(gnu.group(2)) == 64 and gnu.group(4):
-        escaped, digest, _, name = gnu.groups()
-    elif bsd and not (gnu and len(gnu.group(2)) == 64):
-        escaped, algorithm, name, digest = bsd.groups()
-        if algorithm.upper() not in ("SHA256", "SHA2-256"):
-            raise ValueError(f"only SHA256 lines can be pinned, not {algorithm}")
-        if len(digest) != 64:
-            raise ValueError(f"expected 64 hex digits after '=', got {len(digest)}")
-    elif gnu and len(gnu.group(2)) != 64:
-        length = len(gnu.group(2))
-        guess = f" (a {_DIGEST_NAMES[length]} digest?)" if length in _DIGEST_NAMES else ""
-        raise ValueError(f"expected 64 hex digits (SHA-256), got {length}{guess}")
-    elif _HEX64.fullmatch(line.strip()):
-        raise ValueError("a digest with no file name (pin a bare hash with --hash)")
-    elif gnu:
-        raise ValueError("no file name after the digest")
-    else:
-        raise ValueError("not a checksum line")
-    if not name:
-        raise ValueError("an empty file name")
-    if escaped:
-        unescaped = _unescape(name)
-        if unescaped is None:
-            raise ValueError("an unknown escape in the file name (only \\\\, \\n and \\r)")
-        name = unescaped
-    return digest.lower(), name
-
-
-def _sums_pins(path: str) -> Tuple[List[_Pin], List[_PinError]]:
-    """An [[artifact]] entry for each line of a sha256sum file ('-': standard input),
-    and the problem of each malformed line."""
-    label = "<stdin>" if path == "-" else _shown(path)
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as e:
-        error = _PinError(
-            f"could not read {label}: {e.strerror or e}",
-            "give a file that `sha256sum` wrote, or '-' for standard input",
-            EXIT_USAGE,
-        )
-        return [], [error]
-    pins: List[_Pin] = []
-    problems: List[_PinError] = []
-    text = data.decode("utf-8", "surrogateescape")
-    text = text[1:] if text.startswith("\ufeff") else text
-    bad = 0
-    for number, line in enumerate(text.split("\n"), 1):
-        line = line[:-1] if line.endswith("\r") else line
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            digest, name = _sums_line(line)
-        except ValueError as e:
-            bad += 1
-            if bad <= _MAX_BAD_LINES:
-                shown = line if len(line) <= 100 else line[:100] + "..."
-                problems.append(_PinError(f"{label}:{number}: {e}: {_quoted(shown)}", _SUMS_FORMAT))
-            continue
-        pins.append(
-            _Pin(
-                kind="artifact",
-                identity=f"sha256:{digest}",
-                source=_clean(name),
-                label=f"{label} line {number}: {_shown(name)}",
-                origin=f"from {_quoted(label)} line {number}, without reading the file",
-            )
-        )
-    if bad > _MAX_BAD_LINES:
-        problems.append(
-            _PinError(
-                f"{label}: {bad - _MAX_BAD_LINES} more malformed lines",
-                "is this the output of `sha256sum`?",
-            )
-        )
-    if not pins and not problems:
-        problems.append(
-            _PinError(
-                f"{label}: no checksum lines",
-                "give the output of `sha256sum FILE...`; blank lines and # comments are skipped",
-            )
-        )
-    return pins, problems
-
-
-def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
-    """A bare hash from the command line: 64 hex digits, maybe sha256: or blake3:."""
-    text = value.strip()
-    prefix, colon, digest = text.partition(":")
-    if colon:
-        algorithm = prefix.lower()
-        if algorithm not in ("sha256", "blake3"):
-            raise _PinError(
-                f"--hash {_quoted(value)}: unknown hash algorithm {_quoted(prefix)}",
-                "write 64 hex digits, optionally prefixed sha256: or blake3:",
-                EXIT_USAGE,
-            )
-        if identity is not None and identity != algorithm:
-            raise _PinError(
-                f"--hash {_quoted(value)} is a {algorithm} hash, and --identity says {identity}",
-                "drop --identity, or the prefix",
-                EXIT_USAGE,
-            )
-    else:
-        algorithm, digest = identity or "sha256", text
-    if not _HEX64.fullmatch(digest):
-        problem = (
-            f"{len(digest)} characters"
-            if len(digest) != 64
-            else "characters that are not hex digits"
-        )
-        raise _PinError(
-            f"--hash {_quoted(value)}: expected 64 hex digits, got {problem}",
-            "copy the digest whole, as `sha256sum` or the model's publisher prints it",
-            EXIT_USAGE,
-        )
-    return _Pin(
-        kind=kind,
-        identity=f"{algorithm}:{digest.lower()}",
-        source=None,
-        label="--hash",
-        origin="from a hash given on the command line, without reading a file",
-    )
-
-
-def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
-    lines = [f"# pinned {stamp} {pin.origin}"]
-    lines += recording.review_comments(pin.kind, pin.imports, pin.risky)
-    algorithm, _, digest = pin.identity.partition(":")
-    lines.append(f"[[{pin.kind}]]")
-    lines.append(f"{algorithm} = {recording._toml_string(digest)}")
-    if args.stack:
-        lines.append(f"stack = {recording._toml_list([_clean(p) for p in args.stack])}")
-    if args.note is not None:
-        lines.append(f"note = {recording._toml_string(_clean(args.note))}")
-    if pin.source is not None:
-        lines.append(f"source = {recording._toml_string(pin.source)}")
-    return "\n".join(lines) + "\n"
-
-
-def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_PinError]]:
-    """The entries the inputs ask for, warnings, and the problems found: every input is
-    looked at, so that one run reports every problem."""
-    errors: List[_PinError] = []
-    warnings: List[str] = []
-    pins: List[_Pin] = []
-    if not (args.files or args.sums or args.hashes):
-        errors.append(
-            _PinError(
-                "nothing to pin",
-                "give FILE..., --sha256sum SUMS or --hash HEX (see pickleguard pin --help)",
-                EXIT_USAGE,
-            )
-        )
-    if args.sums and args.pickle:
-        errors.append(
-            _PinError(
-                "--sha256sum lines hash whole files; they cannot be pinned with --pickle",
-                "pin sums lines without --pickle, as [[artifact]] entries",
-                EXIT_USAGE,
-            )
-        )
-    if args.sums and args.identity == "blake3":
-        errors.append(
-            _PinError(
-                "--sha256sum lines are SHA-256 digests, and --identity says blake3",
-                "drop --identity blake3 (it applies to FILE and bare --hash values)",
-                EXIT_USAGE,
-            )
-        )
-    stack_problem = _stack_problem(args.stack)
-    if stack_problem:
-        errors.append(_PinError(f"--stack: {stack_problem[0]}", stack_problem[1], EXIT_USAGE))
-    algorithm = args.identity or "sha256"
-    for path in args.files:
-        try:
-            if args.pickle:
-                found, warning = _file_pickles(path, algorithm)
-                pins += found
-                if warning:
-                    warnings.append(warning)
-            else:
-                pins.append(_file_artifact(path, algorithm))
-        except _PinError as e:
-            errors.append(e)
-    for path in args.sums:
-        found, problems = _sums_pins(path)
-        pins += found
-        errors += problems
-    for value in args.hashes:
-        try:
-            pins.append(_hash_pin(value, "pickle" if args.pickle else "artifact", args.identity))
-        except _PinError as e:
-            errors.append(e)
-    if args.source is not None:
-        for pin in pins:
-            pin.source = _clean(args.source)
-    return pins, warnings, errors
-
-
-_Have = Set[Tuple[str, str, Optional[Tuple[str, ...]]]]
-
-
-def _pinned_already(manifest: Path) -> Tuple[Optional[str], _Have]:
-    """The manifest's text (None if it does not exist) and the (table, identity, stack)
-    of each of its entries; _PinError if it cannot be read or does not parse."""
-    shown = _shown(str(manifest))
-    try:
-        raw = manifest.read_bytes()
-    except FileNotFoundError:
-        return None, set()
-    except OSError as e:
-        raise _PinError(
-            f"could not read {shown}: {e.strerror or e}",
-            "give the path of a manifest file; it is created if it does not exist",
-            EXIT_USAGE,
-        ) from None
-    try:
-        _core.check_manifest(str(manifest))
-        entries, _ = _core.manifest_summary(str(manifest))
-    except ManifestError as e:
-        message, _, hint = str(e).partition("\nhint: ")
-        raise _PinError(f"cannot add to {shown}: {message}", hint) from None
-    have: _Have = set()
-    for table, identities, stack in entries:
-        for identity in identities:
-            have.add((table, identity, tuple(stack) if stack else None))
-    return raw.decode("utf-8"), have
-
-
-def _pin(args: argparse.Namespace) -> int:
-    manifest = Path(args.manifest)
-    shown = _shown(args.manifest)
-    existing: Optional[str] = None
-    have: _Have = set()
-    manifest_errors: List[_PinError] = []
-    try:
-        existing, have = _pinned_already(manifest)
-    except _PinError as e:
-        manifest_errors.append(e)
-    pins, warnings, errors = _pin_inputs(args)
-    errors = manifest_errors + errors
-
-    status = max([problem.status for problem in errors], default=EXIT_OK)
-    summary: Dict[str, Any] = {
-        "status": status,
-        "manifest": shown,
-        "created": False,
-        "written": False,
-        "added": [],
-        "skipped": [],
-        "risky": [],
-        "warnings": [],
-        "errors": [{"error": problem.message, "hint": problem.hint} for problem in errors],
-    }
-    if errors:  # all or nothing: one bad input, and nothing is written
-        if args.json:
-            json.dump(summary, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            for problem in errors:
-                print(f"error: {problem.message}", file=sys.stderr)
-                print(f"hint: {problem.hint}", file=sys.stderr)
-            state = "is unchanged" if manifest.exists() else "was not created"
-            print(f"nothing was pinned: {shown} {state}", file=sys.stderr)
-        return status
-
-    wanted = tuple(_clean(p) for p in args.stack) or None
-    seen: Dict[Tuple[str, str], _Pin] = {}
-    added: List[_Pin] = []
-    skipped: List[Tuple[_Pin, str]] = []
-    for pin in pins:
-        key = (pin.kind, pin.identity)
-        if key + (wanted,) in have:
-            skipped.append((pin, f"already in {shown}"))
-        elif key + (None,) in have:
-            skipped.append((pin, f"already allowed for every caller by {shown}"))
-        elif key in seen:
-            skipped.append((pin, f"the same as {seen[key].label}"))
-        else:
-            seen[key] = pin
-            added.append(pin)
-
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if added:
-        if existing is None:
-            text = (
-                "# Pickles and files this program may load. Written by `pickleguard pin`; "
-                "review it.\nversion = 1\n"
-            )
-        else:
-            text = existing if existing.endswith("\n") else existing + "\n"
-        text += "\n" + "\n".join(_pin_block(pin, stamp, args) for pin in added)
-        try:
-            recording.write_atomically(manifest, text)
-        except (OSError, ManifestError) as e:
-            if isinstance(e, OSError):
-                status = EXIT_USAGE
-                message = f"could not write {shown}: {e.strerror or e}"
-                hint = "check that its directory exists and is writable"
-            else:  # not expected: every input was checked
-                status = EXIT_FINDING
-                message = "the new manifest would not parse: " + str(e).partition("\nhint: ")[0]
-                hint = f"{shown} is unchanged; please report this"
-            summary["errors"].append({"error": message, "hint": hint})
-            if not args.json:
-                print(f"error: {message}", file=sys.stderr)
-                print(f"hint: {hint}", file=sys.stderr)
-        else:
-            summary["written"] = True
-            summary["created"] = existing is None
-
-    def described(pin: _Pin) -> Dict[str, Any]:
-        return {
-            "kind": pin.kind,
-            "identity": pin.identity,
-            "source": pin.source,
-            "input": pin.label,
-            "size": pin.size,
-            "offset": pin.offset,
-        }
-
-    written = bool(summary["written"])
-    summary["status"] = status
-    summary["added"] = [described(pin) for pin in added] if written else []
-    summary["skipped"] = [dict(described(pin), reason=why) for pin, why in skipped]
-    summary["risky"] = [
-        {"identity": pin.identity, "input": pin.label, "imports": pin.risky}
-        for pin in added
-        if pin.risky and written
-    ]
-    summary["warnings"] = warnings
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return status
-    if added and not written:
-        return status
-    for pin in added:
-        print(f"pinned [[{pin.kind}]] {pin.identity} ({pin.label})")
-    for pin, why in skipped:
-        print(f"skipped [[{pin.kind}]] {pin.identity} ({pin.label}): {why}")
-    if written:
-        verb = "created" if summary["created"] else "wrote"
-        new = f"{len(added)} new {'entry' if len(added) == 1 else 'entries'}"
-        present = f", {len(skipped)} skipped" if skipped else ""
-        print(f"{verb} {shown}: {new}{present}")
-    else:
-        print(f"{shown} is unchanged: nothing new to pin")
-    for pin in added:
-        if pin.risky:
-            print(
-                f"warning: {pin.identity[:23]}... ({pin.label}) imports {', '.join(pin.risky)}",
-                file=sys.stderr,
-            )
-    if any(pin.risky for pin in added):
-        print("hint: review the entries marked RISKY before you trust them", file=sys.stderr)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-        print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
-    return status
 
 
 def _parser() -> argparse.ArgumentParser:
