@@ -274,7 +274,7 @@ fn current_owner(py: Python<'_>) -> PyResult<Owner> {
         let helper = ASYNCIO_RUNNING_TASK.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             let code = c"def running_task():\n    import asyncio\n    loop = asyncio._get_running_loop()\n    return None if loop is None else asyncio.current_task(loop)\n";
             let module = PyModule::from_code(py, code, c"<pickleguard>", c"_pickleguard_asyncio")?;
-            Ok(module.getattr("running_task")?.unbind())
+            Ok(module.getattr(pyo3::intern!(module.py(), "running_task"))?.unbind())
         })?;
         let task = helper.bind(py).call0()?;
         if task.is_none() {
@@ -928,7 +928,7 @@ fn walk_frames_from<'py>(
     mut visit: impl FnMut(&str, &Bound<'py, PyAny>) -> bool,
 ) -> PyResult<()> {
     while !frame.is_none() {
-        let globals = frame.getattr("f_globals")?;
+        let globals = frame.getattr(pyo3::intern!(frame.py(), "f_globals"))?;
         let module = globals
             .cast::<PyDict>()
             .ok()
@@ -942,10 +942,10 @@ fn walk_frames_from<'py>(
         } else {
             module
         };
-        let code = frame.getattr("f_code")?;
-        let qualname = match code.getattr("co_qualname") {
+        let code = frame.getattr(pyo3::intern!(frame.py(), "f_code"))?;
+        let qualname = match code.getattr(pyo3::intern!(code.py(), "co_qualname")) {
             Ok(q) => q,
-            Err(_) => code.getattr("co_name")?,
+            Err(_) => code.getattr(pyo3::intern!(code.py(), "co_name"))?,
         };
         let name = format!(
             "{module}:{}",
@@ -954,7 +954,7 @@ fn walk_frames_from<'py>(
         if !visit(&name, &frame) {
             break;
         }
-        frame = frame.getattr("f_back")?;
+        frame = frame.getattr(pyo3::intern!(frame.py(), "f_back"))?;
     }
     Ok(())
 }
@@ -1061,7 +1061,7 @@ fn caller(py: Python<'_>) -> Option<FrameInfo> {
         }
         let file = frame
             .getattr("f_code")
-            .and_then(|c| c.getattr("co_filename"))
+            .and_then(|c| c.getattr(pyo3::intern!(c.py(), "co_filename")))
             .and_then(|f| f.extract::<String>())
             .unwrap_or_default();
         let line = frame
@@ -1750,36 +1750,51 @@ fn trusted_readinto<'py>(
     read: &Bound<'py, PyAny>,
 ) -> Option<TrustedFile<'py>> {
     let py = file.py();
-    let io = py.import("io").ok()?;
-    let is_exactly = |object: &Bound<'py, PyAny>, name: &str| {
-        io.getattr(name).is_ok_and(|t| t.is(object.get_type()))
-    };
-    let kind = if is_exactly(file, "FileIO") {
+    let [file_io, bytes_io, buffered_reader] = io_types(py).ok()?;
+    let file_type = file.get_type();
+    let kind = if file_type.is(file_io) {
         TrustedKind::Raw
-    } else if is_exactly(file, "BytesIO") {
+    } else if file_type.is(bytes_io) {
         TrustedKind::InMemory
-    } else if is_exactly(file, "BufferedReader")
+    } else if file_type.is(buffered_reader)
         && file
-            .getattr("raw")
-            .is_ok_and(|raw| is_exactly(&raw, "FileIO"))
+            .getattr(pyo3::intern!(py, "raw"))
+            .is_ok_and(|raw| raw.get_type().is(file_io))
     {
         TrustedKind::Buffered
     } else {
         return None;
     };
     let own_read = read.is_instance_of::<pyo3::types::PyCFunction>()
-        && read.getattr("__self__").is_ok_and(|s| s.is(file))
         && read
-            .getattr("__name__")
-            .is_ok_and(|n| n.eq("read").unwrap_or(false));
+            .getattr(pyo3::intern!(py, "__self__"))
+            .is_ok_and(|s| s.is(file))
+        && read
+            .getattr(pyo3::intern!(py, "__name__"))
+            .is_ok_and(|n| n.eq(pyo3::intern!(py, "read")).unwrap_or(false));
     if !own_read {
         return None;
     }
     Some(TrustedFile {
-        readinto: file.get_type().getattr("readinto").ok()?,
+        readinto: file_type.getattr(pyo3::intern!(py, "readinto")).ok()?,
         file: file.clone(),
         kind,
     })
+}
+
+static IO_TYPES: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
+
+/// `io.FileIO`, `io.BytesIO` and `io.BufferedReader`, looked up once.
+fn io_types(py: Python<'_>) -> PyResult<[&Bound<'_, PyAny>; 3]> {
+    let types = IO_TYPES.get_or_try_init(py, || -> PyResult<[Py<PyAny>; 3]> {
+        let io = py.import("io")?;
+        Ok([
+            io.getattr("FileIO")?.unbind(),
+            io.getattr("BytesIO")?.unbind(),
+            io.getattr("BufferedReader")?.unbind(),
+        ])
+    })?;
+    Ok([types[0].bind(py), types[1].bind(py), types[2].bind(py)])
 }
 
 /// A file of one of io's own types, and its type's `readinto`.
@@ -2013,7 +2028,9 @@ fn admit_stream_inner<'py>(
                     });
                 }
                 WholeLook::Judge(known) => {
-                    file.get_type().getattr("seek")?.call1((file, 0))?;
+                    file.get_type()
+                        .getattr(pyo3::intern!(file.get_type().py(), "seek"))?
+                        .call1((file, 0))?;
                     (whole, whole_len) = (known, Some(data.len()));
                 }
             }
@@ -2134,7 +2151,7 @@ fn source_name(file: &Bound<'_, PyAny>) -> Option<String> {
     if JOURNAL.get().is_none() && AUDIT_LOG.get().is_none() {
         return None;
     }
-    let name = file.getattr("name").ok()?;
+    let name = file.getattr(pyo3::intern!(file.py(), "name")).ok()?;
     let name = py_fspath(&name).unwrap_or(name);
     name.extract::<String>().ok()
 }
@@ -2426,13 +2443,14 @@ fn unpickler_load<'py>(
     py: Python<'py>,
     unpickler: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let Ok(source) = unpickler.getattr("_pickleguard_source") else {
+    let Ok(source) = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_source")) else {
         return Err(init_not_called(unpickler));
     };
     let (read, readline): (Bound<'py, PyAny>, Bound<'py, PyAny>) = source.extract()?;
-    let buffers = Some(unpickler.getattr("_pickleguard_buffers")?).filter(|b| !b.is_none());
-    let file = unpickler.getattr("_pickleguard_file")?;
-    let feed = unpickler.getattr("_pickleguard_feed")?;
+    let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_buffers"))?)
+        .filter(|b| !b.is_none());
+    let file = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_file"))?;
+    let feed = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_feed"))?;
     let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
     let name = source_name(&file);
     match admit_stream_inner(py, &read, &readline, Some(&file), buffers, None, name, true) {
@@ -2472,7 +2490,7 @@ fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> PyResult<bo
     if scopes.artifacts.is_empty() {
         return Ok(false);
     }
-    let Ok(file) = read.getattr("__self__") else {
+    let Ok(file) = read.getattr(pyo3::intern!(read.py(), "__self__")) else {
         return Ok(false);
     };
     let layers = PROCESS_LAYERS.read().clone();
@@ -2492,8 +2510,8 @@ fn py_unpickler_load<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_PY_LOAD)?;
     let (Ok(read), Ok(readline)) = (
-        unpickler.getattr("_file_read"),
-        unpickler.getattr("_file_readline"),
+        unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_read")),
+        unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_readline")),
     ) else {
         // Not initialised: the original raises its own error, reading nothing.
         return original.call1((unpickler,));
@@ -2508,8 +2526,9 @@ fn py_unpickler_load<'py>(
         clear_extension_cache(py);
         return result;
     }
-    let buffers = Some(unpickler.getattr("_buffers")?).filter(|b| !b.is_none());
-    let file = read.getattr("__self__").ok();
+    let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_buffers"))?)
+        .filter(|b| !b.is_none());
+    let file = read.getattr(pyo3::intern!(read.py(), "__self__")).ok();
     let name = file.as_ref().and_then(source_name);
     let AdmittedStream {
         data,
@@ -2536,8 +2555,14 @@ fn py_unpickler_load<'py>(
     };
     let feed = Bound::new(py, Feed::new())?;
     feed.get().set(data.into_any());
-    unpickler.setattr("_file_read", feed.getattr("read")?)?;
-    unpickler.setattr("_file_readline", feed.getattr("readline")?)?;
+    unpickler.setattr(
+        "_file_read",
+        feed.getattr(pyo3::intern!(feed.py(), "read"))?,
+    )?;
+    unpickler.setattr(
+        "_file_readline",
+        feed.getattr(pyo3::intern!(feed.py(), "readline"))?,
+    )?;
     if let Some(b) = feed_buffers {
         unpickler.setattr("_buffers", b)?;
     }
@@ -2584,7 +2609,7 @@ fn py_unpickler_find_class<'py>(
     if innermost_py_load_is_admitted(py)? {
         // The original find_class is a Python function: its own frame, called
         // from this one, raises the event.
-        let code = original.getattr("__code__")?;
+        let code = original.getattr(pyo3::intern!(original.py(), "__code__"))?;
         let _admitted = Admitted::for_callee(py, &code);
         return original.call1((unpickler, module, name));
     }
@@ -2598,12 +2623,16 @@ fn innermost_py_load_is_admitted(py: Python<'_>) -> PyResult<bool> {
     let load_code = gate_part(py, &ORIGINAL_PY_LOAD)?.getattr("__code__")?;
     let mut frame = current_frame(py);
     while let Some(current) = frame {
-        if current.getattr("f_code")?.is(&load_code) {
-            let caller = current.getattr("f_back")?;
+        if current
+            .getattr(pyo3::intern!(current.py(), "f_code"))?
+            .is(&load_code)
+        {
+            let caller = current.getattr(pyo3::intern!(current.py(), "f_back"))?;
             let admitted = ADMITTED_PY_LOADS.with(|l| l.borrow().last().copied());
             return Ok(admitted == Some(caller.as_ptr() as usize));
         }
-        frame = Some(current.getattr("f_back")?).filter(|f| !f.is_none());
+        frame =
+            Some(current.getattr(pyo3::intern!(current.py(), "f_back"))?).filter(|f| !f.is_none());
     }
     Ok(true)
 }
@@ -2709,8 +2738,8 @@ fn admitted_here(py: Python<'_>) -> bool {
         return frame.map_or(0, |f| f.as_ptr() as usize) == admission.frame;
     }
     let Some(frame) = frame else { return false };
-    let code = frame.getattr("f_code").ok();
-    let back = frame.getattr("f_back").ok();
+    let code = frame.getattr(pyo3::intern!(frame.py(), "f_code")).ok();
+    let back = frame.getattr(pyo3::intern!(frame.py(), "f_back")).ok();
     code.is_some_and(|c| c.as_ptr() as usize == admission.code)
         && back.is_some_and(|b| b.as_ptr() as usize == admission.frame)
 }
@@ -2886,16 +2915,18 @@ fn install_backstop(py: Python<'_>) -> PyResult<()> {
 /// The `read` and `readline` of `file`, looked up as the C unpickler does (after
 /// `peek` and `readinto`, whose lookup errors also propagate).
 fn file_methods<'py>(file: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    let lookup = |name: &str| -> PyResult<Option<Bound<'py, PyAny>>> {
-        match file.getattr(name) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(file.py()) => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    lookup("peek")?;
-    lookup("readinto")?;
-    match (lookup("read")?, lookup("readline")?) {
+    let py = file.py();
+    // io's own types cannot fail these lookups in any other way than a missing
+    // attribute, and making that AttributeError costs more than a small load.
+    let own_type = io_types(py)?.iter().any(|t| file.get_type().is(*t));
+    if !own_type {
+        file.getattr_opt(pyo3::intern!(py, "peek"))?;
+        file.getattr_opt(pyo3::intern!(py, "readinto"))?;
+    }
+    match (
+        file.getattr_opt(pyo3::intern!(py, "read"))?,
+        file.getattr_opt(pyo3::intern!(py, "readline"))?,
+    ) {
         (Some(read), Some(readline)) => Ok((read, readline)),
         _ => Err(PyTypeError::new_err(
             "file must have 'read' and 'readline' attributes",
