@@ -1940,7 +1940,7 @@ fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
     }
     if data.len() != size {
         // It shrank meanwhile: read it the ordinary way.
-        method("seek")?.call1((file, 0))?;
+        seek_to(file, 0)?;
         return Ok(None);
     }
     Ok(Some(data))
@@ -1962,6 +1962,13 @@ fn regular_file_size(fd: std::os::raw::c_int) -> Option<u64> {
     regular.then(|| u64::try_from(stat.st_size).ok()).flatten()
 }
 
+/// Move `file`, one of io's own types, to `position`, with its type's own `seek`.
+fn seek_to(file: &Bound<'_, PyAny>, position: usize) -> PyResult<()> {
+    let seek = file.get_type().getattr(pyo3::intern!(file.py(), "seek"))?;
+    seek.call1((file, position))?;
+    Ok(())
+}
+
 /// A file whose whole contents were admitted at once: after the load, its
 /// position goes back to right after what the unpickler read, as plain pickle
 /// leaves it.
@@ -1973,10 +1980,7 @@ struct Rewind<'py> {
 impl Rewind<'_> {
     fn after(&self, consumed: usize) -> PyResult<()> {
         if consumed < self.len {
-            self.file
-                .get_type()
-                .getattr("seek")?
-                .call1((&self.file, consumed))?;
+            seek_to(&self.file, consumed)?;
         }
         Ok(())
     }
@@ -2008,8 +2012,6 @@ fn admit_stream_inner<'py>(
     look_whole: bool,
 ) -> Result<AdmittedStream<'py>> {
     let readinto = file.and_then(|f| trusted_readinto(f, read));
-    let mut whole = [None, None];
-    let mut whole_len = None;
     if let (Some(file), Some(trusted), true, None, None) =
         (file, &readinto, look_whole, &buffers, sha256)
     {
@@ -2028,10 +2030,29 @@ fn admit_stream_inner<'py>(
                     });
                 }
                 WholeLook::Judge(known) => {
-                    file.get_type()
-                        .getattr(pyo3::intern!(file.get_type().py(), "seek"))?
-                        .call1((file, 0))?;
-                    (whole, whole_len) = (known, Some(data.len()));
+                    // Delimit the bytes in hand, never a second read of the file:
+                    // what is judged and run must be what was read.
+                    if let Ok(extent) = reader::delimit(&data) {
+                        seek_to(file, extent.len)?;
+                        let known = if extent.len == data.len() {
+                            known
+                        } else {
+                            [None, None]
+                        };
+                        let mut pickle = data;
+                        pickle.truncate(extent.len);
+                        let load = Load::pickle(&pickle, &[], source_name).knowing(known);
+                        judge(py, &load, sha256)?;
+                        return Ok(AdmittedStream {
+                            data: Bound::new(py, AdmittedBytes { data: pickle })?,
+                            buffers,
+                            uses_globals: extent.uses_globals,
+                            rewind: None,
+                        });
+                    }
+                    // Not one whole pickle: read it the ordinary way, which raises
+                    // what plain pickle raises, judging what it reads afresh.
+                    seek_to(file, 0)?;
                 }
             }
         }
@@ -2062,11 +2083,7 @@ fn admit_stream_inner<'py>(
     };
     let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let slices = as_slices(&taken);
-    if whole_len != Some(pickle.len()) || !slices.is_empty() {
-        whole = [None, None];
-    }
-    let load = Load::pickle(&pickle, &slices, source_name).knowing(whole);
-    judge(py, &load, sha256)?;
+    judge(py, &Load::pickle(&pickle, &slices, source_name), sha256)?;
     Ok(AdmittedStream {
         data: Bound::new(py, AdmittedBytes { data: pickle })?,
         buffers: feed_buffers,
@@ -2453,7 +2470,19 @@ fn unpickler_load<'py>(
     let feed = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_feed"))?;
     let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
     let name = source_name(&file);
-    match admit_stream_inner(py, &read, &readline, Some(&file), buffers, None, name, true) {
+    // No whole look here: this unpickler lives on, and the C unpickler keeps in
+    // its own buffer any part of a frame that it read past STOP, which its next
+    // load would run unjudged. Delimiting refuses such a frame.
+    match admit_stream_inner(
+        py,
+        &read,
+        &readline,
+        Some(&file),
+        buffers,
+        None,
+        name,
+        false,
+    ) {
         Ok(admitted) => {
             feed.get().set(admitted.data.into_any());
             if let Some(b) = admitted.buffers {
@@ -2463,10 +2492,7 @@ fn unpickler_load<'py>(
             }
             // Its globals are admitted one by one, in the class's find_class.
             let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
-            if let Some(rewind) = &admitted.rewind {
-                rewind.after(feed.get().consumed())?;
-            }
-            // Do not keep the admitted bytes alive.
+            // The load consumed exactly the admitted bytes; do not keep them alive.
             feed.get().clear();
             clear_extension_cache(py);
             result

@@ -57,9 +57,9 @@ def assert_fires(payload: bytes, sentinel: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import pickle, sys; pickle.loads(bytes.fromhex(sys.argv[1]))",
-            payload.hex(),
+            "import pickle, sys; pickle.loads(sys.stdin.buffer.read())",
         ],
+        input=payload,
         check=True,
         capture_output=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")},

@@ -418,9 +418,9 @@ assert Holder().load(io.BytesIO(pickle.dumps(4))) == 4
 
 
 # Readers of large inputs: the whole input is judged first, then (if that does not
-# allow it) the delimited pickle. `bytes`, and files of io's own types at their
-# start (BytesIO; open(path, "rb") for a framed pickle) are looked at whole; any
-# other input is read pickle by pickle.
+# allow it) the delimited pickle. `bytes`, and for `load` files of io's own types
+# at their start (BytesIO; open(path, "rb") for a framed pickle), are looked at
+# whole; any other input is read pickle by pickle.
 LARGE_READERS = {
     "loads": "pickle.loads(open(PATH, 'rb').read() + TAIL)",
     "load, buffered file": "pickle.load(F := open(PATH, 'rb'))",
@@ -524,3 +524,100 @@ with os.fdopen(r, "rb") as f:
     assert f.read() == b""
 """
     )
+
+
+class _Call:
+    """Pickles to a REDUCE of `function(*args)`."""
+
+    def __init__(self, function, *args):  # type: ignore[no-untyped-def]
+        self.function, self.args = function, args
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (self.function, self.args)
+
+
+def test_bytes_changed_after_the_whole_look_are_never_run(run_py, tmp_path):
+    # Technique: TOCTOU. A warn layer makes the whole look fall through to
+    # delimiting; meanwhile another thread overwrites the BytesIO (through
+    # getbuffer, while the whole input is hashed without the GIL) with a hostile
+    # pickle of the same length, hoping the second look reuses the first hash.
+    import os
+
+    sentinel = tmp_path / "sentinel"
+    padding = ["x%d" % i for i in range(20_000)]  # over 64 KiB: hashed without the GIL
+    # fspath is one letter longer than mkdir, its argument one letter shorter.
+    listed = pickle.dumps([_Call(os.fspath, str(sentinel)[:-1]), padding], protocol=4)
+    evil = pickle.dumps([_Call(os.mkdir, str(sentinel)), padding], protocol=4)
+    assert len(listed) == len(evil)
+    assert_fires(evil, sentinel)
+    import pickleguard
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": pickleguard.identify(listed)})
+    (tmp_path / "listed.pkl").write_bytes(listed)
+    (tmp_path / "evil.pkl").write_bytes(evil)
+    proc = run_py(
+        PRELUDE
+        + f"""
+import threading
+pickleguard.activate({str(manifest)!r})
+pickleguard.activate(mode="warn")
+LISTED, EVIL = open("listed.pkl", "rb").read(), open("evil.pkl", "rb").read()
+outcomes = []
+for _ in range(5):
+    f = io.BytesIO(LISTED)
+    def overwrite():
+        while f.tell() != len(LISTED):
+            pass
+        with f.getbuffer() as view:
+            view[:] = EVIL
+    t = threading.Thread(target=overwrite)
+    t.start()
+    try:
+        outcomes.append(pickle.load(f)[0])
+    except NoPickleError:
+        outcomes.append("refused")
+    t.join()
+print(json.dumps(outcomes))
+"""
+    )
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(outcomes) <= {str(sentinel)[:-1], "refused"}, outcomes
+    assert not sentinel.exists()
+
+
+def test_a_frame_running_past_stop_never_runs_its_tail(run_py, tmp_path):
+    # Technique: a listed input (here pinned by hand, by its whole hash) whose one
+    # frame holds "N." and then more opcodes: a reused unpickler keeps the rest of
+    # the frame and would run it on its next load.
+    import struct
+    import subprocess
+    import sys
+
+    sentinel = tmp_path / "sentinel"
+    body = b"N0" * 2100 + b"N." + b"cposix\nmkdir\n(V" + str(sentinel).encode() + b"\ntR."
+    data = b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body
+    (tmp_path / "frame.pkl").write_bytes(data)
+    plain = "import io, pickle; u = pickle.Unpickler(io.BytesIO(open('frame.pkl', 'rb').read()))\n"
+    plain += "u.load(); u.load()"
+    subprocess.run([sys.executable, "-c", plain], cwd=tmp_path, check=True)
+    assert sentinel.exists(), "the hidden tail must run without the guard"
+    sentinel.rmdir()
+    import hashlib
+
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": hashlib.sha256(data).hexdigest()})
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+DATA = open("frame.pkl", "rb").read()
+u = pickle.Unpickler(io.BytesIO(DATA))
+for _ in range(2):
+    try:
+        u.load()
+    except (pickle.UnpicklingError, EOFError):
+        pass
+assert pickle.load(io.BytesIO(DATA)) is None
+assert pickle.loads(DATA) is None
+"""
+    )
+    assert not sentinel.exists()
