@@ -54,8 +54,21 @@ pub struct Entry {
 pub struct ChannelRule {
     pub name: String,
     pub callers: Vec<FramePattern>,
+    /// When set, the caller must itself have been called by a function matching
+    /// one of these: the transport's own code, not a user's direct call.
+    pub called_from: Option<Vec<FramePattern>>,
     pub note: Option<String>,
     pub line: usize,
+}
+
+impl ChannelRule {
+    /// Whether a load by `caller`, itself called by `called_from`, is this channel's.
+    pub fn admits(&self, caller: &str, called_from: Option<&str>) -> bool {
+        self.callers.iter().any(|p| p.matches(caller))
+            && self.called_from.as_ref().is_none_or(|outer| {
+                called_from.is_some_and(|name| outer.iter().any(|p| p.matches(name)))
+            })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,6 +132,7 @@ struct RawManifest {
 struct RawChannel {
     name: Spanned<String>,
     callers: Spanned<Vec<Spanned<String>>>,
+    called_from: Option<Spanned<Vec<Spanned<String>>>>,
     note: Option<String>,
 }
 
@@ -188,7 +202,7 @@ impl Manifest {
             fail(
                 e.span(),
                 e.message().trim_end().to_owned(),
-                "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, note); see docs/manifest.md",
+                "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, called_from, note); see docs/manifest.md",
             )
         })?;
         match &raw.version {
@@ -275,10 +289,22 @@ impl Manifest {
                     "list the functions that load the channel's messages, as `pickleguard record` writes them",
                 ));
             }
+            let called_from = match &channel.called_from {
+                None => None,
+                Some(outer) if outer.get_ref().is_empty() => {
+                    return Err(fail(
+                        Some(outer.span()),
+                        "called_from is empty, so no load could match this channel".into(),
+                        "list the functions that call the channel's callers, or leave called_from out to allow any",
+                    ))
+                }
+                Some(outer) => Some(parse_patterns(outer.get_ref())?),
+            };
             manifest.channels.push(ChannelRule {
                 line: line_of(channel.name.span().start),
                 name: channel.name.into_inner(),
                 callers: parse_patterns(channel.callers.get_ref())?,
+                called_from,
                 note: channel.note,
             });
         }
@@ -289,11 +315,10 @@ impl Manifest {
         &self.channels
     }
 
-    /// The channel rule, if any, whose callers include `caller` (`module:qualname`).
-    pub fn channel_for(&self, caller: &str) -> Option<&ChannelRule> {
-        self.channels
-            .iter()
-            .find(|c| c.callers.iter().any(|p| p.matches(caller)))
+    /// The channel rule, if any, that admits a load by `caller` (`module:qualname`),
+    /// itself called by `called_from`.
+    pub fn channel_for(&self, caller: &str, called_from: Option<&str>) -> Option<&ChannelRule> {
+        self.channels.iter().find(|c| c.admits(caller, called_from))
     }
 
     /// Read and parse the manifest at `path`.
@@ -454,9 +479,9 @@ mod tests {
         let m = Manifest::parse(text, "m").unwrap();
         assert_eq!(m.channels().len(), 1);
         assert!(m
-            .channel_for("multiprocessing.connection:Connection.recv")
+            .channel_for("multiprocessing.connection:Connection.recv", None)
             .is_some());
-        assert!(m.channel_for("app:load").is_none());
+        assert!(m.channel_for("app:load", None).is_none());
         let err = Manifest::parse(
             "version = 1\n[[channel]]\nname = \"x\"\ncallers = []\n",
             "m",

@@ -188,6 +188,8 @@ pub struct CallStack {
     pub frames: Vec<std::sync::Arc<str>>,
     /// The innermost frame outside pickle and pickleguard: the code that loaded.
     pub caller: Option<std::sync::Arc<str>>,
+    /// The frame that called `caller`, for channel rules with `called_from`.
+    pub called_from: Option<std::sync::Arc<str>>,
 }
 
 /// The call stack, computed at most once and only if a rule needs it.
@@ -250,8 +252,12 @@ fn check_manifest(
         }
     }
     if kind == Kind::Pickle && !manifest.channels().is_empty() {
-        if let Some(caller) = frames.get().caller.as_deref() {
-            if manifest.channel_for(caller).is_some() {
+        let stack = frames.get();
+        if let Some(caller) = stack.caller.as_deref() {
+            if manifest
+                .channel_for(caller, stack.called_from.as_deref())
+                .is_some()
+            {
                 return None;
             }
         }
@@ -361,6 +367,7 @@ mod tests {
         let owned = CallStack {
             frames: frames.iter().map(|&s| Arc::from(s)).collect(),
             caller: frames.last().map(|&s| Arc::from(s)),
+            called_from: frames.iter().rev().nth(1).map(|&s| Arc::from(s)),
         };
         let mut compute = move || owned.clone();
         let mut lazy = LazyFrames::new(&mut compute);
@@ -474,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn channel_rules_with_called_from_allow_only_the_transports_own_calls() {
+        let m = "version = 1\n[[channel]]\nname = \"dask\"\ncallers = [\"distributed.protocol.pickle:loads\"]\ncalled_from = [\"distributed.*:*\"]\n";
+        let l = layer(1, Mode::Enforce, Some(m));
+        let transport = [
+            "distributed.worker:Worker.handle_stream",
+            "distributed.protocol.serialize:pickle_loads",
+            "distributed.protocol.pickle:loads",
+        ];
+        assert!(run(std::slice::from_ref(&l), &[], &[], &transport).allowed());
+        // A task calling the same function itself is not the transport.
+        let task = [
+            "distributed.worker:_run_task_simple",
+            "app:task",
+            "distributed.protocol.pickle:loads",
+        ];
+        assert!(!run(std::slice::from_ref(&l), &[], &[], &task).allowed());
+        assert!(!run(&[l], &[], &[], &["distributed.protocol.pickle:loads"]).allowed());
+    }
+
+    #[test]
     fn deferred_manifests_decide_like_loaded_ones() {
         let text = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n");
         let deferred = DeferredManifest::start("m.toml".into(), move |origin| {
@@ -543,6 +570,7 @@ mod tests {
         let mut stack = || CallStack {
             frames: vec![Arc::from("mp:recv")],
             caller: None,
+            called_from: None,
         };
         let mut frames = LazyFrames::new(&mut stack);
         let mut ids = Identities::new(&mut compute);
@@ -552,6 +580,7 @@ mod tests {
         let mut channel = || CallStack {
             frames: vec![Arc::from("mp:recv")],
             caller: Some(Arc::from("mp:recv")),
+            called_from: None,
         };
         let mut frames = LazyFrames::new(&mut channel);
         let other = "version = 1\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n";

@@ -817,14 +817,15 @@ fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> {
 }
 
 /// What a manifest holds, for merging: its entries as (table, identities as
-/// `algorithm:hex`, stack patterns or None) and its channels as (name, callers).
+/// `algorithm:hex`, stack patterns or None) and its channels as (name, callers,
+/// called_from patterns or None).
 #[pyfunction]
 #[allow(clippy::type_complexity)]
 fn manifest_summary(
     path: std::path::PathBuf,
 ) -> PyResult<(
     Vec<(&'static str, Vec<String>, Option<Vec<String>>)>,
-    Vec<(String, Vec<String>)>,
+    Vec<(String, Vec<String>, Option<Vec<String>>)>,
 )> {
     let manifest = Manifest::load(&path.to_string_lossy())
         .map_err(|e| PyErr::from(GuardError::Manifest(e)))?;
@@ -848,6 +849,9 @@ fn manifest_summary(
             (
                 c.name.clone(),
                 c.callers.iter().map(|p| p.as_str().to_owned()).collect(),
+                c.called_from
+                    .as_ref()
+                    .map(|o| o.iter().map(|p| p.as_str().to_owned()).collect()),
             )
         })
         .collect();
@@ -866,6 +870,13 @@ fn pattern_matches(pattern: &str, name: &str) -> PyResult<bool> {
 #[pyfunction]
 fn channel_callers(name: &str) -> Vec<&'static str> {
     crate::channels::known_callers(name).to_vec()
+}
+
+/// The patterns that must match the function calling the known channel `name`'s
+/// callers (empty: any).
+#[pyfunction]
+fn channel_called_from(name: &str) -> Vec<&'static str> {
+    crate::channels::known_called_from(name).to_vec()
 }
 
 /// Add a process layer that allows every load (`pickleguard record`).
@@ -1000,6 +1011,7 @@ fn call_stack(py: Python<'_>) -> CallStack {
     let mut stack = CallStack {
         frames: Vec::with_capacity(64),
         caller: None,
+        called_from: None,
     };
     // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
     // running frame (or NULL), which from_borrowed_ptr_or_opt turns into an owned one.
@@ -1040,8 +1052,12 @@ fn call_stack(py: Python<'_>) -> CallStack {
                 found
             }
         };
-        if stack.caller.is_none() && !found.machinery {
-            stack.caller = Some(found.name.clone());
+        if !found.machinery {
+            if stack.caller.is_none() {
+                stack.caller = Some(found.name.clone());
+            } else if stack.called_from.is_none() {
+                stack.called_from = Some(found.name.clone());
+            }
         }
         if !found.internal {
             stack.frames.push(found.name);
@@ -1504,7 +1520,7 @@ impl Journal {
         };
         let caller = stack.caller.as_deref().unwrap_or_default();
         let channel = match load.kind {
-            Kind::Pickle => crate::channels::known_channel(caller),
+            Kind::Pickle => crate::channels::known_channel(caller, stack.called_from.as_deref()),
             Kind::Artifact => None,
         };
         let entry = serde_json::json!({
@@ -1515,6 +1531,7 @@ impl Journal {
             "id": ids.get(self.algorithm).to_string(),
             "size": load.size(),
             "caller": caller,
+            "called_from": stack.called_from.as_deref(),
             "stack": stack.frames.iter().map(|f| f.as_ref()).collect::<Vec<&str>>(),
             "source": load.source,
             "loader": load.loader,
@@ -3146,6 +3163,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manifest_summary, m)?)?;
     m.add_function(wrap_pyfunction!(record_layer, m)?)?;
     m.add_function(wrap_pyfunction!(channel_callers, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_called_from, m)?)?;
     m.add_function(wrap_pyfunction!(pattern_matches, m)?)?;
     m.add_function(wrap_pyfunction!(admit_stream, m)?)?;
     m.add_function(wrap_pyfunction!(delimit, m)?)?;

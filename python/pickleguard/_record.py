@@ -28,6 +28,7 @@ class Recorded:
     identity: str  # "sha256:<hex>" or "blake3:<hex>"
     size: int
     caller: str
+    called_from: Optional[str]  # the frame that called `caller`
     source: Optional[str]
     imports: List[str]
     risky: List[str]
@@ -87,6 +88,7 @@ def read_journals(directory: Path) -> Journal:
                         loader=entry.get("loader"),
                         size=int(entry.get("size", 0)),
                         caller=caller,
+                        called_from=entry.get("called_from"),
                         source=entry.get("source"),
                         imports=[str(i) for i in entry.get("imports", [])],
                         risky=[str(i) for i in entry.get("risky", [])],
@@ -162,13 +164,16 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     """
     have_pins: Set[Tuple[str, str, Optional[Tuple[str, ...]]]] = set()
     have_callers: Dict[str, Set[str]] = {}
+    # The manifest's own channel rules: (callers, called_from or None for any).
+    have_rules: List[Tuple[List[str], Optional[List[str]]]] = []
     if existing_text is not None:
         entries, channels = _core.manifest_summary(existing_path)
         for table, identities, stack in entries:
             for identity in identities:
                 have_pins.add((table, identity, None if stack is None else tuple(stack)))
-        for name, callers in channels:
+        for name, callers, called_from in channels:
             have_callers.setdefault(name, set()).update(callers)
+            have_rules.append((callers, called_from))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     blocks: List[str] = []
     added: List[Recorded] = []
@@ -181,19 +186,35 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
         if not new:
             continue
         channels_added[name] = new
-        blocks.append(
+        called_from = _core.channel_called_from(name)
+        block = (
             f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
-            "# every run; they are allowed only when loaded directly by these callers.\n"
-            "[[channel]]\n"
-            f"name = {_toml_string(name)}\n"
-            f"callers = {_toml_list(new)}\n"
+            "# every run; they are allowed only when loaded directly by these callers"
         )
-    channel_patterns = [p for patterns in have_callers.values() for p in patterns]
+        block += (
+            ",\n# and only when a function matching called_from calls them.\n"
+            if called_from
+            else ".\n"
+        )
+        block += f"[[channel]]\nname = {_toml_string(name)}\ncallers = {_toml_list(new)}\n"
+        if called_from:
+            block += f"called_from = {_toml_list(called_from)}\n"
+        blocks.append(block)
+
+    def channel_allows(rec: Recorded) -> bool:
+        """Whether a channel rule of the manifest (one written by hand) allows it."""
+        return any(
+            any(_core.pattern_matches(p, rec.caller) for p in callers)
+            and (
+                called_from is None
+                or any(_core.pattern_matches(p, rec.called_from or "") for p in called_from)
+            )
+            for callers, called_from in have_rules
+        )
+
     for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
-        if rec.kind == "pickle" and any(
-            _core.pattern_matches(p, rec.caller) for p in channel_patterns
-        ):
-            continue  # a channel rule of the manifest (one written by hand) allows it
+        if rec.kind == "pickle" and channel_allows(rec):
+            continue
         if (rec.kind, rec.identity, None) in have_pins or (
             rec.kind,
             rec.identity,

@@ -98,7 +98,7 @@ def pins(manifest: Path) -> Set[Tuple[str, Tuple[str, ...]]]:
 def channels(manifest: Path) -> Dict[str, Set[str]]:
     _, rules = pickleguard._core.manifest_summary(str(manifest))
     found: Dict[str, Set[str]] = {}
-    for name, callers in rules:
+    for name, callers, _called_from in rules:
         found.setdefault(name, set()).update(callers)
     return found
 

@@ -1,14 +1,15 @@
 """A small Dask distributed app, for test_dask.py. It knows nothing about pickleguard.
 
     python dask_app.py setup DIR             write DIR/model.pkl, the app's artifact
-    python dask_app.py run DIR [--payload HEX]
+    python dask_app.py run DIR [--payload HEX [--through-dask]]
 
 `run` starts a LocalCluster whose nanny starts two worker processes, then:
 
 - model: maps `score` over eight numbers; each task loads DIR/model.pkl on a worker;
 - rechunk: a P2P rechunk of a small array, whose workers exchange shards;
 - warn: a task sends the client a warning through distributed.warn;
-- bytes (with --payload): one task unpickles bytes the client sent it as an argument.
+- bytes (with --payload): one task unpickles bytes the client sent it as an argument
+  (with --through-dask, by calling dask's own distributed.protocol.pickle.loads).
 
 It prints one line per step, `refused: ...` for a step that failed with an error
 named NoPickleError (it exits with status 1 then), and the pids of the client and
@@ -43,8 +44,10 @@ def warn(message: str) -> int:
     return os.getpid()
 
 
-def unpickle(data: bytes) -> tuple:
+def unpickle(data: bytes, through_dask: bool) -> tuple:
     """User code in a task: loads bytes it was sent, not the engine's own message."""
+    if through_dask:
+        return distributed.protocol.pickle.loads(data), os.getpid()
     return pickle.loads(data), os.getpid()
 
 
@@ -59,7 +62,7 @@ def refused(step: str, error: BaseException) -> bool:
     return True
 
 
-def run(workdir: Path, payload: bytes | None) -> int:
+def run(workdir: Path, payload: bytes | None, through_dask: bool) -> int:
     status = 0
     with (
         distributed.LocalCluster(
@@ -92,7 +95,7 @@ def run(workdir: Path, payload: bytes | None) -> int:
         print("warn: sent")
         if payload is not None:
             try:
-                value, pid = client.submit(unpickle, payload).result()
+                value, pid = client.submit(unpickle, payload, through_dask).result()
             except Exception as e:
                 if not refused("bytes", e):
                     raise
@@ -108,13 +111,14 @@ def main() -> int:
     parser.add_argument("command", choices=["setup", "run"])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--payload", type=bytes.fromhex, default=None)
+    parser.add_argument("--through-dask", action="store_true")
     args = parser.parse_args()
     if args.command == "setup":
         args.workdir.mkdir(parents=True, exist_ok=True)
         with open(args.workdir / "model.pkl", "wb") as f:
             pickle.dump({"name": "ranker", "weight": 3, "bias": 1}, f)
         return 0
-    return run(args.workdir, args.payload)
+    return run(args.workdir, args.payload, args.through_dask)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,35 @@ def test_a_task_unpickling_bytes_it_was_sent_is_not_covered_by_the_channel(recor
     assert_all_exited(pids["workers"])
 
 
+def test_a_task_calling_dasks_own_loader_is_not_the_channel(recorded, tmp_path):
+    # Technique: call the very function every dask message is decoded through,
+    # distributed.protocol.pickle.loads, from a task, on bytes the task was sent.
+    # The channel admits that function only when dask's own code calls it.
+    app = copy_of(recorded, tmp_path)
+    sentinel = tmp_path / "sentinel"
+    payload = hostile(sentinel)
+    assert_fires(payload, sentinel)
+    log = tmp_path / "denials.jsonl"
+    command = [str(APP), "run", "work", "--payload", payload.hex(), "--through-dask"]
+    proc = enforce(app / "pickleguard.toml", command, app, log)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert without_pids(proc.stdout)[-1] == (
+        "bytes: refused: pickleguard.errors.NoPickleError code=not-listed "
+        f"caller=distributed.protocol.pickle:loads sha256={digest(payload)}"
+    )
+    events = denials(log)
+    assert len(events) == 1 and events[0]["pid"] in pid_lines(proc.stdout)["workers"]
+    assert not sentinel.exists()
+
+
+def test_record_writes_the_dask_channel_for_dasks_own_calls_only(recorded):
+    text = (recorded.work / "pickleguard.toml").read_text()
+    assert 'called_from = ["distributed.*:*", "dask.*:*"]' in text
+    # Every load through the channel's callers came from dask's own code.
+    outer = {e["called_from"] for e in recorded.journal if e["channel"] == "dask"}
+    assert outer and all(o.startswith(("distributed.", "dask.")) for o in outer), outer
+
+
 PROCESSES_APP = """
 import pickle, sys
 import dask.bag as db
