@@ -2459,6 +2459,58 @@ impl Feed {
     }
 }
 
+/// What the guarded `pickle.Unpickler` keeps between loads (its one attribute,
+/// `_pickleguard`): where it reads from, its options, and the private feed its
+/// C part reads.
+#[pyclass(frozen, module = "pickleguard._core")]
+struct UnpicklerSource {
+    read: Py<PyAny>,
+    readline: Py<PyAny>,
+    file: Py<PyAny>,
+    #[pyo3(get)]
+    feed: Py<Feed>,
+    /// The caller's out-of-band buffers (an iterator), and the stand-in iterator
+    /// the C part reads the verified ones from.
+    buffers: Option<Py<PyAny>>,
+    buffer_feed: Option<Py<PyAny>>,
+    fix_imports: Py<PyAny>,
+    encoding: Py<PyAny>,
+    errors: Py<PyAny>,
+}
+
+#[pymethods]
+impl UnpicklerSource {
+    #[new]
+    fn new(
+        file: &Bound<'_, PyAny>,
+        fix_imports: &Bound<'_, PyAny>,
+        encoding: &Bound<'_, PyAny>,
+        errors: &Bound<'_, PyAny>,
+        buffers: Option<&Bound<'_, PyAny>>,
+        buffer_feed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = file.py();
+        let (read, readline) = file_methods(file)?;
+        let buffers = match buffers {
+            Some(b) if !b.is_none() => Some(b.try_iter()?.into_any().unbind()),
+            _ => None,
+        };
+        Ok(UnpicklerSource {
+            read: read.unbind(),
+            readline: readline.unbind(),
+            file: file.clone().unbind(),
+            feed: Py::new(py, Feed::new())?,
+            buffers,
+            buffer_feed: buffer_feed
+                .filter(|b| !b.is_none())
+                .map(|b| b.clone().unbind()),
+            fix_imports: fix_imports.clone().unbind(),
+            encoding: encoding.clone().unbind(),
+            errors: errors.clone().unbind(),
+        })
+    }
+}
+
 fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
     let name = unpickler
         .get_type()
@@ -2477,35 +2529,26 @@ fn unpickler_load<'py>(
     py: Python<'py>,
     unpickler: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let Ok(source) = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_source")) else {
+    let Ok(source) = unpickler.getattr(pyo3::intern!(py, "_pickleguard")) else {
         return Err(init_not_called(unpickler));
     };
-    let (read, readline): (Bound<'py, PyAny>, Bound<'py, PyAny>) = source.extract()?;
-    let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_buffers"))?)
-        .filter(|b| !b.is_none());
-    let file = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_file"))?;
-    let feed = unpickler.getattr(pyo3::intern!(unpickler.py(), "_pickleguard_feed"))?;
-    let feed = feed.cast::<Feed>().map_err(PyErr::from)?;
-    let name = source_name(&file);
+    let source = source.cast::<UnpicklerSource>().map_err(PyErr::from)?.get();
+    let (read, readline, file) = (
+        source.read.bind(py),
+        source.readline.bind(py),
+        source.file.bind(py),
+    );
+    let buffers = source.buffers.as_ref().map(|b| b.bind(py).clone());
+    let feed = source.feed.bind(py);
+    let name = source_name(file);
     // No whole look here: this unpickler lives on, and the C unpickler keeps in
     // its own buffer any part of a frame that it read past STOP, which its next
     // load would run unjudged. Delimiting refuses such a frame.
-    match admit_stream_inner(
-        py,
-        &read,
-        &readline,
-        Some(&file),
-        buffers,
-        None,
-        name,
-        false,
-    ) {
+    match admit_stream_inner(py, read, readline, Some(file), buffers, None, name, false) {
         Ok(admitted) => {
             feed.get().set(admitted.data.into_any());
-            if let Some(b) = admitted.buffers {
-                unpickler
-                    .getattr("_pickleguard_buffer_feed")?
-                    .setattr("current", b)?;
+            if let (Some(b), Some(buffer_feed)) = (admitted.buffers, &source.buffer_feed) {
+                buffer_feed.bind(py).setattr("current", b)?;
             }
             // Its globals are admitted one by one, in the class's find_class.
             let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
@@ -2515,10 +2558,10 @@ fn unpickler_load<'py>(
             result
         }
         Err(e) => {
-            let options = unpickler
-                .getattr("_pickleguard_options")?
-                .cast_into::<PyDict>()
-                .map_err(PyErr::from)?;
+            let options = PyDict::new(py);
+            options.set_item("fix_imports", &source.fix_imports)?;
+            options.set_item("encoding", &source.encoding)?;
+            options.set_item("errors", &source.errors)?;
             Err(explain(py, e, "c", &options))
         }
     }
@@ -3155,6 +3198,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_unpickler_load, m)?)?;
     m.add_function(wrap_pyfunction!(install_backstop, m)?)?;
     m.add_class::<Feed>()?;
+    m.add_class::<UnpicklerSource>()?;
     m.add_class::<AdmittedBytes>()?;
     m.add_function(wrap_pyfunction!(seal_type, m)?)?;
     m.add_function(wrap_pyfunction!(start_journal, m)?)?;

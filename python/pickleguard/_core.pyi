@@ -6,6 +6,7 @@ __all__ = [
     "Feed",
     "Grant",
     "Token",
+    "UnpicklerSource",
     "activate",
     "activate_deferred",
     "admit_artifact",
@@ -121,6 +122,22 @@ class Feed:
     def read(self, n: Optional[int] = ...) -> bytes: ...
     def readline(self, size: Optional[int] = ...) -> bytes: ...
     def readinto(self, buffer: Any) -> int: ...
+
+@final
+class UnpicklerSource:
+    """What the guarded Unpickler keeps between loads."""
+
+    def __new__(
+        cls,
+        file: Any,
+        fix_imports: bool,
+        encoding: str,
+        errors: str,
+        buffers: Optional[Iterable[Any]],
+        buffer_feed: Optional[Any],
+    ) -> UnpicklerSource: ...
+    @property
+    def feed(self) -> Feed: ...
 
 def admit_stream(
     read: Callable[..., Any],

@@ -19,7 +19,7 @@ from .errors import _UndelimitedPickle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
-    from typing import Any, Callable, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
+    from typing import Any, Dict, Iterable, Iterator, NoReturn, Optional, Tuple
 
 # The originals, captured before anything is patched.
 _c_loads = _pickle.loads
@@ -30,17 +30,6 @@ _py_find_class = pickle._Unpickler.find_class
 
 _install_lock = _thread.allocate_lock()
 _installed = False
-
-
-def _file_methods(file: Any) -> Tuple[Callable[..., Any], Callable[..., Any]]:
-    """``file.read`` and ``file.readline``, looked up as the C unpickler does."""
-    getattr(file, "peek", None)
-    getattr(file, "readinto", None)
-    read = getattr(file, "read", None)
-    readline = getattr(file, "readline", None)
-    if read is None or readline is None:
-        raise TypeError("file must have 'read' and 'readline' attributes")
-    return read, readline
 
 
 class _ImportRefused(BaseException):
@@ -167,12 +156,11 @@ class Unpickler(_CUnpickler):
         errors: str = "strict",
         buffers: Optional[Iterable[Any]] = None,
     ) -> None:
-        self._pickleguard_source = _file_methods(file)
-        self._pickleguard_file = file
-        self._pickleguard_options = dict(fix_imports=fix_imports, encoding=encoding, errors=errors)
-        self._pickleguard_feed = _core.Feed()
-        self._pickleguard_buffers = None if buffers is None else iter(buffers)
-        self._pickleguard_buffer_feed = None if buffers is None else _BufferFeed()
+        buffer_feed = None if buffers is None else _BufferFeed()
+        # All the core's load() needs, in one attribute: set once, read once a load.
+        self._pickleguard = source = _core.UnpicklerSource(
+            file, fix_imports, encoding, errors, buffers, buffer_feed
+        )
         if not isinstance(self, Unpickler):
             # A subclass of the original C class, calling its base through a name that
             # was bound before activation and rebound to this class, as dill does
@@ -181,19 +169,19 @@ class Unpickler(_CUnpickler):
             # the load() it calls by that name is judged like any other.
             _CUnpickler.__init__(
                 self,
-                self._pickleguard_feed,
+                source.feed,
                 fix_imports=fix_imports,
                 encoding=encoding,
                 errors=errors,
-                buffers=self._pickleguard_buffer_feed,
+                buffers=buffer_feed,
             )
             return
         super().__init__(
-            self._pickleguard_feed,
+            source.feed,
             fix_imports=fix_imports,
             encoding=encoding,
             errors=errors,
-            buffers=self._pickleguard_buffer_feed,
+            buffers=buffer_feed,
         )
 
     def load(self) -> Any:
