@@ -1900,17 +1900,19 @@ const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
 /// is at its start, for a first look (see `whole_look`); `None`, with the file
 /// where it was, for any other. Only at the start, so a file of many pickles
 /// costs one look that finds nothing, not one per pickle.
-fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
+fn read_whole_file<'py>(trusted: &TrustedFile<'py>) -> PyResult<Option<Vec<u8>>> {
     let file = &trusted.file;
     // The type's own methods: the file is exactly one of io's types, but an
     // attribute set on the instance could shadow a method.
-    let method = |name: &str| file.get_type().getattr(name);
+    let py = file.py();
+    let method = |name: &Bound<'py, PyString>| file.get_type().getattr(name);
     let worth_it =
         |size: u64| (WHOLE_LOOK_FROM as u64..=WHOLE_FILE_LOOK_UP_TO as u64).contains(&size);
     // A file that cannot tell its position (a pipe, a closed file) is read the
     // ordinary way, which raises what plain pickle raises.
     let at_start = || {
-        let position = method("tell").and_then(|tell| tell.call1((file,))?.extract::<u64>());
+        let position = method(pyo3::intern!(py, "tell"))
+            .and_then(|tell| tell.call1((file,))?.extract::<u64>());
         matches!(position, Ok(0))
     };
     let size = match trusted.kind {
@@ -1920,8 +1922,10 @@ fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
             if !at_start() {
                 return Ok(None);
             }
-            let end: u64 = method("seek")?.call1((file, 0, 2))?.extract()?;
-            method("seek")?.call1((file, 0))?;
+            let end: u64 = method(pyo3::intern!(py, "seek"))?
+                .call1((file, 0, 2))?
+                .extract()?;
+            method(pyo3::intern!(py, "seek"))?.call1((file, 0))?;
             end
         }
         TrustedKind::Buffered => {
@@ -1929,7 +1933,7 @@ fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
             // load): the first frame's length, in the bytes the load reads first
             // anyway, says whether the pickle is large enough to look at whole.
             // Pickles of protocols before 4 have no frame and are delimited.
-            let head = method("peek").and_then(|peek| peek.call1((file, 11)));
+            let head = method(pyo3::intern!(py, "peek")).and_then(|peek| peek.call1((file, 11)));
             let large = head
                 .as_ref()
                 .ok()
@@ -1941,7 +1945,9 @@ fn read_whole_file(trusted: &TrustedFile<'_>) -> PyResult<Option<Vec<u8>>> {
             if !large || !at_start() {
                 return Ok(None);
             }
-            let fd: std::os::raw::c_int = method("fileno")?.call1((file,))?.extract()?;
+            let fd: std::os::raw::c_int = method(pyo3::intern!(py, "fileno"))?
+                .call1((file,))?
+                .extract()?;
             regular_file_size(fd).unwrap_or(0)
         }
     };
