@@ -2080,13 +2080,28 @@ fn admit_stream_inner<'py>(
             }
         }
     }
-    let mut source = PyFileSource {
-        read,
-        readline,
-        readinto,
+    let in_buffer = match &readinto {
+        Some(trusted) if matches!(trusted.kind, TrustedKind::Buffered) => {
+            read_buffered_pickle(&trusted.file, read)?
+        }
+        _ => None,
     };
     let mut pickle = Vec::new();
-    let extent = match reader::read_one_into(&mut source, &mut pickle) {
+    let read_one = match in_buffer {
+        Some((data, extent)) => {
+            pickle = data;
+            Ok(extent)
+        }
+        None => {
+            let mut source = PyFileSource {
+                read,
+                readline,
+                readinto,
+            };
+            reader::read_one_into(&mut source, &mut pickle)
+        }
+    };
+    let extent = match read_one {
         Ok(extent) => extent,
         Err(ReadError::Empty) => {
             return Ok(AdmittedStream {
@@ -2113,6 +2128,37 @@ fn admit_stream_inner<'py>(
         uses_globals: extent.uses_globals,
         rewind: None,
     })
+}
+
+/// A pickle that lies whole in a buffered reader's buffer (a small one, usually):
+/// delimited there, without a call per opcode argument, then taken with one
+/// `read`. `None`, having read nothing, when the buffer holds no whole pickle.
+fn read_buffered_pickle(
+    file: &Bound<'_, PyAny>,
+    read: &Bound<'_, PyAny>,
+) -> PyResult<Option<(Vec<u8>, reader::Extent)>> {
+    let py = file.py();
+    let peek = file.get_type().getattr(pyo3::intern!(py, "peek"))?;
+    let Ok(head) = peek.call1((file, 1)) else {
+        // A closed file, say: the ordinary way raises what plain pickle raises.
+        return Ok(None);
+    };
+    let Ok(head) = head.cast_into::<PyBytes>() else {
+        return Ok(None);
+    };
+    let Ok(extent) = reader::delimit(head.as_bytes()) else {
+        return Ok(None);
+    };
+    // `read` is the file's own (see `trusted_readinto`); it returns the buffered
+    // bytes just peeked at. Those it returns are the ones judged and run.
+    let data = read.call1((extent.len,))?;
+    let data = data.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
+    if data != &head.as_bytes()[..extent.len] {
+        return Err(PickleGuardError::new_err(
+            "the file changed between two reads of the same bytes; nothing was loaded",
+        ));
+    }
+    Ok(Some((data.to_vec(), extent)))
 }
 
 /// The bytes of a pickle admitted from a stream, kept as read (no copy into a

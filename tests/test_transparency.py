@@ -70,6 +70,41 @@ plain_and_guarded(check)
     )
 
 
+def test_file_positions_match_plain_pickle_on_buffered_files(run_py):
+    # open(path, "rb") buffers: a pickle that lies whole in the buffer is delimited
+    # there; one that straddles the buffer's end (a small buffer here) is read
+    # opcode by opcode. Either way the file ends up where plain pickle leaves it.
+    run_py(
+        PRELUDE
+        + """
+with open("stream.bin", "wb") as f:
+    f.write(STREAM)
+
+def on_file(load_one, buffering):
+    f = open("stream.bin", "rb", buffering=buffering)
+    out = []
+    for _ in range(COUNT):
+        try:
+            out.append((repr(load_one(f)), f.tell()))
+        except Exception as e:
+            out.append((type(e).__name__, f.tell()))
+    return out
+
+def check():
+    return {
+        (name, buffering): on_file(load_one, buffering)
+        for buffering in (-1, 64)
+        for name, load_one in [
+            ("load", lambda f: pickle.load(f)),
+            ("Unpickler", lambda f: pickle.Unpickler(f).load()),
+            ("_load", lambda f: pickle._load(f)),
+        ]
+    }
+plain_and_guarded(check)
+"""
+    )
+
+
 def test_one_unpickler_reads_many_pickles_and_keeps_its_memo(run_py):
     run_py(
         PRELUDE
