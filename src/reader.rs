@@ -316,7 +316,9 @@ impl<S: Source> Input for StreamInput<'_, S> {
         while self.buf.len() < end {
             let want = (end - self.buf.len()).min(READ_CHUNK);
             self.buf.reserve(want);
-            if self.source.read(want, &mut self.buf)? == 0 {
+            // A short read ends the input, as the C unpickler takes it ("pickle data
+            // was truncated"): asking again could wait on a stream forever.
+            if self.source.read(want, &mut self.buf)? < want {
                 return Ok(false);
             }
         }

@@ -105,6 +105,51 @@ plain_and_guarded(check)
     )
 
 
+def test_short_reads_end_the_input_as_in_plain_pickle(run_py):
+    # A file object whose read(n) returns less than asked (and never runs dry):
+    # the C unpickler takes a short read as the end of the data. The guard must
+    # too, not ask again and again: here it would never stop.
+    run_py(
+        PRELUDE
+        + """
+import signal, struct
+signal.alarm(60)
+
+class Dribble:
+    "Serves the pickle's head in full, then one x per read(n), forever."
+    def __init__(self, head):
+        self.head, self.pos = head, 0
+    def read(self, n=-1):
+        if self.pos < len(self.head):
+            chunk = self.head[self.pos:self.pos + n]
+            self.pos += len(chunk)
+            return chunk
+        return b"x"
+    def readline(self):
+        return self.read(1)
+
+HEAD = bytes([0x80, 4, 0x8E]) + struct.pack("<Q", 1 << 40)  # BINBYTES8 of 1 TiB, then x...
+
+def outcome(load_one):
+    try:
+        return repr(load_one(Dribble(HEAD)))
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+token = pickleguard.activate()
+with allow_pickles(token):
+    outcomes = [
+        outcome(lambda f: pickle.load(f)),
+        outcome(lambda f: pickle.Unpickler(f).load()),
+        outcome(lambda f: pickle._load(f)),
+    ]
+# Plain pickle raises MemoryError (C: it allocates the claimed 1 TiB first) or
+# KeyError (Python: it reads on); the guard ends at the first short read.
+assert outcomes == ["UnpicklingError: pickle data was truncated"] * 3, outcomes
+"""
+    )
+
+
 def test_one_unpickler_reads_many_pickles_and_keeps_its_memo(run_py):
     run_py(
         PRELUDE
