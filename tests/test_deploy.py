@@ -446,3 +446,27 @@ def test_record_adds_no_pins_for_loads_a_hand_written_channel_allows(tmp_path):
         "run", "--manifest", "m.toml", "--", sys.executable, "engine.py", "c", cwd=tmp_path
     )
     assert enforced.returncode == 0, enforced.stderr
+
+
+@pytest.mark.parametrize("order", ["good first", "other first"])
+def test_record_pins_a_load_that_a_channel_rule_allows_from_one_caller_only(tmp_path, order):
+    # The same pickle, loaded by the same function, called from two places; the
+    # manifest's channel rule allows only one of them (called_from).
+    calls = "good(); other()" if order == "good first" else "other(); good()"
+    (tmp_path / "app.py").write_text(
+        "import pickle\n"
+        "DATA = pickle.dumps({'same': 'bytes'})\n"
+        "def load_it():\n    return pickle.loads(DATA)\n"
+        "def good():\n    return load_it()\n"
+        "def other():\n    return load_it()\n"
+        f"{calls}\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        'version = 1\n[[channel]]\nname = "toy"\ncallers = ["__main__:load_it"]\n'
+        'called_from = ["__main__:good"]\n'
+    )
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "app.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 new entry" in proc.stdout + proc.stderr
+    enforced = pg("run", "--manifest", "m.toml", "--", sys.executable, "app.py", cwd=tmp_path)
+    assert enforced.returncode == 0, enforced.stderr

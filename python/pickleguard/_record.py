@@ -28,7 +28,9 @@ class Recorded:
     identity: str  # "sha256:<hex>" or "blake3:<hex>"
     size: int
     caller: str
-    called_from: Optional[str]  # the frame that called `caller`
+    # Each frame that called `caller` in the loads of this pickle (None: none), with
+    # the known channel (multiprocessing, dask) those loads were part of, if any.
+    called_from: Dict[Optional[str], Optional[str]]
     source: Optional[str]
     imports: List[str]
     risky: List[str]
@@ -77,10 +79,12 @@ def read_journals(directory: Path) -> Journal:
                 if channel:
                     journal.channels.setdefault(str(channel), set()).add(caller)
                     journal.channel_loads += 1
-                    continue
+                called_from = entry.get("called_from")
+                in_channel = str(channel) if channel else None
                 key = (kind, identity, caller)
                 if key in journal.pickles:
                     journal.pickles[key].count += 1
+                    journal.pickles[key].called_from[called_from] = in_channel
                 else:
                     journal.pickles[key] = Recorded(
                         kind=kind,
@@ -88,7 +92,7 @@ def read_journals(directory: Path) -> Journal:
                         loader=entry.get("loader"),
                         size=int(entry.get("size", 0)),
                         caller=caller,
-                        called_from=entry.get("called_from"),
+                        called_from={called_from: in_channel},
                         source=entry.get("source"),
                         imports=[str(i) for i in entry.get("imports", [])],
                         risky=[str(i) for i in entry.get("risky", [])],
@@ -201,15 +205,19 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
             block += f"called_from = {_toml_list(called_from)}\n"
         blocks.append(block)
 
+    def rule_admits(rule: Tuple[List[str], Optional[List[str]]], caller: str, outer: Optional[str]):
+        callers, called_from = rule
+        return any(_core.pattern_matches(p, caller) for p in callers) and (
+            called_from is None or any(_core.pattern_matches(p, outer or "") for p in called_from)
+        )
+
     def channel_allows(rec: Recorded) -> bool:
-        """Whether a channel rule of the manifest (one written by hand) allows it."""
-        return any(
-            any(_core.pattern_matches(p, rec.caller) for p in callers)
-            and (
-                called_from is None
-                or any(_core.pattern_matches(p, rec.called_from or "") for p in called_from)
-            )
-            for callers, called_from in have_rules
+        """Whether every load of it is allowed by a channel rule: one the manifest
+        had (written by hand, or by an earlier record) or one written now."""
+        return all(
+            (channel is not None and rec.caller in channels_added.get(channel, ()))
+            or any(rule_admits(rule, rec.caller, outer) for rule in have_rules)
+            for outer, channel in rec.called_from.items()
         )
 
     for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
