@@ -188,3 +188,20 @@ def test_a_damaged_zip_is_a_finding_not_a_crash(tmp_path):
         assert proc.returncode == 1, (command, proc.stderr)
         assert "Traceback" not in proc.stderr
         json.loads(proc.stdout)
+
+
+def test_check_warns_about_a_dask_channel_rule_without_called_from(tmp_path):
+    # Written by a record from before called_from: it admits a task's own calls.
+    old = tmp_path / "old.toml"
+    old.write_text(
+        'version = 1\n[[channel]]\nname = "dask"\ncallers = ["distributed.protocol.pickle:loads"]\n'
+    )
+    proc = cli("check", str(old))
+    assert proc.returncode == 0
+    assert "warning: " in proc.stderr and "called_from" in proc.stderr
+    report = json.loads(cli("check", "--json", str(old)).stdout)
+    assert report["results"][0]["warnings"]
+    narrowed = tmp_path / "new.toml"
+    narrowed.write_text(old.read_text() + 'called_from = ["distributed.*:*", "dask.*:*"]\n')
+    proc = cli("check", str(narrowed))
+    assert proc.returncode == 0 and proc.stderr == ""

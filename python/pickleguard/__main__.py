@@ -85,11 +85,32 @@ def _check(args: argparse.Namespace) -> int:
             )
             status = max(status, EXIT_FINDING)
         else:
+            warnings = _unnarrowed_channels(path)
             report.add(
-                {"manifest": path, "ok": True, "rules": entries},
+                {"manifest": path, "ok": True, "rules": entries, "warnings": warnings},
                 f"ok: {path} ({entries} {'rule' if entries == 1 else 'rules'})",
             )
+            if not args.json:
+                for warning in warnings:
+                    print(f"warning: {path}: {warning}", file=sys.stderr)
     return report.finish(status)
+
+
+def _unnarrowed_channels(path: str) -> List[str]:
+    """Channel rules for a known transport whose recorded rule has `called_from`,
+    written without it (by a record from before it existed): they admit every call
+    of their callers, a task's own included."""
+    warnings = []
+    _, channels = _core.manifest_summary(path)
+    for name, callers, called_from in channels:
+        known = _core.channel_called_from(name)
+        if known and called_from is None and set(callers) & set(_core.channel_callers(name)):
+            listed = ", ".join(f'"{p}"' for p in known)
+            warnings.append(
+                f"the {name!r} channel rule has no called_from, so it also admits a task's "
+                f"own calls of its callers; add called_from = [{listed}] as record writes it"
+            )
+    return warnings
 
 
 def _read(path: str, report: _Report) -> Optional[bytes]:
