@@ -191,48 +191,39 @@ def test_a_swapped_artifact_is_refused_in_the_worker_that_loads_it(recorded, tmp
     assert_all_exited(pids["workers"])
 
 
-def test_a_task_unpickling_bytes_it_was_sent_is_not_covered_by_the_channel(recorded, tmp_path):
-    # Technique: a task loads attacker-supplied bytes that arrived inside the
-    # engine's own (allowed) message; the task's own load is judged by the manifest.
+# Technique, "pickle": a task loads attacker-supplied bytes that arrived inside the
+# engine's own (allowed) message; the task's own load is judged by the manifest.
+# Technique, "through dask": the task calls the very function every dask message is
+# decoded through, distributed.protocol.pickle.loads; the channel admits that
+# function only when dask's own code calls it.
+TASK_LOADERS = {
+    "pickle": ([], "__main__:unpickle"),
+    "through dask": (["--through-dask"], "distributed.protocol.pickle:loads"),
+}
+
+
+@pytest.mark.parametrize("loader", TASK_LOADERS)
+def test_a_task_unpickling_bytes_it_was_sent_is_not_covered_by_the_channel(
+    recorded, tmp_path, loader
+):
+    flags, caller = TASK_LOADERS[loader]
     app = copy_of(recorded, tmp_path)
     sentinel = tmp_path / "sentinel"
     payload = hostile(sentinel)
     assert_fires(payload, sentinel)
     log = tmp_path / "denials.jsonl"
-    proc = enforce(
-        app / "pickleguard.toml", [str(APP), "run", "work", "--payload", payload.hex()], app, log
-    )
+    command = [str(APP), "run", "work", "--payload", payload.hex(), *flags]
+    proc = enforce(app / "pickleguard.toml", command, app, log)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert without_pids(proc.stdout) == OUTPUT + [
         "bytes: refused: pickleguard.errors.NoPickleError code=not-listed "
-        f"caller=__main__:unpickle sha256={digest(payload)}"
+        f"caller={caller} sha256={digest(payload)}"
     ]
     pids = pid_lines(proc.stdout)
     events = denials(log)
     assert len(events) == 1 and events[0]["pid"] in pids["workers"]
     assert not sentinel.exists()
     assert_all_exited(pids["workers"])
-
-
-def test_a_task_calling_dasks_own_loader_is_not_the_channel(recorded, tmp_path):
-    # Technique: call the very function every dask message is decoded through,
-    # distributed.protocol.pickle.loads, from a task, on bytes the task was sent.
-    # The channel admits that function only when dask's own code calls it.
-    app = copy_of(recorded, tmp_path)
-    sentinel = tmp_path / "sentinel"
-    payload = hostile(sentinel)
-    assert_fires(payload, sentinel)
-    log = tmp_path / "denials.jsonl"
-    command = [str(APP), "run", "work", "--payload", payload.hex(), "--through-dask"]
-    proc = enforce(app / "pickleguard.toml", command, app, log)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert without_pids(proc.stdout)[-1] == (
-        "bytes: refused: pickleguard.errors.NoPickleError code=not-listed "
-        f"caller=distributed.protocol.pickle:loads sha256={digest(payload)}"
-    )
-    events = denials(log)
-    assert len(events) == 1 and events[0]["pid"] in pid_lines(proc.stdout)["workers"]
-    assert not sentinel.exists()
 
 
 def test_record_writes_the_dask_channel_for_dasks_own_calls_only(recorded):
