@@ -1900,7 +1900,10 @@ const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
 /// is at its start, for a first look (see `whole_look`); `None`, with the file
 /// where it was, for any other. Only at the start, so a file of many pickles
 /// costs one look that finds nothing, not one per pickle.
-fn read_whole_file<'py>(trusted: &TrustedFile<'py>) -> PyResult<Option<Vec<u8>>> {
+fn read_whole_file<'py>(
+    trusted: &TrustedFile<'py>,
+    head: Option<&Bound<'py, PyBytes>>,
+) -> PyResult<Option<Vec<u8>>> {
     let file = &trusted.file;
     // The type's own methods: the file is exactly one of io's types, but an
     // attribute set on the instance could shadow a method.
@@ -1933,15 +1936,10 @@ fn read_whole_file<'py>(trusted: &TrustedFile<'py>) -> PyResult<Option<Vec<u8>>>
             // load): the first frame's length, in the bytes the load reads first
             // anyway, says whether the pickle is large enough to look at whole.
             // Pickles of protocols before 4 have no frame and are delimited.
-            let head = method(pyo3::intern!(py, "peek")).and_then(|peek| peek.call1((file, 11)));
-            let large = head
-                .as_ref()
-                .ok()
-                .and_then(|h| h.cast::<PyBytes>().ok())
-                .is_some_and(|h| {
-                    reader::first_frame_len(h.as_bytes())
-                        .is_some_and(|len| len >= WHOLE_LOOK_FROM as u64)
-                });
+            let large = head.is_some_and(|h| {
+                reader::first_frame_len(h.as_bytes())
+                    .is_some_and(|len| len >= WHOLE_LOOK_FROM as u64)
+            });
             if !large || !at_start() {
                 return Ok(None);
             }
@@ -2035,10 +2033,16 @@ fn admit_stream_inner<'py>(
     look_whole: bool,
 ) -> Result<AdmittedStream<'py>> {
     let readinto = file.and_then(|f| trusted_readinto(f, read));
+    // A buffered reader's buffer, looked at once: it says whether a pickle is
+    // large (its first frame) or lies whole in it.
+    let head = readinto
+        .as_ref()
+        .filter(|t| matches!(t.kind, TrustedKind::Buffered))
+        .and_then(|t| peek_buffer(&t.file));
     if let (Some(file), Some(trusted), true, None, None) =
         (file, &readinto, look_whole, &buffers, sha256)
     {
-        if let Some(data) = read_whole_file(trusted)? {
+        if let Some(data) = read_whole_file(trusted, head.as_ref())? {
             match whole_look(py, &data)? {
                 WholeLook::Allowed => {
                     let len = data.len();
@@ -2080,11 +2084,9 @@ fn admit_stream_inner<'py>(
             }
         }
     }
-    let in_buffer = match &readinto {
-        Some(trusted) if matches!(trusted.kind, TrustedKind::Buffered) => {
-            read_buffered_pickle(&trusted.file, read)?
-        }
-        _ => None,
+    let in_buffer = match &head {
+        Some(head) => read_buffered_pickle(head, read)?,
+        None => None,
     };
     let mut pickle = Vec::new();
     let read_one = match in_buffer {
@@ -2130,22 +2132,25 @@ fn admit_stream_inner<'py>(
     })
 }
 
+/// What a buffered reader holds in its buffer, read from the file first if empty
+/// (the read a load makes anyway), without moving its position. `None` for a
+/// file that cannot say (a closed file, say: the ordinary way then raises what
+/// plain pickle raises).
+fn peek_buffer<'py>(file: &Bound<'py, PyAny>) -> Option<Bound<'py, PyBytes>> {
+    let peek = file
+        .get_type()
+        .getattr(pyo3::intern!(file.py(), "peek"))
+        .ok()?;
+    peek.call1((file, 1)).ok()?.cast_into::<PyBytes>().ok()
+}
+
 /// A pickle that lies whole in a buffered reader's buffer (a small one, usually):
 /// delimited there, without a call per opcode argument, then taken with one
 /// `read`. `None`, having read nothing, when the buffer holds no whole pickle.
 fn read_buffered_pickle(
-    file: &Bound<'_, PyAny>,
+    head: &Bound<'_, PyBytes>,
     read: &Bound<'_, PyAny>,
 ) -> PyResult<Option<(Vec<u8>, reader::Extent)>> {
-    let py = file.py();
-    let peek = file.get_type().getattr(pyo3::intern!(py, "peek"))?;
-    let Ok(head) = peek.call1((file, 1)) else {
-        // A closed file, say: the ordinary way raises what plain pickle raises.
-        return Ok(None);
-    };
-    let Ok(head) = head.cast_into::<PyBytes>() else {
-        return Ok(None);
-    };
     let Ok(extent) = reader::delimit(head.as_bytes()) else {
         return Ok(None);
     };
