@@ -2348,18 +2348,21 @@ fn run_original<'py>(
         if feed.is_instance_of::<AdmittedBytes>() {
             let holder = Bound::new(py, Feed::new())?;
             holder.get().set(feed);
-            let result = gate_part(py, &ADMITTED_UNPICKLER)?
-                .call((&holder,), options.as_ref())?
-                .call_method0("load");
+            let unpickler =
+                gate_part(py, &ADMITTED_UNPICKLER)?.call((&holder,), options.as_ref())?;
+            let result = {
+                let _load = GateLoad::enter(&unpickler);
+                unpickler.call_method0("load")
+            };
             if let Some(rewind) = &rewind {
                 rewind.after(holder.get().consumed())?;
             }
             result
         } else {
             let file = py.import("io")?.call_method1("BytesIO", (feed,))?;
-            gate_part(py, &ADMITTED_UNPICKLER)?
-                .call((file,), options.as_ref())?
-                .call_method0("load")
+            let unpickler = gate_part(py, &ADMITTED_UNPICKLER)?.call((file,), options.as_ref())?;
+            let _load = GateLoad::enter(&unpickler);
+            unpickler.call_method0("load")
         }
     } else {
         // No global to import, nothing to call: the plain C loads.
@@ -2608,7 +2611,10 @@ fn unpickler_load<'py>(
                 buffer_feed.bind(py).setattr("current", b)?;
             }
             // Its globals are admitted one by one, in the class's find_class.
-            let result = gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,));
+            let result = {
+                let _load = GateLoad::enter(unpickler);
+                gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
+            };
             // The load consumed exactly the admitted bytes; do not keep them alive.
             feed.get().clear();
             clear_extension_cache(py);
@@ -2663,7 +2669,7 @@ fn py_unpickler_load<'py>(
         // A pickle inside an admitted artifact, which its entry covers: joblib
         // interleaves raw array bytes with the opcodes, so it cannot be delimited.
         let result = {
-            let _load = AdmittedPyLoad::enter(py);
+            let _load = GateLoad::enter(unpickler);
             original.call1((unpickler,))
         };
         clear_extension_cache(py);
@@ -2712,7 +2718,7 @@ fn py_unpickler_load<'py>(
     let result = {
         // Its globals are admitted one by one in the patched find_class, which
         // checks that the load running is this one.
-        let _load = AdmittedPyLoad::enter(py);
+        let _load = GateLoad::enter(unpickler);
         original.call1((unpickler,))
     };
     clear_extension_cache(py);
@@ -2721,9 +2727,12 @@ fn py_unpickler_load<'py>(
     result
 }
 
-/// `find_class` of the guarded `pickle.Unpickler`, called directly or by its own
-/// admitted `load()`. A direct call is an import the caller could make anyway, so it
-/// runs admitted; the C `find_class` then raises its audit event.
+/// `find_class` of the guarded `pickle.Unpickler` (and of the unpickler the guarded
+/// `loads`/`load` run). It admits the import only when `unpickler` is the one whose
+/// load the gate started on judged bytes, innermost on this thread. Any other call
+/// (an unguarded unpickler calling `pickle.Unpickler.find_class(self, ...)` by
+/// name, a direct call outside a load) runs unadmitted: the C `find_class` raises
+/// its audit event and the backstop refuses it.
 #[pyfunction]
 fn unpickler_find_class<'py>(
     py: Python<'py>,
@@ -2732,15 +2741,18 @@ fn unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
+    if !GateLoad::is_innermost(unpickler) {
+        return original.call1((unpickler, module, name));
+    }
     // The C find_class runs in this frame and raises its event here.
     let _admitted = Admitted::at_current_frame(py);
     original.call1((unpickler, module, name))
 }
 
-/// `pickle._Unpickler.find_class`, patched on the class. Called by an admitted load,
-/// or directly by code that is not loading, it runs admitted. Called while an
-/// original pure-Python `load` runs that the gate did not admit (one captured before
-/// activation), it stays unadmitted, so the backstop refuses it.
+/// `pickle._Unpickler.find_class`, patched on the class. Admitted, as above, only
+/// inside the load the gate started for this very unpickler: a subclass whose own
+/// `load()` loop runs the dispatch table, or any other caller, stays unadmitted,
+/// so the backstop refuses the import.
 #[pyfunction]
 fn py_unpickler_find_class<'py>(
     py: Python<'py>,
@@ -2749,35 +2761,14 @@ fn py_unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
-    if innermost_py_load_is_admitted(py)? {
-        // The original find_class is a Python function: its own frame, called
-        // from this one, raises the event.
-        let code = original.getattr(pyo3::intern!(original.py(), "__code__"))?;
-        let _admitted = Admitted::for_callee(py, &code);
+    if !GateLoad::is_innermost(unpickler) {
         return original.call1((unpickler, module, name));
     }
+    // The original find_class is a Python function: its own frame, called from
+    // this one, raises the event.
+    let code = original.getattr(pyo3::intern!(original.py(), "__code__"))?;
+    let _admitted = Admitted::for_callee(py, &code);
     original.call1((unpickler, module, name))
-}
-
-/// Whether the innermost frame of the original pure-Python `_Unpickler.load` on this
-/// thread's stack was started by the gate (true as well when there is none: a
-/// direct call of find_class, an ordinary import).
-fn innermost_py_load_is_admitted(py: Python<'_>) -> PyResult<bool> {
-    let load_code = gate_part(py, &ORIGINAL_PY_LOAD)?.getattr("__code__")?;
-    let mut frame = current_frame(py);
-    while let Some(current) = frame {
-        if current
-            .getattr(pyo3::intern!(current.py(), "f_code"))?
-            .is(&load_code)
-        {
-            let caller = current.getattr(pyo3::intern!(current.py(), "f_back"))?;
-            let admitted = ADMITTED_PY_LOADS.with(|l| l.borrow().last().copied());
-            return Ok(admitted == Some(caller.as_ptr() as usize));
-        }
-        frame =
-            Some(current.getattr(pyo3::intern!(current.py(), "f_back"))?).filter(|f| !f.is_none());
-    }
-    Ok(true)
 }
 
 fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
@@ -2816,8 +2807,8 @@ thread_local! {
     /// pickle calls (a REDUCE target, a persistent_load, an import) runs in other
     /// frames, so an unpickler it starts is not admitted by the outer load.
     static ADMISSIONS: std::cell::RefCell<Vec<Admission>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Caller frames of the original pure-Python loads the gate started.
-    static ADMITTED_PY_LOADS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The unpicklers whose load the gate started on judged bytes, innermost last.
+    static GATE_LOADS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// While alive, one admission is in force on this thread.
@@ -2853,20 +2844,32 @@ impl Drop for Admitted {
     }
 }
 
-/// Marks an original pure-Python load started by the gate, by its caller's frame.
-struct AdmittedPyLoad;
+/// While alive, the gate is running an original `load` of this unpickler on bytes
+/// it judged. Only then does the unpickler's `find_class` admit imports. It holds
+/// the unpickler, so its address cannot be reused by another object meanwhile.
+struct GateLoad {
+    _unpickler: Py<PyAny>,
+}
 
-impl AdmittedPyLoad {
-    fn enter(py: Python<'_>) -> Self {
-        let frame = current_frame_ptr(py);
-        ADMITTED_PY_LOADS.with(|l| l.borrow_mut().push(frame));
-        AdmittedPyLoad
+impl GateLoad {
+    fn enter(unpickler: &Bound<'_, PyAny>) -> Self {
+        let unpickler = unpickler.clone().unbind();
+        GATE_LOADS.with(|l| l.borrow_mut().push(unpickler.as_ptr() as usize));
+        GateLoad {
+            _unpickler: unpickler,
+        }
+    }
+
+    /// Whether the innermost load the gate is running on this thread is
+    /// `unpickler`'s.
+    fn is_innermost(unpickler: &Bound<'_, PyAny>) -> bool {
+        GATE_LOADS.with(|l| l.borrow().last().copied()) == Some(unpickler.as_ptr() as usize)
     }
 }
 
-impl Drop for AdmittedPyLoad {
+impl Drop for GateLoad {
     fn drop(&mut self) {
-        ADMITTED_PY_LOADS.with(|l| l.borrow_mut().pop());
+        GATE_LOADS.with(|l| l.borrow_mut().pop());
     }
 }
 
@@ -2954,7 +2957,8 @@ fn backstop_refusal(py: Python<'_>, module: &str, name: &str) -> Option<(&'stati
             "an unpickler that pickleguard did not admit tried to import {module}.{name}; \
              something loaded a pickle through a path the gate does not cover (a function \
              bound before activation, a second copy of _pickle, a subclass of the original \
-             C Unpickler)"
+             C Unpickler, a load() loop of its own) or called find_class outside a load \
+             the gate judged"
         ),
     ))
 }

@@ -15,7 +15,7 @@ import pickle
 import sys
 
 from . import _core
-from .errors import _UndelimitedPickle
+from .errors import NoPickleError, _UndelimitedPickle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
 _c_loads = _pickle.loads
 _c_load = _pickle.load
 _CUnpickler = _pickle.Unpickler
+_c_unpickler_load = _CUnpickler.load
 _py_load = pickle._Unpickler.load
 _py_find_class = pickle._Unpickler.find_class
 
@@ -242,6 +243,55 @@ def _rebind_captured_originals() -> None:
         forking.loads = loads
 
 
+def _early_subclass_load(self: Any) -> Any:
+    """``load()`` given, at activation, to the subclasses of the original C
+    ``Unpickler`` that were made before it and inherit its unchecked ``load()``."""
+    if hasattr(self, "_pickleguard"):
+        # Set up through a base name rebound to the guarded class (dill's
+        # ``StockUnpickler.__init__(self, ...)``): its C part reads the private feed.
+        return _core.unpickler_load(self)
+    # Its C part reads the caller's file directly: there is no telling what it
+    # reads, so it cannot be judged. Warn mode lets it run (the backstop still
+    # refuses its global imports); enforcement refuses it.
+    cls = type(self)
+    message = (
+        f"pickleguard refused {cls.__module__}.{cls.__qualname__}.load(): the class "
+        "subclasses the original pickle.Unpickler and was created before pickleguard "
+        "was activated, so its load() reads its file past the gate and cannot be "
+        "judged.\nhint: activate pickleguard before importing "
+        f"{cls.__module__}, or from the environment (PICKLEGUARD_MANIFEST, or "
+        "pickleguard run), so no unpickler class exists before it"
+    )
+    if _core.enforcing():
+        caller = sys._getframe(1)
+        code = caller.f_code
+        name = f"{caller.f_globals.get('__name__')}:{getattr(code, 'co_qualname', code.co_name)}"
+        raise NoPickleError(message, code="early-unpickler", caller=name)
+    import logging
+
+    logging.getLogger("pickleguard").warning("warn mode, allowed anyway: %s", message)
+    return _c_unpickler_load(self)
+
+
+def _guard_early_subclasses() -> None:
+    """Give every subclass of the original C ``Unpickler`` that exists now and
+    inherits its ``load()`` the one above. pickleguard's own classes keep theirs."""
+    own = (Unpickler, _AdmittedUnpickler, _CDryRun)
+    pending = list(_CUnpickler.__subclasses__())
+    seen = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen or cls in own:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        if cls.load is _c_unpickler_load:
+            try:
+                cls.load = _early_subclass_load  # type: ignore[method-assign]
+            except (AttributeError, TypeError):
+                pass  # an immutable type: the backstop still refuses its imports
+
+
 def install() -> None:
     """Replace the loading entry points of ``pickle`` and ``_pickle``, register the
     audit-hook backstop and prove it works. Idempotent. Raises PickleGuardError if
@@ -258,6 +308,7 @@ def install() -> None:
         pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
         pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
         _rebind_captured_originals()
+        _guard_early_subclasses()
         # torch.load and joblib.load pin whole files; see _integrations.
         from . import _integrations
 

@@ -31,7 +31,8 @@ class NoPickleError(PickleGuardError):
         size: its size in bytes.
         caller: the loading frame, as ``module:qualname``.
         code: a stable reason code: ``not-listed``, ``stack-mismatch``,
-            ``no-manifest``, ``broken-manifest``, ``scope`` or ``pin-mismatch``.
+            ``no-manifest``, ``broken-manifest``, ``scope``, ``pin-mismatch``,
+            ``backstop``, ``backstop-self`` or ``early-unpickler``.
         entry: a manifest entry that would allow this load, ready to paste.
     """
 

@@ -188,6 +188,15 @@ from pickleguard import NoPickleError
 TOKEN = pickleguard.activate({manifest!r})
 """
 
+# Activation from the environment: the .pth file activated pickleguard before this
+# snippet's first line, so its setup code runs after activation and no token exists.
+_GUARDED_FROM_ENV = """
+import pickleguard
+from pickleguard import NoPickleError
+assert pickleguard._core.enforcing(), "PICKLEGUARD_MANIFEST did not activate the guard"
+TOKEN = None
+"""
+
 # Address-space cap for the resource tests: a load that tries to allocate more
 # fails with MemoryError instead of taking the machine down.
 RLIMIT_1GIB = "import resource\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
@@ -213,13 +222,23 @@ def scenario(
     limits: str = "",
     after: str = "",
     name: str = "payload.pkl",
+    activation: str = "code",
 ) -> Dict[str, Any]:
-    """Run one step in a fresh interpreter and return its RESULT dict."""
+    """Run one step in a fresh interpreter and return its RESULT dict.
+
+    ``activation`` is ``"code"`` (``pickleguard.activate()`` after ``setup``) or
+    ``"env"`` (``PICKLEGUARD_MANIFEST``, so the .pth file activates pickleguard
+    before ``setup`` runs; needs the wheel installed)."""
     path = tmp_path / name
     path.write_bytes(payload)
+    env = None
     if guarded:
         manifest = write_manifest(tmp_path / "manifest.toml", *manifest_entries)
-        activate = _GUARDED.format(manifest=str(manifest))
+        if activation == "env":
+            activate = _GUARDED_FROM_ENV
+            env = {"PICKLEGUARD_MANIFEST": str(manifest)}
+        else:
+            activate = _GUARDED.format(manifest=str(manifest))
     else:
         activate = _CONTROL
     code = _TEMPLATE.format(
@@ -231,7 +250,7 @@ def scenario(
         load=textwrap.indent(textwrap.dedent(load).strip(), "    "),
         after=after,
     )
-    proc = run_py(code)
+    proc = run_py(code, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout + proc.stderr
     result: Dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
