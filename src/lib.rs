@@ -1,8 +1,8 @@
 //! pickleguard's core: delimit a pickle without running it, identify it by the hash
 //! of its exact bytes, and decide whether the active policy lets it load.
 //!
-//! Everything but [`python`] is plain Rust, so `cargo test` covers it without an
-//! interpreter. The `python` feature adds the PyO3 boundary built by maturin.
+//! Everything but [`py`] is plain Rust, so `cargo test` covers it without an
+//! interpreter. The `python` feature adds the PyO3 boundary built by maturin (`src/py/`).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod channels;
@@ -14,4 +14,4 @@ pub mod reader;
 pub mod scan;
 
 #[cfg(feature = "python")]
-mod python;
+mod py;

@@ -1,0 +1,160 @@
+//! Activation: the process layers `activate()` adds (from a manifest, deferred or
+//! not), and the status questions the front asks (enforcing? journaling? in an
+//! artifact?).
+
+use super::error::GuardError;
+use super::journal::JOURNAL;
+use super::scopes::{
+    active_scopes, add_process_layer, next_layer_id, push_node, ScopeNode, ScopeState,
+    PROCESS_LAYERS,
+};
+use super::tokens::{Token, TokenKind};
+use crate::manifest::{Manifest, ManifestError as CoreManifestError};
+use crate::policy::{Mode, ProcessLayer, Rules};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Whether some layer refuses what it does not list, here and now: an enforcing
+/// process layer other than `record`'s, or a deny scope in this thread or task.
+#[pyfunction]
+pub(super) fn enforcing(py: Python<'_>) -> PyResult<bool> {
+    let process = PROCESS_LAYERS
+        .read()
+        .iter()
+        .any(|l| l.mode == Mode::Enforce && !matches!(l.rules, Rules::Everything));
+    Ok(process || !active_scopes(py)?.scopes.is_empty())
+}
+
+/// Whether `pickleguard record` is journaling this process's loads.
+#[pyfunction]
+pub(super) fn journaling() -> bool {
+    JOURNAL.get().is_some()
+}
+
+/// Whether this thread or task is inside an admitted artifact's with-block.
+#[pyfunction]
+pub(super) fn in_artifact(py: Python<'_>) -> PyResult<bool> {
+    Ok(!active_scopes(py)?.artifacts.is_empty())
+}
+
+/// Open a deny scope in this thread or task and return its token.
+#[pyfunction]
+pub(super) fn no_pickles(py: Python<'_>) -> PyResult<Token> {
+    let scope = Arc::new(ScopeState {
+        id: next_layer_id(),
+        open: AtomicBool::new(true),
+    });
+    push_node(py, ScopeNode::Deny(scope.clone()))?;
+    Ok(Token {
+        kind: TokenKind::Scope(scope),
+    })
+}
+
+/// Add a process-wide layer. Layers only ever add up, so a later call can only tighten.
+#[pyfunction]
+#[pyo3(signature = (manifest=None, mode="enforce"))]
+pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token> {
+    let mode = Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "mode must be \"enforce\" or \"warn\", not {mode:?}"
+        ))
+    })?;
+    let (rules, failure) = match manifest {
+        None => (Rules::Nothing, None),
+        Some(path) => {
+            let origin = path.to_string_lossy().into_owned();
+            // A panic while reading must still leave a closed layer, never none at all.
+            let loaded =
+                std::panic::catch_unwind(|| Manifest::load(&origin)).unwrap_or_else(|_| {
+                    Err(CoreManifestError {
+                        origin: origin.clone(),
+                        line: 0,
+                        column: 0,
+                        message: "internal error while reading the manifest".into(),
+                        hint: "please report this with the manifest attached".into(),
+                    })
+                });
+            match loaded {
+                Ok(m) => (Rules::Manifest(m), None),
+                Err(e) => (Rules::Broken(e.clone()), Some(e)),
+            }
+        }
+    };
+    let id = next_layer_id();
+    add_process_layer(ProcessLayer { id, mode, rules });
+    if let Some(e) = failure {
+        // The layer stays: in enforce mode it refuses every load and says why.
+        return Err(GuardError::Manifest(e).into());
+    }
+    Ok(Token {
+        kind: TokenKind::Process(id),
+    })
+}
+
+/// Add a process layer whose manifest is read on a background thread, for
+/// activation at interpreter start; the first load that needs it waits for it. A
+/// manifest that fails to read refuses every load, as with `activate()`.
+#[pyfunction]
+#[pyo3(signature = (manifest, mode="enforce"))]
+pub(super) fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> PyResult<()> {
+    let mode = Mode::parse(mode).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "mode must be \"enforce\" or \"warn\", not {mode:?}"
+        ))
+    })?;
+    let origin = manifest.to_string_lossy().into_owned();
+    let deferred = crate::policy::DeferredManifest::start(origin, load_manifest);
+    add_process_layer(ProcessLayer {
+        id: next_layer_id(),
+        mode,
+        rules: Rules::Deferred(deferred),
+    });
+    Ok(())
+}
+
+/// Wait for manifests still being read (before a fork: a child has no thread to
+/// wait for).
+#[pyfunction]
+pub(super) fn settle_manifests(py: Python<'_>) {
+    let layers = PROCESS_LAYERS.read().clone();
+    py.detach(|| {
+        for layer in layers.iter() {
+            if let Rules::Deferred(d) = &layer.rules {
+                let _ = d.get();
+            }
+        }
+    });
+}
+
+/// Add a process layer that allows every load (`pickleguard record`).
+#[pyfunction]
+pub(super) fn record_layer() {
+    add_process_layer(ProcessLayer {
+        id: next_layer_id(),
+        mode: Mode::Enforce,
+        rules: Rules::Everything,
+    });
+}
+
+/// Validate a manifest file, raising ManifestError; returns its entry count.
+#[pyfunction]
+pub(super) fn check_manifest(path: std::path::PathBuf) -> PyResult<usize> {
+    load_manifest(&path.to_string_lossy())
+        .map(|m| m.entries().len() + m.channels().len())
+        .map_err(|e| GuardError::Manifest(e).into())
+}
+
+/// Read a manifest; a panic while reading becomes a ManifestError, never a pass.
+pub(super) fn load_manifest(origin: &str) -> std::result::Result<Manifest, CoreManifestError> {
+    std::panic::catch_unwind(|| Manifest::load(origin)).unwrap_or_else(|_| {
+        Err(CoreManifestError {
+            origin: origin.to_owned(),
+            line: 0,
+            column: 0,
+            message: "internal error while reading the manifest".into(),
+            hint: "please report this with the manifest attached".into(),
+        })
+    })
+}

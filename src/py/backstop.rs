@@ -1,0 +1,286 @@
+//! The backstop: a C-level audit hook that refuses `pickle.find_class` (the event
+//! every unpickler raises before importing a global) unless the event comes from
+//! the `find_class` call of a load the gate started on judged bytes. An unpickler
+//! reached by a path the gate does not cover (a function bound before activation, a
+//! second `_pickle`, a subclass of the original C class, a load loop of its own)
+//! then cannot import a single global.
+
+use super::error::{NoPickleError, PickleGuardError};
+use super::frames::caller;
+use super::report::{logger, Denial};
+use super::unpickler::{current_frame, current_frame_ptr};
+use crate::manifest::Kind;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where an admitted unpickler raises its `pickle.find_class` events: from
+/// `frame` itself, or (`code` set) from a call of that code object made by `frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Admission {
+    pub(super) frame: usize,
+    pub(super) code: usize,
+}
+
+thread_local! {
+    /// Admissions in force on this thread, innermost last. Only the innermost one
+    /// counts, and only for events raised where it says: code that an admitted
+    /// pickle calls (a REDUCE target, a persistent_load, an import) runs in other
+    /// frames, so an unpickler it starts is not admitted by the outer load.
+    pub(super) static ADMISSIONS: std::cell::RefCell<Vec<Admission>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The unpicklers whose load the gate started on judged bytes, innermost last.
+    pub(super) static GATE_LOADS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// While alive, one admission is in force on this thread.
+pub(super) struct Admitted;
+
+impl Admitted {
+    /// For an original unpickler called from the current frame with no Python frame
+    /// of its own (the C `loads`, the C `find_class`).
+    pub(super) fn at_current_frame(py: Python<'_>) -> Self {
+        let frame = current_frame_ptr(py);
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code: 0 }));
+        Admitted
+    }
+
+    /// For a Python function `code` called from the current frame.
+    pub(super) fn for_callee(py: Python<'_>, code: &Bound<'_, PyAny>) -> Self {
+        let frame = current_frame_ptr(py);
+        let code = code.as_ptr() as usize;
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code }));
+        Admitted
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        ADMISSIONS.with(|a| a.borrow_mut().pop());
+        // Both unpicklers take EXT codes from copyreg's cache without raising
+        // pickle.find_class; an entry an admitted load left there would let an
+        // unadmitted unpickler reach that global past the backstop.
+        // SAFETY: Admitted lives only inside functions that hold the GIL.
+        let py = unsafe { Python::assume_attached() };
+        clear_extension_cache(py);
+    }
+}
+
+/// While alive, the gate is running an original `load` of this unpickler on bytes
+/// it judged. Only then does the unpickler's `find_class` admit imports. It holds
+/// the unpickler, so its address cannot be reused by another object meanwhile.
+pub(super) struct GateLoad {
+    pub(super) _unpickler: Py<PyAny>,
+}
+
+impl GateLoad {
+    pub(super) fn enter(unpickler: &Bound<'_, PyAny>) -> Self {
+        let unpickler = unpickler.clone().unbind();
+        GATE_LOADS.with(|l| l.borrow_mut().push(unpickler.as_ptr() as usize));
+        GateLoad {
+            _unpickler: unpickler,
+        }
+    }
+
+    /// Whether the innermost load the gate is running on this thread is
+    /// `unpickler`'s.
+    pub(super) fn is_innermost(unpickler: &Bound<'_, PyAny>) -> bool {
+        GATE_LOADS.with(|l| l.borrow().last().copied()) == Some(unpickler.as_ptr() as usize)
+    }
+}
+
+impl Drop for GateLoad {
+    fn drop(&mut self) {
+        GATE_LOADS.with(|l| l.borrow_mut().pop());
+    }
+}
+
+/// Whether the `pickle.find_class` event being raised comes from where the
+/// innermost admission says.
+pub(super) fn admitted_here(py: Python<'_>) -> bool {
+    let Some(admission) = ADMISSIONS.with(|a| a.borrow().last().copied()) else {
+        return false;
+    };
+    let frame = current_frame(py);
+    if admission.code == 0 {
+        return frame.map_or(0, |f| f.as_ptr() as usize) == admission.frame;
+    }
+    let Some(frame) = frame else { return false };
+    let code = frame.getattr(pyo3::intern!(frame.py(), "f_code")).ok();
+    let back = frame.getattr(pyo3::intern!(frame.py(), "f_back")).ok();
+    code.is_some_and(|c| c.as_ptr() as usize == admission.code)
+        && back.is_some_and(|b| b.as_ptr() as usize == admission.frame)
+}
+
+pub(super) static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+
+pub(super) fn clear_extension_cache(py: Python<'_>) {
+    let cache = EXTENSION_CACHE.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        Ok(py
+            .import("copyreg")?
+            .getattr("_extension_cache")?
+            .cast_into::<PyDict>()
+            .map_err(PyErr::from)?
+            .unbind())
+    });
+    if let Ok(cache) = cache {
+        let cache = cache.bind(py);
+        if !cache.is_empty() {
+            cache.clear();
+        }
+    }
+}
+
+pub(super) type AuditHookFunction = unsafe extern "C" fn(
+    *const std::ffi::c_char,
+    *mut pyo3::ffi::PyObject,
+    *mut std::ffi::c_void,
+) -> std::ffi::c_int;
+
+extern "C" {
+    // Part of CPython's C API since 3.8; not wrapped by pyo3-ffi.
+    fn PySys_AddAuditHook(
+        hook: AuditHookFunction,
+        user_data: *mut std::ffi::c_void,
+    ) -> std::ffi::c_int;
+}
+
+pub(super) static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Why the backstop refuses `module.name`, or None to let it through.
+pub(super) fn backstop_refusal(
+    py: Python<'_>,
+    module: &str,
+    name: &str,
+) -> Option<(&'static str, String)> {
+    let own = module == "pickleguard" || module.starts_with("pickleguard.");
+    if own && module != "pickleguard.errors" {
+        return Some((
+            "backstop-self",
+            format!("a pickle may not import pickleguard's own {module}.{name}"),
+        ));
+    }
+    // A dotted name walks attributes (protocol 4). Picklers write dotted names for
+    // nested classes and methods, never through dunders such as __self__ or
+    // __base__, which reach pickleguard's internals or the original unpicklers.
+    let dotted = name.split('.').collect::<Vec<_>>();
+    if dotted.len() > 1
+        && dotted[..dotted.len() - 1]
+            .iter()
+            .any(|p| p.starts_with("__") && p.ends_with("__"))
+    {
+        return Some((
+            "backstop-self",
+            format!("a pickle may not reach {module}.{name} through a special attribute"),
+        ));
+    }
+    if admitted_here(py) {
+        return None;
+    }
+    Some((
+        "backstop",
+        format!(
+            "an unpickler that pickleguard did not admit tried to import {module}.{name}; \
+             something loaded a pickle through a path the gate does not cover (a function \
+             bound before activation, a second copy of _pickle, a subclass of the original \
+             C Unpickler, a load() loop of its own) or called find_class outside a load \
+             the gate judged"
+        ),
+    ))
+}
+
+pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (module, name): (String, String) = args
+        .extract()
+        .unwrap_or_else(|_| ("<unknown>".into(), "<unknown>".into()));
+    match backstop_refusal(py, &module, &name) {
+        None => Ok(()),
+        Some((code, why)) => {
+            let denial = Denial {
+                message: format!(
+                    "pickleguard refused a global import: {why}.\nhint: load pickles through pickle.load/loads/Unpickler after activation, or activate pickleguard at interpreter start (PICKLEGUARD_MANIFEST) so no loader is bound before it"
+                ),
+                kind: Kind::Pickle,
+                sha256_hex: String::new(),
+                identity: String::new(),
+                size: 0,
+                caller: caller(py).map(|c| c.name).unwrap_or_default(),
+                code,
+                entry: String::new(),
+            };
+            if module != "pickleguard.selftest" {
+                if let Ok(log) = logger(py) {
+                    let _ = log.call_method1("error", ("%s", denial.message.as_str()));
+                }
+            }
+            Err(denial.into_pyerr(py))
+        }
+    }
+}
+
+pub(super) unsafe extern "C" fn audit_hook(
+    event: *const std::ffi::c_char,
+    args: *mut pyo3::ffi::PyObject,
+    _user_data: *mut std::ffi::c_void,
+) -> std::ffi::c_int {
+    // SAFETY: CPython passes a NUL-terminated event name valid for this call.
+    let event = unsafe { std::ffi::CStr::from_ptr(event) };
+    if event.to_bytes() != b"pickle.find_class" {
+        return 0;
+    }
+    // SAFETY: audit hooks are called with the GIL held, and `args` is a tuple
+    // borrowed for the duration of the call.
+    let outcome = std::panic::catch_unwind(|| unsafe {
+        let py = Python::assume_attached();
+        let args = Bound::from_borrowed_ptr(py, args);
+        backstop_check(py, &args).map_err(|e| e.restore(py))
+    });
+    match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(())) => -1,
+        Err(_) => {
+            // Never let a global through on a panic.
+            // SAFETY: as above, the GIL is held.
+            let py = unsafe { Python::assume_attached() };
+            PickleGuardError::new_err("pickleguard's backstop failed").restore(py);
+            -1
+        }
+    }
+}
+
+/// Register the audit hook (once) and prove it is in place: an unadmitted
+/// `pickle.find_class` event must be refused. Raises PickleGuardError otherwise,
+/// so no one reports "enforcing" without the backstop.
+#[pyfunction]
+pub(super) fn install_backstop(py: Python<'_>) -> PyResult<()> {
+    if !BACKSTOP_REGISTERED.swap(true, Ordering::AcqRel) {
+        // SAFETY: `audit_hook` is a static C-ABI function that stays valid for the
+        // life of the process, and it takes no user data.
+        let status = unsafe { PySys_AddAuditHook(audit_hook, std::ptr::null_mut()) };
+        if status != 0 {
+            BACKSTOP_REGISTERED.store(false, Ordering::Release);
+            let cause = PyErr::take(py)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(PickleGuardError::new_err(format!(
+                "could not register pickleguard's audit hook: {cause}"
+            )));
+        }
+    }
+    // Entries cached before activation would reach unadmitted unpicklers too.
+    clear_extension_cache(py);
+    let probe = py.import("sys")?.call_method1(
+        "audit",
+        ("pickle.find_class", "pickleguard.selftest", "probe"),
+    );
+    match probe {
+        Err(e) if e.is_instance_of::<NoPickleError>(py) => Ok(()),
+        Err(e) => Err(PickleGuardError::new_err(format!(
+            "pickleguard's audit-hook backstop failed its self-test: {e}"
+        ))),
+        Ok(_) => Err(PickleGuardError::new_err(
+            "pickleguard's audit-hook backstop is not in place: another audit hook refused its \
+             registration, so pickleguard will not report enforcing",
+        )),
+    }
+}

@@ -1,0 +1,59 @@
+//! The one error type of the binding, and its conversion to the exceptions of
+//! `pickleguard.errors`: the only place a core error becomes a `PyErr`.
+
+use super::report::Denial;
+use crate::manifest::ManifestError as CoreManifestError;
+use crate::reader::ReadError;
+use pyo3::exceptions::PyOverflowError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::import_exception!(pickleguard.errors, PickleGuardError);
+pyo3::import_exception!(pickleguard.errors, NoPickleError);
+pyo3::import_exception!(pickleguard.errors, BadTokenError);
+pyo3::import_exception!(pickleguard.errors, ManifestError);
+pyo3::import_exception!(pickleguard.errors, _UndelimitedPickle);
+pyo3::import_exception!(pickle, UnpicklingError);
+
+/// Everything that can go wrong inside the core, converted to a Python exception
+/// only at the boundary.
+pub(super) enum GuardError {
+    Read(ReadError<PyErr>),
+    /// No pickle could be delimited in `data`; the gate explains it without running it.
+    Undelimited {
+        data: Py<PyBytes>,
+        error: PyErr,
+    },
+    Manifest(CoreManifestError),
+    Denied(Box<Denial>),
+    BadToken(String),
+    Py(PyErr),
+}
+
+pub(super) type Result<T> = std::result::Result<T, GuardError>;
+
+impl From<PyErr> for GuardError {
+    fn from(err: PyErr) -> Self {
+        GuardError::Py(err)
+    }
+}
+
+impl From<GuardError> for PyErr {
+    fn from(err: GuardError) -> PyErr {
+        match err {
+            GuardError::Py(e) => e,
+            GuardError::Read(ReadError::Source(e)) => e,
+            GuardError::Read(e) if e.is_eof() => {
+                pyo3::exceptions::PyEOFError::new_err(e.to_string())
+            }
+            GuardError::Read(e) if e.is_overflow() => PyOverflowError::new_err(e.to_string()),
+            GuardError::Read(e) => UnpicklingError::new_err(e.to_string()),
+            GuardError::Undelimited { data, error } => {
+                Python::attach(|py| _UndelimitedPickle::new_err((data, error.into_value(py))))
+            }
+            GuardError::Manifest(e) => ManifestError::new_err(e.to_string()),
+            GuardError::BadToken(message) => BadTokenError::new_err(message),
+            GuardError::Denied(denial) => Python::attach(|py| denial.into_pyerr(py)),
+        }
+    }
+}

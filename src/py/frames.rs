@@ -1,0 +1,192 @@
+//! Call stacks: the frames a stack pattern is matched against, named
+//! `module:qualname`, and the caller a denial names.
+
+use crate::policy::CallStack;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use std::sync::Arc;
+
+pub(super) fn is_internal(module: &str) -> bool {
+    module == "pickleguard" || module.starts_with("pickleguard.")
+}
+
+pub(super) fn is_pickle_machinery(module: &str) -> bool {
+    matches!(module, "pickle" | "_pickle" | "copyreg") || is_internal(module)
+}
+
+pub(super) struct FrameInfo {
+    pub(super) name: String,
+    pub(super) file: String,
+    pub(super) line: i64,
+}
+
+/// Frames of the Python call stack, innermost first.
+pub(super) fn walk_frames(
+    py: Python<'_>,
+    visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool,
+) -> PyResult<()> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    walk_frames_from(frame, visit)
+}
+
+/// Frames from `frame` outwards, named `module:qualname`, until `visit` says stop.
+pub(super) fn walk_frames_from<'py>(
+    mut frame: Bound<'py, PyAny>,
+    mut visit: impl FnMut(&str, &Bound<'py, PyAny>) -> bool,
+) -> PyResult<()> {
+    while !frame.is_none() {
+        let globals = frame.getattr(pyo3::intern!(frame.py(), "f_globals"))?;
+        let module = globals
+            .cast::<PyDict>()
+            .ok()
+            .and_then(|g| g.get_item("__name__").ok().flatten())
+            .and_then(|n| n.extract::<String>().ok())
+            .unwrap_or_else(|| "<unknown>".into());
+        // multiprocessing's spawn and forkserver children import the main script as
+        // __mp_main__ (and alias it as __main__): name it the same in every process.
+        let module = if module == "__mp_main__" {
+            "__main__".to_owned()
+        } else {
+            module
+        };
+        let code = frame.getattr(pyo3::intern!(frame.py(), "f_code"))?;
+        let qualname = match code.getattr(pyo3::intern!(code.py(), "co_qualname")) {
+            Ok(q) => q,
+            Err(_) => code.getattr(pyo3::intern!(code.py(), "co_name"))?,
+        };
+        let name = format!(
+            "{module}:{}",
+            qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?
+        );
+        if !visit(&name, &frame) {
+            break;
+        }
+        frame = frame.getattr(pyo3::intern!(frame.py(), "f_back"))?;
+    }
+    Ok(())
+}
+
+/// A frame's code object as the policy sees it: `module:qualname`, and whether it
+/// belongs to pickleguard or to the pickle machinery.
+#[derive(Clone)]
+pub(super) struct FrameName {
+    pub(super) name: Arc<str>,
+    pub(super) internal: bool,
+    pub(super) machinery: bool,
+}
+
+/// Frame names cached by code object (held, so its address is not reused while
+/// cached). Computing one takes several attribute lookups; stack patterns need it
+/// for every frame of every load they check.
+pub(super) type FrameNameCache =
+    std::collections::HashMap<usize, (Py<PyAny>, FrameName), crate::identity::BuildDigestHasher>;
+
+pub(super) static FRAME_NAMES: once_cell::sync::Lazy<Mutex<FrameNameCache>> =
+    once_cell::sync::Lazy::new(|| Mutex::new(FrameNameCache::default()));
+
+pub(super) const FRAME_NAME_CACHE_LIMIT: usize = 16_384;
+
+pub(super) fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
+    let mut name = None;
+    let _ = walk_frames_from(frame.clone(), |n, _| {
+        name = Some(n.to_owned());
+        false
+    });
+    let name: Arc<str> = name.unwrap_or_else(|| "<unknown>:<unknown>".into()).into();
+    let module = name.split(':').next().unwrap_or_default();
+    FrameName {
+        internal: is_internal(module),
+        machinery: is_pickle_machinery(module),
+        name,
+    }
+}
+
+/// The loading call stack: every frame but pickleguard's own, outermost first, and
+/// the innermost frame outside pickle and pickleguard.
+pub(super) fn call_stack(py: Python<'_>) -> CallStack {
+    let mut stack = CallStack {
+        frames: Vec::with_capacity(64),
+        caller: None,
+        called_from: None,
+    };
+    // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
+    // running frame (or NULL), which from_borrowed_ptr_or_opt turns into an owned one.
+    let mut frame = unsafe {
+        Bound::from_borrowed_ptr_or_opt(
+            py,
+            pyo3::ffi::PyEval_GetFrame().cast::<pyo3::ffi::PyObject>(),
+        )
+    };
+    // One lock for the whole walk. Computing a missing name runs no Python code
+    // that could load a pickle, so holding it there cannot deadlock.
+    let mut cache = FRAME_NAMES.lock();
+    while let Some(current) = frame {
+        let frame_ptr = current.as_ptr().cast::<pyo3::ffi::PyFrameObject>();
+        // SAFETY: `current` is a live frame object; PyFrame_GetCode returns a new
+        // (never NULL) reference and PyFrame_GetBack a new reference or NULL.
+        let (code, back) = unsafe {
+            (
+                Bound::from_owned_ptr(
+                    py,
+                    pyo3::ffi::PyFrame_GetCode(frame_ptr).cast::<pyo3::ffi::PyObject>(),
+                ),
+                Bound::from_owned_ptr_or_opt(
+                    py,
+                    pyo3::ffi::PyFrame_GetBack(frame_ptr).cast::<pyo3::ffi::PyObject>(),
+                ),
+            )
+        };
+        let key = code.as_ptr() as usize;
+        let found = match cache.get(&key) {
+            Some((_, found)) => found.clone(),
+            None => {
+                let found = compute_frame_name(&current);
+                if cache.len() >= FRAME_NAME_CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache.insert(key, (code.unbind(), found.clone()));
+                found
+            }
+        };
+        if !found.machinery {
+            if stack.caller.is_none() {
+                stack.caller = Some(found.name.clone());
+            } else if stack.called_from.is_none() {
+                stack.called_from = Some(found.name.clone());
+            }
+        }
+        if !found.internal {
+            stack.frames.push(found.name);
+        }
+        frame = back;
+    }
+    stack.frames.reverse();
+    stack
+}
+
+/// The innermost frame outside pickle and pickleguard: the code that asked for the load.
+pub(super) fn caller(py: Python<'_>) -> Option<FrameInfo> {
+    let mut found = None;
+    let _ = walk_frames(py, |name, frame| {
+        if is_pickle_machinery(name.split(':').next().unwrap_or_default()) {
+            return true;
+        }
+        let file = frame
+            .getattr("f_code")
+            .and_then(|c| c.getattr(pyo3::intern!(c.py(), "co_filename")))
+            .and_then(|f| f.extract::<String>())
+            .unwrap_or_default();
+        let line = frame
+            .getattr("f_lineno")
+            .and_then(|l| l.extract())
+            .unwrap_or(0);
+        found = Some(FrameInfo {
+            name: name.to_owned(),
+            file,
+            line,
+        });
+        false
+    });
+    found
+}

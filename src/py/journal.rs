@@ -1,0 +1,159 @@
+//! The record journal and the audit log: JSON lines, one write(2) per line on a file
+//! opened for appending, so concurrent processes interleave whole lines and a crash
+//! loses nothing already written.
+
+use super::error::PickleGuardError;
+use super::judge::Load;
+use super::report::Denial;
+use super::scopes::NEXT_LAYER_ID;
+use crate::identity::{Algorithm, Identities};
+use crate::manifest::Kind;
+use crate::policy::{CallStack, Refusal};
+use crate::scan;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::sync::atomic::Ordering;
+
+pub(super) fn append_line(file: &mut std::fs::File, mut line: String) {
+    use std::io::Write as _;
+    line.push('\n');
+    // Best effort by design: a full disk must not turn an allowed load into a crash.
+    let _ = file.write_all(line.as_bytes());
+}
+
+pub(super) fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `pickleguard record`'s journal: a directory where each process appends to its own
+/// file, reopened after a fork so parent and child never share one.
+pub(super) struct Journal {
+    pub(super) dir: std::path::PathBuf,
+    /// The identity written for each load: what `record` pins with.
+    pub(super) algorithm: Algorithm,
+    pub(super) file: Mutex<Option<(u32, std::fs::File)>>,
+}
+
+pub(super) static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync::OnceCell::new();
+
+impl Journal {
+    pub(super) fn record(&self, load: &Load<'_>, ids: &mut Identities<'_>, stack: &CallStack) {
+        let imports: Vec<(String, bool)> = match load.kind {
+            Kind::Pickle => scan::imports(load.data)
+                .iter()
+                .map(|i| (i.render(), i.is_risky()))
+                .collect(),
+            // A whole file (a zip archive, say): its adapter scanned the pickles inside.
+            Kind::Artifact => load.artifact_imports.to_vec(),
+        };
+        let caller = stack.caller.as_deref().unwrap_or_default();
+        let channel = match load.kind {
+            Kind::Pickle => crate::channels::known_channel(caller, stack.called_from.as_deref()),
+            Kind::Artifact => None,
+        };
+        let entry = serde_json::json!({
+            "v": 1,
+            "time": now(),
+            "pid": std::process::id(),
+            "kind": load.kind.table(),
+            "id": ids.get(self.algorithm).to_string(),
+            "size": load.size(),
+            "caller": caller,
+            "called_from": stack.called_from.as_deref(),
+            "stack": stack.frames.iter().map(|f| f.as_ref()).collect::<Vec<&str>>(),
+            "source": load.source,
+            "loader": load.loader,
+            "channel": channel,
+            "imports": imports.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "risky": imports.iter().filter(|(_, risky)| *risky).map(|(name, _)| name).collect::<Vec<_>>(),
+        });
+        let pid = std::process::id();
+        let mut slot = self.file.lock();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
+            let path = self.dir.join(format!(
+                "journal-{pid}-{}.jsonl",
+                NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed)
+            ));
+            *slot = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+                .map(|f| (pid, f));
+        }
+        if let Some((_, file)) = slot.as_mut() {
+            append_line(file, entry.to_string());
+        }
+    }
+}
+
+/// Journal every allowed load to files in `directory` (used by `pickleguard record`),
+/// identified with `algorithm` ("sha256" or "blake3").
+#[pyfunction]
+#[pyo3(signature = (directory, algorithm="sha256"))]
+pub(super) fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> PyResult<()> {
+    let algorithm = parse_algorithm(algorithm)?;
+    std::fs::create_dir_all(&directory).map_err(|e| {
+        PickleGuardError::new_err(format!(
+            "could not create the record journal {}: {e}",
+            directory.display()
+        ))
+    })?;
+    let _ = JOURNAL.set(Journal {
+        dir: directory,
+        algorithm,
+        file: Mutex::new(None),
+    });
+    Ok(())
+}
+
+pub(super) fn parse_algorithm(name: &str) -> PyResult<Algorithm> {
+    Algorithm::parse(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "algorithm must be \"sha256\" or \"blake3\", not {name:?}"
+        ))
+    })
+}
+
+pub(super) static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
+    once_cell::sync::OnceCell::new();
+
+/// Also write each warn-mode report and each denial as a JSON line to `path`.
+#[pyfunction]
+pub(super) fn set_audit_log(path: std::path::PathBuf) -> PyResult<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| {
+            PickleGuardError::new_err(format!(
+                "could not open the audit log {}: {e}",
+                path.display()
+            ))
+        })?;
+    let _ = AUDIT_LOG.set(Mutex::new(file));
+    Ok(())
+}
+
+pub(super) fn audit(denial: &Denial, event: &str, refusal: &Refusal, load: &Load<'_>) {
+    if let Some(log) = AUDIT_LOG.get() {
+        let line = serde_json::json!({
+            "time": now(),
+            "pid": std::process::id(),
+            "event": event,
+            "code": denial.code,
+            "kind": denial.kind.table(),
+            "sha256": denial.sha256_hex,
+            "identity": denial.identity,
+            "size": denial.size,
+            "caller": denial.caller,
+            "manifest": refusal.origin,
+            "source": load.source,
+        });
+        append_line(&mut log.lock(), line.to_string());
+    }
+}

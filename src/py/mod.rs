@@ -1,0 +1,53 @@
+//! The PyO3 boundary, `pickleguard._core`: Python objects in, the core's
+//! decisions out. Each file holds one concern; errors become Python exceptions
+//! only in [`error`]. This file only declares the module.
+
+mod activation;
+mod backstop;
+mod entry;
+mod error;
+mod feed;
+mod frames;
+mod inspect;
+mod journal;
+mod judge;
+mod report;
+mod scopes;
+mod source;
+mod stream;
+mod tokens;
+mod unpickler;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+mod core_module {
+    #[pymodule_export]
+    use super::activation::{
+        activate, activate_deferred, check_manifest, enforcing, in_artifact, journaling,
+        no_pickles, record_layer, settle_manifests,
+    };
+    #[pymodule_export]
+    use super::backstop::install_backstop;
+    #[pymodule_export]
+    use super::entry::{bind_gate, load, loads, pinned_load, pinned_loads};
+    #[pymodule_export]
+    use super::feed::Feed;
+    #[pymodule_export]
+    use super::inspect::{
+        channel_called_from, channel_callers, delimit, dry_run_safe, identify, imports,
+        manifest_summary, pattern_matches, process_layers, seal_type, sha256_hex,
+    };
+    #[pymodule_export]
+    use super::journal::{set_audit_log, start_journal};
+    #[pymodule_export]
+    use super::stream::{admit_stream, AdmittedBytes};
+    #[pymodule_export]
+    use super::tokens::{admit_artifact, allow_pickles, ArtifactScope, Grant, Token};
+    #[pymodule_export]
+    use super::unpickler::{
+        py_unpickler_find_class, py_unpickler_load, unpickler_find_class, unpickler_load,
+        UnpicklerSource,
+    };
+}

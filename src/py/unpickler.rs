@@ -1,0 +1,282 @@
+//! The guarded unpickler classes' `load` and `find_class`: each load admits one
+//! pickle and runs the original on it; each `find_class` admits an import only
+//! inside that load.
+
+use super::backstop::{clear_extension_cache, Admitted, GateLoad};
+use super::entry::{
+    explain, file_methods, gate_part, ORIGINAL_C_FIND_CLASS, ORIGINAL_C_LOAD,
+    ORIGINAL_PY_FIND_CLASS, ORIGINAL_PY_LOAD,
+};
+use super::error::UnpicklingError;
+use super::feed::Feed;
+use super::scopes::{active_scopes, PROCESS_LAYERS};
+use super::stream::{admit_stream_inner, source_name, AdmittedStream};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// What the guarded `pickle.Unpickler` keeps between loads (its one attribute,
+/// `_pickleguard`): where it reads from, its options, and the private feed its
+/// C part reads.
+#[pyclass(frozen, module = "pickleguard._core")]
+pub(super) struct UnpicklerSource {
+    pub(super) read: Py<PyAny>,
+    pub(super) readline: Py<PyAny>,
+    pub(super) file: Py<PyAny>,
+    #[pyo3(get)]
+    pub(super) feed: Py<Feed>,
+    /// The caller's out-of-band buffers (an iterator), and the stand-in iterator
+    /// the C part reads the verified ones from.
+    pub(super) buffers: Option<Py<PyAny>>,
+    pub(super) buffer_feed: Option<Py<PyAny>>,
+    pub(super) fix_imports: Py<PyAny>,
+    pub(super) encoding: Py<PyAny>,
+    pub(super) errors: Py<PyAny>,
+}
+
+#[pymethods]
+impl UnpicklerSource {
+    #[new]
+    pub(super) fn new(
+        file: &Bound<'_, PyAny>,
+        fix_imports: &Bound<'_, PyAny>,
+        encoding: &Bound<'_, PyAny>,
+        errors: &Bound<'_, PyAny>,
+        buffers: Option<&Bound<'_, PyAny>>,
+        buffer_feed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let py = file.py();
+        let (read, readline) = file_methods(file)?;
+        let buffers = match buffers {
+            Some(b) if !b.is_none() => Some(b.try_iter()?.into_any().unbind()),
+            _ => None,
+        };
+        Ok(UnpicklerSource {
+            read: read.unbind(),
+            readline: readline.unbind(),
+            file: file.clone().unbind(),
+            feed: Py::new(py, Feed::new())?,
+            buffers,
+            buffer_feed: buffer_feed
+                .filter(|b| !b.is_none())
+                .map(|b| b.clone().unbind()),
+            fix_imports: fix_imports.clone().unbind(),
+            encoding: encoding.clone().unbind(),
+            errors: errors.clone().unbind(),
+        })
+    }
+}
+
+pub(super) fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
+    let name = unpickler
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Unpickler".into());
+    UnpicklingError::new_err(format!(
+        "Unpickler.__init__() was not called by {name}.__init__()"
+    ))
+}
+
+/// `load()` of the guarded `pickle.Unpickler`: admit one pickle from the source,
+/// put it in the private feed, and run the C unpickler's `load` on it.
+#[pyfunction]
+pub(super) fn unpickler_load<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Ok(source) = unpickler.getattr(pyo3::intern!(py, "_pickleguard")) else {
+        return Err(init_not_called(unpickler));
+    };
+    let source = source.cast::<UnpicklerSource>().map_err(PyErr::from)?.get();
+    let (read, readline, file) = (
+        source.read.bind(py),
+        source.readline.bind(py),
+        source.file.bind(py),
+    );
+    let buffers = source.buffers.as_ref().map(|b| b.bind(py).clone());
+    let feed = source.feed.bind(py);
+    let name = source_name(file);
+    // No whole look here: this unpickler lives on, and the C unpickler keeps in
+    // its own buffer any part of a frame that it read past STOP, which its next
+    // load would run unjudged. Delimiting refuses such a frame.
+    match admit_stream_inner(py, read, readline, Some(file), buffers, None, name, false) {
+        Ok(admitted) => {
+            feed.get().set(admitted.data.into_any());
+            if let (Some(b), Some(buffer_feed)) = (admitted.buffers, &source.buffer_feed) {
+                buffer_feed.bind(py).setattr("current", b)?;
+            }
+            // Its globals are admitted one by one, in the class's find_class.
+            let result = {
+                let _load = GateLoad::enter(unpickler);
+                gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
+            };
+            // The load consumed exactly the admitted bytes; do not keep them alive.
+            feed.get().clear();
+            clear_extension_cache(py);
+            result
+        }
+        Err(e) => {
+            let options = PyDict::new(py);
+            options.set_item("fix_imports", &source.fix_imports)?;
+            options.set_item("encoding", &source.encoding)?;
+            options.set_item("errors", &source.errors)?;
+            Err(explain(py, e, "c", &options))
+        }
+    }
+}
+
+/// Whether this pure-Python load reads (through `read`, perhaps via a decompressor)
+/// the verified stream of an admitted artifact whose grants still lift every
+/// layer and deny scope in force: nothing was added inside the block that the
+/// artifact's admission did not see.
+pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let scopes = active_scopes(py)?;
+    if scopes.artifacts.is_empty() {
+        return Ok(false);
+    }
+    let Ok(file) = read.getattr(pyo3::intern!(read.py(), "__self__")) else {
+        return Ok(false);
+    };
+    let layers = PROCESS_LAYERS.read().clone();
+    Ok(scopes.artifacts.iter().any(|artifact| {
+        artifact.feeds(py, &file)
+            && layers.iter().all(|l| artifact.lifted.contains(&l.id))
+            && scopes.scopes.iter().all(|s| artifact.lifted.contains(s))
+    }))
+}
+
+/// `pickle._Unpickler.load`, patched on the class: admit one pickle from the
+/// instance's file, swap in a private feed holding it, run the original `load`.
+#[pyfunction]
+pub(super) fn py_unpickler_load<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_PY_LOAD)?;
+    let (Ok(read), Ok(readline)) = (
+        unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_read")),
+        unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_readline")),
+    ) else {
+        // Not initialised: the original raises its own error, reading nothing.
+        return original.call1((unpickler,));
+    };
+    if reads_admitted_stream(py, &read)? {
+        // A pickle inside an admitted artifact, which its entry covers: joblib
+        // interleaves raw array bytes with the opcodes, so it cannot be delimited.
+        let result = {
+            let _load = GateLoad::enter(unpickler);
+            original.call1((unpickler,))
+        };
+        clear_extension_cache(py);
+        return result;
+    }
+    let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_buffers"))?)
+        .filter(|b| !b.is_none());
+    let file = read.getattr(pyo3::intern!(read.py(), "__self__")).ok();
+    let name = file.as_ref().and_then(source_name);
+    let AdmittedStream {
+        data,
+        buffers: feed_buffers,
+        ..
+    } = match admit_stream_inner(
+        py,
+        &read,
+        &readline,
+        file.as_ref(),
+        buffers,
+        None,
+        name,
+        false,
+    ) {
+        Ok(found) => found,
+        Err(e) => {
+            let options = PyDict::new(py);
+            for key in ["fix_imports", "encoding", "errors"] {
+                options.set_item(key, unpickler.getattr(key)?)?;
+            }
+            return Err(explain(py, e, "py", &options));
+        }
+    };
+    let feed = Bound::new(py, Feed::new())?;
+    feed.get().set(data.into_any());
+    unpickler.setattr(
+        "_file_read",
+        feed.getattr(pyo3::intern!(feed.py(), "read"))?,
+    )?;
+    unpickler.setattr(
+        "_file_readline",
+        feed.getattr(pyo3::intern!(feed.py(), "readline"))?,
+    )?;
+    if let Some(b) = feed_buffers {
+        unpickler.setattr("_buffers", b)?;
+    }
+    let result = {
+        // Its globals are admitted one by one in the patched find_class, which
+        // checks that the load running is this one.
+        let _load = GateLoad::enter(unpickler);
+        original.call1((unpickler,))
+    };
+    clear_extension_cache(py);
+    unpickler.setattr("_file_read", read)?;
+    unpickler.setattr("_file_readline", readline)?;
+    result
+}
+
+/// `find_class` of the guarded `pickle.Unpickler` (and of the unpickler the guarded
+/// `loads`/`load` run). It admits the import only when `unpickler` is the one whose
+/// load the gate started on judged bytes, innermost on this thread. Any other call
+/// (an unguarded unpickler calling `pickle.Unpickler.find_class(self, ...)` by
+/// name, a direct call outside a load) runs unadmitted: the C `find_class` raises
+/// its audit event and the backstop refuses it.
+#[pyfunction]
+pub(super) fn unpickler_find_class<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+    module: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
+    if !GateLoad::is_innermost(unpickler) {
+        return original.call1((unpickler, module, name));
+    }
+    // The C find_class runs in this frame and raises its event here.
+    let _admitted = Admitted::at_current_frame(py);
+    original.call1((unpickler, module, name))
+}
+
+/// `pickle._Unpickler.find_class`, patched on the class. Admitted, as above, only
+/// inside the load the gate started for this very unpickler: a subclass whose own
+/// `load()` loop runs the dispatch table, or any other caller, stays unadmitted,
+/// so the backstop refuses the import.
+#[pyfunction]
+pub(super) fn py_unpickler_find_class<'py>(
+    py: Python<'py>,
+    unpickler: &Bound<'py, PyAny>,
+    module: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
+    if !GateLoad::is_innermost(unpickler) {
+        return original.call1((unpickler, module, name));
+    }
+    // The original find_class is a Python function: its own frame, called from
+    // this one, raises the event.
+    let code = original.getattr(pyo3::intern!(original.py(), "__code__"))?;
+    let _admitted = Admitted::for_callee(py, &code);
+    original.call1((unpickler, module, name))
+}
+
+pub(super) fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held; PyEval_GetFrame returns a borrowed reference to the
+    // running frame or NULL, which from_borrowed_ptr_or_opt turns into an owned one.
+    unsafe {
+        Bound::from_borrowed_ptr_or_opt(
+            py,
+            pyo3::ffi::PyEval_GetFrame().cast::<pyo3::ffi::PyObject>(),
+        )
+    }
+}
+
+pub(super) fn current_frame_ptr(py: Python<'_>) -> usize {
+    current_frame(py).map_or(0, |f| f.as_ptr() as usize)
+}
