@@ -224,8 +224,22 @@ pub fn to_hex(digest: &Digest) -> String {
     hex::encode(digest)
 }
 
-/// Digests already computed, indexed by `Algorithm::index`.
-pub type KnownDigests = [Option<Digest>; 2];
+/// The digests of one payload already computed, one slot per algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KnownDigests([Option<Digest>; 2]);
+
+impl KnownDigests {
+    /// Nothing computed yet.
+    pub const NONE: KnownDigests = KnownDigests([None, None]);
+
+    pub fn get(&self, algorithm: Algorithm) -> Option<Digest> {
+        self.0[algorithm.index()]
+    }
+
+    fn slot(&mut self, algorithm: Algorithm) -> &mut Option<Digest> {
+        &mut self.0[algorithm.index()]
+    }
+}
 
 /// The identities of one payload, each computed at most once and only when a rule
 /// asks for it: a load pays for a second hash only if the first did not decide.
@@ -238,11 +252,11 @@ impl<'f> Identities<'f> {
     pub fn new(compute: &'f mut dyn FnMut(Algorithm) -> Digest) -> Self {
         Identities {
             compute,
-            known: [None, None],
+            known: KnownDigests::NONE,
         }
     }
 
-    /// Identities of which some are known already: `known[algorithm.index()]`,
+    /// Identities of which some are known already,
     /// from an earlier look at the same bytes.
     pub fn seeded(compute: &'f mut dyn FnMut(Algorithm) -> Digest, known: KnownDigests) -> Self {
         Identities { compute, known }
@@ -254,13 +268,15 @@ impl<'f> Identities<'f> {
     }
 
     pub fn get(&mut self, algorithm: Algorithm) -> Id {
-        let slot = &mut self.known[algorithm.index()];
+        let slot = self.known.slot(algorithm);
         let digest = *slot.get_or_insert_with(|| (self.compute)(algorithm));
         Id { algorithm, digest }
     }
 
     pub fn known(&self, algorithm: Algorithm) -> Option<Id> {
-        self.known[algorithm.index()].map(|digest| Id { algorithm, digest })
+        self.known
+            .get(algorithm)
+            .map(|digest| Id { algorithm, digest })
     }
 
     /// The identity already computed, if any (SHA-256 first), for messages.

@@ -6,11 +6,16 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod channels;
+pub mod gate;
 pub mod identity;
+pub mod journal;
+pub mod load;
 pub mod manifest;
+pub mod names;
 pub mod pattern;
 pub mod policy;
 pub mod reader;
+pub mod report;
 pub mod scan;
 
 #[cfg(feature = "python")]

@@ -5,11 +5,12 @@
 //! second `_pickle`, a subclass of the original C class, a load loop of its own)
 //! then cannot import a single global.
 
-use super::error::{NoPickleError, PickleGuardError};
+use super::error::{denial_to_pyerr, NoPickleError, PickleGuardError};
 use super::frames::caller;
-use super::report::{logger, Denial};
+use super::log::logger;
 use super::unpickler::{current_frame, current_frame_ptr};
-use crate::manifest::Kind;
+use crate::names::refused_even_when_admitted;
+use crate::report::{backstop_denial, BackstopReason};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
@@ -147,75 +148,25 @@ extern "C" {
 
 pub(super) static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
 
-/// Why the backstop refuses `module.name`, or None to let it through.
-pub(super) fn backstop_refusal(
-    py: Python<'_>,
-    module: &str,
-    name: &str,
-) -> Option<(&'static str, String)> {
-    let own = module == "pickleguard" || module.starts_with("pickleguard.");
-    if own && module != "pickleguard.errors" {
-        return Some((
-            "backstop-self",
-            format!("a pickle may not import pickleguard's own {module}.{name}"),
-        ));
-    }
-    // A dotted name walks attributes (protocol 4). Picklers write dotted names for
-    // nested classes and methods, never through dunders such as __self__ or
-    // __base__, which reach pickleguard's internals or the original unpicklers.
-    let dotted = name.split('.').collect::<Vec<_>>();
-    if dotted.len() > 1
-        && dotted[..dotted.len() - 1]
-            .iter()
-            .any(|p| p.starts_with("__") && p.ends_with("__"))
-    {
-        return Some((
-            "backstop-self",
-            format!("a pickle may not reach {module}.{name} through a special attribute"),
-        ));
-    }
-    if admitted_here(py) {
-        return None;
-    }
-    Some((
-        "backstop",
-        format!(
-            "an unpickler that pickleguard did not admit tried to import {module}.{name}; \
-             something loaded a pickle through a path the gate does not cover (a function \
-             bound before activation, a second copy of _pickle, a subclass of the original \
-             C Unpickler, a load() loop of its own) or called find_class outside a load \
-             the gate judged"
-        ),
-    ))
-}
-
+/// Refuse the `pickle.find_class` event for `module.name` unless the load that
+/// raises it was admitted here; some imports are refused even then.
 pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
     let (module, name): (String, String) = args
         .extract()
         .unwrap_or_else(|_| ("<unknown>".into(), "<unknown>".into()));
-    match backstop_refusal(py, &module, &name) {
-        None => Ok(()),
-        Some((code, why)) => {
-            let denial = Denial {
-                message: format!(
-                    "pickleguard refused a global import: {why}.\nhint: load pickles through pickle.load/loads/Unpickler after activation, or activate pickleguard at interpreter start (PICKLEGUARD_MANIFEST) so no loader is bound before it"
-                ),
-                kind: Kind::Pickle,
-                sha256_hex: String::new(),
-                identity: String::new(),
-                size: 0,
-                caller: caller(py).map(|c| c.name).unwrap_or_default(),
-                code,
-                entry: String::new(),
-            };
-            if module != "pickleguard.selftest" {
-                if let Ok(log) = logger(py) {
-                    let _ = log.call_method1("error", ("%s", denial.message.as_str()));
-                }
-            }
-            Err(denial.into_pyerr(py))
+    let why = refused_even_when_admitted(&module, &name);
+    let reason = match &why {
+        Some(_) => BackstopReason::AlwaysRefused,
+        None if admitted_here(py) => return Ok(()),
+        None => BackstopReason::NotAdmitted,
+    };
+    let denial = backstop_denial(reason, &module, &name, why.as_deref(), caller(py).as_ref());
+    if module != "pickleguard.selftest" {
+        if let Ok(log) = logger(py) {
+            let _ = log.call_method1("error", ("%s", denial.message.as_str()));
         }
     }
+    Err(denial_to_pyerr(py, &denial))
 }
 
 pub(super) unsafe extern "C" fn audit_hook(

@@ -1,12 +1,13 @@
 //! The one error type of the binding, and its conversion to the exceptions of
 //! `pickleguard.errors`: the only place a core error becomes a `PyErr`.
 
-use super::report::Denial;
 use crate::manifest::ManifestError as CoreManifestError;
 use crate::reader::ReadError;
+use crate::report::Denial;
 use pyo3::exceptions::PyOverflowError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::types::PyDict;
 
 pyo3::import_exception!(pickleguard.errors, PickleGuardError);
 pyo3::import_exception!(pickleguard.errors, NoPickleError);
@@ -53,7 +54,26 @@ impl From<GuardError> for PyErr {
             }
             GuardError::Manifest(e) => ManifestError::new_err(e.to_string()),
             GuardError::BadToken(message) => BadTokenError::new_err(message),
-            GuardError::Denied(denial) => Python::attach(|py| denial.into_pyerr(py)),
+            GuardError::Denied(denial) => Python::attach(|py| denial_to_pyerr(py, &denial)),
         }
     }
+}
+
+/// The `NoPickleError` a denial raises, carrying its facts as attributes.
+pub(super) fn denial_to_pyerr(py: Python<'_>, denial: &Denial) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("sha256", &denial.sha256_hex)?;
+        kwargs.set_item("identity", &denial.identity)?;
+        kwargs.set_item("kind", denial.kind.table())?;
+        kwargs.set_item("size", denial.size)?;
+        kwargs.set_item("caller", &denial.caller)?;
+        kwargs.set_item("code", denial.code)?;
+        kwargs.set_item("entry", &denial.entry)?;
+        let exc = py
+            .get_type::<NoPickleError>()
+            .call((denial.message.as_str(),), Some(&kwargs))?;
+        Ok(PyErr::from_value(exc))
+    };
+    build().unwrap_or_else(|e| e)
 }

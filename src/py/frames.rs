@@ -1,25 +1,13 @@
 //! Call stacks: the frames a stack pattern is matched against, named
 //! `module:qualname`, and the caller a denial names.
 
+use crate::load::Caller;
+use crate::names::{is_internal, is_pickle_machinery};
 use crate::policy::CallStack;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use std::sync::Arc;
-
-pub(super) fn is_internal(module: &str) -> bool {
-    module == "pickleguard" || module.starts_with("pickleguard.")
-}
-
-pub(super) fn is_pickle_machinery(module: &str) -> bool {
-    matches!(module, "pickle" | "_pickle" | "copyreg") || is_internal(module)
-}
-
-pub(super) struct FrameInfo {
-    pub(super) name: String,
-    pub(super) file: String,
-    pub(super) line: i64,
-}
 
 /// Frames of the Python call stack, innermost first.
 pub(super) fn walk_frames(
@@ -166,7 +154,7 @@ pub(super) fn call_stack(py: Python<'_>) -> CallStack {
 }
 
 /// The innermost frame outside pickle and pickleguard: the code that asked for the load.
-pub(super) fn caller(py: Python<'_>) -> Option<FrameInfo> {
+pub(super) fn caller(py: Python<'_>) -> Option<Caller> {
     let mut found = None;
     let _ = walk_frames(py, |name, frame| {
         if is_pickle_machinery(name.split(':').next().unwrap_or_default()) {
@@ -181,7 +169,7 @@ pub(super) fn caller(py: Python<'_>) -> Option<FrameInfo> {
             .getattr("f_lineno")
             .and_then(|l| l.extract())
             .unwrap_or(0);
-        found = Some(FrameInfo {
+        found = Some(Caller {
             name: name.to_owned(),
             file,
             line,

@@ -3,13 +3,12 @@
 //! loses nothing already written.
 
 use super::error::PickleGuardError;
-use super::judge::Load;
-use super::report::Denial;
 use super::scopes::NEXT_LAYER_ID;
+use crate::gate::Report;
 use crate::identity::{Algorithm, Identities};
-use crate::manifest::Kind;
-use crate::policy::{CallStack, Refusal};
-use crate::scan;
+use crate::journal;
+use crate::load::Load;
+use crate::policy::CallStack;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -42,35 +41,8 @@ pub(super) static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync:
 
 impl Journal {
     pub(super) fn record(&self, load: &Load<'_>, ids: &mut Identities<'_>, stack: &CallStack) {
-        let imports: Vec<(String, bool)> = match load.kind {
-            Kind::Pickle => scan::imports(load.data)
-                .iter()
-                .map(|i| (i.render(), i.is_risky()))
-                .collect(),
-            // A whole file (a zip archive, say): its adapter scanned the pickles inside.
-            Kind::Artifact => load.artifact_imports.to_vec(),
-        };
-        let caller = stack.caller.as_deref().unwrap_or_default();
-        let channel = match load.kind {
-            Kind::Pickle => crate::channels::known_channel(caller, stack.called_from.as_deref()),
-            Kind::Artifact => None,
-        };
-        let entry = serde_json::json!({
-            "v": 1,
-            "time": now(),
-            "pid": std::process::id(),
-            "kind": load.kind.table(),
-            "id": ids.get(self.algorithm).to_string(),
-            "size": load.size(),
-            "caller": caller,
-            "called_from": stack.called_from.as_deref(),
-            "stack": stack.frames.iter().map(|f| f.as_ref()).collect::<Vec<&str>>(),
-            "source": load.source,
-            "loader": load.loader,
-            "channel": channel,
-            "imports": imports.iter().map(|(name, _)| name).collect::<Vec<_>>(),
-            "risky": imports.iter().filter(|(_, risky)| *risky).map(|(name, _)| name).collect::<Vec<_>>(),
-        });
+        let id = ids.get(self.algorithm).to_string();
+        let line = journal::load_line(load, &id, stack, now(), std::process::id());
         let pid = std::process::id();
         let mut slot = self.file.lock();
         if slot.as_ref().is_none_or(|(owner, _)| *owner != pid) {
@@ -86,7 +58,7 @@ impl Journal {
                 .map(|f| (pid, f));
         }
         if let Some((_, file)) = slot.as_mut() {
-            append_line(file, entry.to_string());
+            append_line(file, line);
         }
     }
 }
@@ -139,21 +111,10 @@ pub(super) fn set_audit_log(path: std::path::PathBuf) -> PyResult<()> {
     Ok(())
 }
 
-pub(super) fn audit(denial: &Denial, event: &str, refusal: &Refusal, load: &Load<'_>) {
+/// Append a warn-mode report or a denial to the audit log, if one is set.
+pub(super) fn audit(report: &Report, event: &str, load: &Load<'_>) {
     if let Some(log) = AUDIT_LOG.get() {
-        let line = serde_json::json!({
-            "time": now(),
-            "pid": std::process::id(),
-            "event": event,
-            "code": denial.code,
-            "kind": denial.kind.table(),
-            "sha256": denial.sha256_hex,
-            "identity": denial.identity,
-            "size": denial.size,
-            "caller": denial.caller,
-            "manifest": refusal.origin,
-            "source": load.source,
-        });
-        append_line(&mut log.lock(), line.to_string());
+        let line = journal::audit_line(report, event, load, now(), std::process::id());
+        append_line(&mut log.lock(), line);
     }
 }

@@ -4,11 +4,13 @@
 use super::error::{GuardError, Result};
 use super::frames::{call_stack, caller};
 use super::journal::{audit, JOURNAL};
-use super::report::{describe, describe_payload, known_sha256_hex, log_allowed, logger, Denial};
+use super::log::{log_allowed, logger};
 use super::scopes::{active_scopes, PROCESS_LAYERS};
-use crate::identity::{digest_with_buffers, Algorithm, Digest, Id, Identities, KnownDigests};
+use crate::gate::{self, Policy, WholeLook};
+use crate::identity::{digest_with_buffers, Algorithm, Digest, Id, Identities};
+use crate::load::Load;
 use crate::manifest::Kind;
-use crate::policy::{decide, Decision, LazyFrames};
+use crate::policy::LazyFrames;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -28,47 +30,6 @@ pub(super) fn hash(py: Python<'_>, algorithm: Algorithm, data: &[u8], buffers: &
     }
 }
 
-/// What the gate knows about one load, for the decision, the journal and the logs.
-pub(super) struct Load<'a> {
-    pub(super) kind: Kind,
-    /// The pickle's bytes, or the whole artifact file.
-    pub(super) data: &'a [u8],
-    /// Out-of-band buffers the pickle consumes; part of its identity.
-    pub(super) buffers: &'a [&'a [u8]],
-    /// The file's name, when the payload came from a file object that has one.
-    pub(super) source: Option<String>,
-    /// For artifacts: the loader that reads it (`torch.load`).
-    pub(super) loader: Option<&'a str>,
-    /// For artifacts: the globals its pickles import, found by the adapter, with
-    /// whether each is risky (for the journal, so `record` can flag them).
-    pub(super) artifact_imports: &'a [(String, bool)],
-    /// Digests of exactly these bytes already computed by a first look.
-    pub(super) known: KnownDigests,
-}
-
-impl<'a> Load<'a> {
-    pub(super) fn pickle(data: &'a [u8], buffers: &'a [&'a [u8]], source: Option<String>) -> Self {
-        Load {
-            kind: Kind::Pickle,
-            data,
-            buffers,
-            source,
-            loader: None,
-            artifact_imports: &[],
-            known: [None, None],
-        }
-    }
-
-    pub(super) fn knowing(mut self, known: KnownDigests) -> Self {
-        self.known = known;
-        self
-    }
-
-    pub(super) fn size(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// Apply the call-site pin, then every layer; log; journal; refuse or return.
 pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Result<()> {
     let mut compute = |algorithm| hash(py, algorithm, load.data, load.buffers);
@@ -76,22 +37,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     if let Some(pin) = pin {
         let expected = Id::parse(pin)
             .map_err(|e| GuardError::Py(PyValueError::new_err(format!("pin: {e}"))))?;
-        let actual = ids.get(expected.algorithm);
-        if actual != expected {
-            let who = caller(py);
-            let denial = Denial {
-                message: format!(
-                    "{} does not match the pinned {expected}.\nhint: the data changed since it was pinned; if the new data is trusted, update the pin",
-                    describe_payload(load, &actual),
-                ),
-                kind: load.kind,
-                sha256_hex: known_sha256_hex(&ids),
-                identity: actual.to_string(),
-                size: load.size(),
-                caller: who.map(|c| c.name).unwrap_or_default(),
-                code: "pin-mismatch",
-                entry: String::new(),
-            };
+        if let Some(denial) = gate::check_pin(load, &mut ids, &expected, &mut || caller(py)) {
             logger(py)?.call_method1("error", ("%s", denial.message.as_str()))?;
             return Err(GuardError::Denied(Box::new(denial)));
         }
@@ -110,38 +56,42 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
         _ => None,
     };
     let grants = scopes.grants_for(covering);
+    let policy = Policy {
+        layers: &layers,
+        scopes: &scopes.scopes,
+        grants: &grants,
+        journaling: journal.is_some(),
+    };
     let mut stack = || call_stack(py);
     let mut frames = LazyFrames::new(&mut stack);
-    let decision: Decision = decide(
-        &layers,
-        &scopes.scopes,
-        &grants,
-        load.kind,
+    let verdict = gate::judge(
+        load,
         &mut ids,
         &mut frames,
+        &policy,
+        covering.is_some(),
+        &mut || caller(py),
     );
-    if decision.allowed() && covering.is_none() {
-        if let Some(journal) = journal {
-            journal.record(load, &mut ids, frames.get());
-        }
+    if let (true, Some(journal)) = (verdict.journal, journal) {
+        journal.record(load, &mut ids, frames.get());
     }
-    if decision.refusals.is_empty() {
+    if verdict.is_plain_allow() {
         return Ok(log_allowed(py, load, &mut ids)?);
     }
-    let who = caller(py);
-    for warning in decision.warnings() {
-        let d = describe(warning, load, &mut ids, who.as_ref());
-        audit(&d, "warn", warning, load);
+    for warning in &verdict.warnings {
+        audit(warning, "warn", load);
         logger(py)?.call_method1(
             "warning",
-            ("warn mode, allowed anyway: %s", d.message.as_str()),
+            (
+                "warn mode, allowed anyway: %s",
+                warning.denial.message.as_str(),
+            ),
         )?;
     }
-    if let Some(refusal) = decision.denial() {
-        let d = describe(refusal, load, &mut ids, who.as_ref());
-        audit(&d, "deny", refusal, load);
-        logger(py)?.call_method1("error", ("%s", d.message.as_str()))?;
-        return Err(GuardError::Denied(Box::new(d)));
+    if let Some(refusal) = verdict.denial {
+        audit(&refusal, "deny", load);
+        logger(py)?.call_method1("error", ("%s", refusal.denial.message.as_str()))?;
+        return Err(GuardError::Denied(Box::new(refusal.denial)));
     }
     Ok(())
 }
@@ -152,48 +102,26 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
 /// globals without delimiting it).
 pub(super) const WHOLE_LOOK_FROM: usize = 4096;
 
-/// What a first look at a whole input found.
-pub(super) enum WholeLook {
-    /// Allowed as it is, by every layer and scope, with nothing to report.
-    Allowed,
-    /// Not decided this way: delimit and judge the pickle. The digests of the
-    /// whole input, if it turns out to be exactly the pickle.
-    Judge(KnownDigests),
-}
-
-/// Decide `data` as though it were exactly one pickle, without delimiting it and
-/// with no side effect. Every pin and manifest entry is the hash of exactly one
-/// pickle, so a listed hash of the whole input means the input is that pickle, and
-/// the unpickler consumes it whole: the identity is the same as delimiting gives.
-/// (Were an entry the hash of a pickle followed by other bytes, the unpickler
-/// would still run only bytes the entry names.) Anything short of a plain allow
-/// (a refusal, a warning, a journal to write, a load inside an artifact) goes the
-/// delimiting way, which decides, reports and records with the exact identity.
-pub(super) fn whole_look(py: Python<'_>, data: &[u8]) -> PyResult<WholeLook> {
-    if JOURNAL.get().is_some() {
-        return Ok(WholeLook::Judge([None, None]));
-    }
+/// A first look at `data` by the hash of the whole input (see
+/// `gate::look_at_whole_input`); an allowed input is logged as allowed.
+pub(super) fn look_at_whole_input(py: Python<'_>, data: &[u8]) -> PyResult<WholeLook> {
     let layers = PROCESS_LAYERS.read().clone();
     let scopes = active_scopes(py)?;
-    if (layers.is_empty() && scopes.scopes.is_empty()) || !scopes.artifacts.is_empty() {
-        return Ok(WholeLook::Judge([None, None]));
-    }
+    let grants = scopes.grants_for(None);
+    let policy = Policy {
+        layers: &layers,
+        scopes: &scopes.scopes,
+        grants: &grants,
+        journaling: JOURNAL.get().is_some(),
+    };
     let mut compute = |algorithm| hash(py, algorithm, data, &[]);
     let mut ids = Identities::new(&mut compute);
-    let grants = scopes.grants_for(None);
     let mut stack = || call_stack(py);
     let mut frames = LazyFrames::new(&mut stack);
-    let decision = decide(
-        &layers,
-        &scopes.scopes,
-        &grants,
-        Kind::Pickle,
-        &mut ids,
-        &mut frames,
-    );
-    if !decision.refusals.is_empty() {
-        return Ok(WholeLook::Judge(ids.computed()));
+    let in_artifact = !scopes.artifacts.is_empty();
+    let look = gate::look_at_whole_input(&mut ids, &mut frames, &policy, in_artifact);
+    if look == WholeLook::Allowed {
+        log_allowed(py, &Load::pickle(data, &[], None), &mut ids)?;
     }
-    log_allowed(py, &Load::pickle(data, &[], None), &mut ids)?;
-    Ok(WholeLook::Allowed)
+    Ok(look)
 }

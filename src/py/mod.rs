@@ -11,7 +11,7 @@ mod frames;
 mod inspect;
 mod journal;
 mod judge;
-mod report;
+mod log;
 mod scopes;
 mod source;
 mod stream;

@@ -3,7 +3,10 @@
 
 use super::entry::AdmittedInput;
 use super::error::{GuardError, Result};
-use super::judge::{judge, whole_look, Load, WholeLook, WHOLE_LOOK_FROM};
+use super::judge::{judge, look_at_whole_input, WHOLE_LOOK_FROM};
+use crate::gate::WholeLook;
+use crate::identity::KnownDigests;
+use crate::load::Load;
 use crate::reader::{self, ReadError, Source};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -86,11 +89,11 @@ pub(super) fn admit_bytes<'py>(
 ) -> Result<AdmittedInput<'py>> {
     let bytes = snapshot_bytes(data)?;
     let raw = bytes.as_bytes();
-    let mut whole = [None, None];
+    let mut whole = KnownDigests::NONE;
     if raw.len() >= WHOLE_LOOK_FROM && buffers.is_none() && sha256.is_none() {
-        match whole_look(py, raw)? {
+        match look_at_whole_input(py, raw)? {
             WholeLook::Allowed => return Ok((bytes.into_any(), None, true)),
-            WholeLook::Judge(known) => whole = known,
+            WholeLook::Delimit(known) => whole = known,
         }
     }
     let extent = match reader::delimit(raw) {
@@ -108,7 +111,7 @@ pub(super) fn admit_bytes<'py>(
     let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let slices = as_slices(&taken);
     if extent.len < raw.len() || !slices.is_empty() {
-        whole = [None, None];
+        whole = KnownDigests::NONE;
     }
     judge(
         py,
@@ -278,7 +281,7 @@ impl Source for PyFileSource<'_, '_> {
 pub(super) const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
 
 /// The whole of a file of io's own types (see `trusted_readinto`) whose position
-/// is at its start, for a first look (see `whole_look`); `None`, with the file
+/// is at its start, for a first look (see `look_at_whole_input`); `None`, with the file
 /// where it was, for any other. Only at the start, so a file of many pickles
 /// costs one look that finds nothing, not one per pickle.
 pub(super) fn read_whole_file<'py>(

@@ -3,11 +3,14 @@
 
 use super::error::{GuardError, PickleGuardError, Result};
 use super::journal::{AUDIT_LOG, JOURNAL};
-use super::judge::{judge, whole_look, Load, WholeLook};
+use super::judge::{judge, look_at_whole_input};
 use super::source::{
     as_slices, buffers_for_identity, read_whole_file, seek_to, trusted_readinto, PyFileSource,
     Rewind, TrustedKind,
 };
+use crate::gate::WholeLook;
+use crate::identity::KnownDigests;
+use crate::load::Load;
 use crate::reader::{self, ReadError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -48,7 +51,7 @@ pub(super) fn admit_stream_inner<'py>(
         (file, &readinto, look_whole, &buffers, sha256)
     {
         if let Some(data) = read_whole_file(trusted, head.as_ref())? {
-            match whole_look(py, &data)? {
+            match look_at_whole_input(py, &data)? {
                 WholeLook::Allowed => {
                     let len = data.len();
                     return Ok(AdmittedStream {
@@ -61,7 +64,7 @@ pub(super) fn admit_stream_inner<'py>(
                         }),
                     });
                 }
-                WholeLook::Judge(known) => {
+                WholeLook::Delimit(known) => {
                     // Delimit the bytes in hand, never a second read of the file:
                     // what is judged and run must be what was read.
                     if let Ok(extent) = reader::delimit(&data) {
@@ -69,7 +72,7 @@ pub(super) fn admit_stream_inner<'py>(
                         let known = if extent.len == data.len() {
                             known
                         } else {
-                            [None, None]
+                            KnownDigests::NONE
                         };
                         let mut pickle = data;
                         pickle.truncate(extent.len);

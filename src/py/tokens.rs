@@ -3,13 +3,15 @@
 
 use super::activation::enforcing;
 use super::error::{BadTokenError, GuardError, PickleGuardError, Result};
-use super::judge::{judge, Load};
+use super::judge::judge;
 use super::scopes::{
     active_scopes, current_nodes, current_owner, push_node, remove_node, set_nodes,
     AdmittedArtifact, GrantState, ScopeNode, ScopeState, PROCESS_LAYERS,
 };
 use super::source::snapshot_bytes;
 use crate::identity::Id;
+use crate::identity::KnownDigests;
+use crate::load::Load;
 use crate::manifest::Kind;
 use crate::policy::LayerId;
 use parking_lot::Mutex;
@@ -258,7 +260,7 @@ pub(super) fn admit_artifact(
         source,
         loader: loader.as_deref(),
         artifact_imports: &imports,
-        known: [None, None],
+        known: KnownDigests::NONE,
     };
     judge(py, &load, None)?;
     Ok(ArtifactScope {
