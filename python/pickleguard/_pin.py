@@ -125,6 +125,52 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
     )
 
 
+# joblib 0.9 and earlier saved each array of NAME in a file of its own next to it,
+# NAME_01.npy, NAME_02.npy, ... (NAME_01.npy.z when compressed); the pickle names
+# them, and joblib.load reads them, each judged as an artifact of its own.
+_JOBLIB_ARRAY_FILE = r"_(\d{2,})\.npy(?:\.z)?"
+_JOBLIB_WRAPPERS = {
+    f"joblib.{module}.{name}"
+    for module in ("numpy_pickle", "numpy_pickle_compat")
+    for name in ("NDArrayWrapper", "ZNDArrayWrapper")
+}
+
+
+def _joblib_array_files(path: str) -> List[str]:
+    """The array files next to ``path``, named as old joblib named them, if ``path``
+    is a joblib file in that format: a zlib "Z-file", or a pickle that imports
+    joblib's old array wrappers."""
+    directory, name = os.path.split(path)
+    pattern = re.compile(re.escape(name) + _JOBLIB_ARRAY_FILE)
+    try:
+        matches = [m for m in map(pattern.fullmatch, os.listdir(directory or ".")) if m]
+    except OSError:
+        return []
+    files = [
+        os.path.join(directory, m.group(0))
+        for m in sorted(matches, key=lambda m: (int(m.group(1)), m.group(0)))
+        if os.path.isfile(os.path.join(directory, m.group(0)))
+    ]
+    if not files:
+        return []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        old = data.startswith(b"ZF") or any(g in _JOBLIB_WRAPPERS for g, _ in _core.imports(data))
+    except Exception:  # unreadable, or no pickle: not joblib's old format
+        return []
+    return files if old else []
+
+
+def _joblib_array_pins(path: str, algorithm: str) -> List[_Pin]:
+    pins = []
+    for array_file in _joblib_array_files(path):
+        pin = _file_artifact(array_file, algorithm)
+        pin.origin += f": an array file joblib.load reads for {_quoted(path)} (old format)"
+        pins.append(pin)
+    return pins
+
+
 def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]:
     """Each pickle in the file as a [[pickle]] entry, delimited as `pickleguard hash`
     does, and a warning for a zip archive (whose loaders check the whole file)."""
@@ -391,6 +437,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
                     warnings.append(warning)
             else:
                 pins.append(_file_artifact(path, algorithm))
+                pins += _joblib_array_pins(path, algorithm)
         except _PinError as e:
             errors.append(e)
     for path in args.sums:
