@@ -2,7 +2,7 @@
 //! not), and the status questions the front asks (enforcing? journaling? in an
 //! artifact?).
 
-use super::error::GuardError;
+use super::error::{GuardError, Result};
 use super::journal::JOURNAL;
 use super::scopes::{
     active_scopes, add_process_layer, next_layer_id, push_node, ScopeNode, ScopeState,
@@ -11,7 +11,6 @@ use super::scopes::{
 use super::tokens::{Token, TokenKind};
 use crate::manifest::{Manifest, ManifestError as CoreManifestError};
 use crate::policy::{Mode, ProcessLayer, Rules};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use std::sync::Arc;
 /// Whether some layer refuses what it does not list, here and now: an enforcing
 /// process layer other than `record`'s, or a deny scope in this thread or task.
 #[pyfunction]
-pub(super) fn enforcing(py: Python<'_>) -> PyResult<bool> {
+pub(super) fn enforcing(py: Python<'_>) -> Result<bool> {
     let process = PROCESS_LAYERS
         .read()
         .iter()
@@ -35,13 +34,13 @@ pub(super) fn journaling() -> bool {
 
 /// Whether this thread or task is inside an admitted artifact's with-block.
 #[pyfunction]
-pub(super) fn in_artifact(py: Python<'_>) -> PyResult<bool> {
+pub(super) fn in_artifact(py: Python<'_>) -> Result<bool> {
     Ok(!active_scopes(py)?.artifacts.is_empty())
 }
 
 /// Open a deny scope in this thread or task and return its token.
 #[pyfunction]
-pub(super) fn no_pickles(py: Python<'_>) -> PyResult<Token> {
+pub(super) fn no_pickles(py: Python<'_>) -> Result<Token> {
     let scope = Arc::new(ScopeState {
         id: next_layer_id(),
         open: AtomicBool::new(true),
@@ -55,28 +54,13 @@ pub(super) fn no_pickles(py: Python<'_>) -> PyResult<Token> {
 /// Add a process-wide layer. Layers only ever add up, so a later call can only tighten.
 #[pyfunction]
 #[pyo3(signature = (manifest=None, mode="enforce"))]
-pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyResult<Token> {
-    let mode = Mode::parse(mode).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "mode must be \"enforce\" or \"warn\", not {mode:?}"
-        ))
-    })?;
+pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> Result<Token> {
+    let mode = Mode::parse(mode).ok_or_else(|| GuardError::BadMode(mode.to_owned()))?;
     let (rules, failure) = match manifest {
         None => (Rules::Nothing, None),
         Some(path) => {
-            let origin = path.to_string_lossy().into_owned();
             // A panic while reading must still leave a closed layer, never none at all.
-            let loaded =
-                std::panic::catch_unwind(|| Manifest::load(&origin)).unwrap_or_else(|_| {
-                    Err(CoreManifestError {
-                        origin: origin.clone(),
-                        line: 0,
-                        column: 0,
-                        message: "internal error while reading the manifest".into(),
-                        hint: "please report this with the manifest attached".into(),
-                    })
-                });
-            match loaded {
+            match load_manifest(&path.to_string_lossy()) {
                 Ok(m) => (Rules::Manifest(m), None),
                 Err(e) => (Rules::Broken(e.clone()), Some(e)),
             }
@@ -86,7 +70,7 @@ pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyRe
     add_process_layer(ProcessLayer { id, mode, rules });
     if let Some(e) = failure {
         // The layer stays: in enforce mode it refuses every load and says why.
-        return Err(GuardError::Manifest(e).into());
+        return Err(GuardError::Manifest(e));
     }
     Ok(Token {
         kind: TokenKind::Process(id),
@@ -98,12 +82,8 @@ pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> PyRe
 /// manifest that fails to read refuses every load, as with `activate()`.
 #[pyfunction]
 #[pyo3(signature = (manifest, mode="enforce"))]
-pub(super) fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> PyResult<()> {
-    let mode = Mode::parse(mode).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "mode must be \"enforce\" or \"warn\", not {mode:?}"
-        ))
-    })?;
+pub(super) fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> Result<()> {
+    let mode = Mode::parse(mode).ok_or_else(|| GuardError::BadMode(mode.to_owned()))?;
     let origin = manifest.to_string_lossy().into_owned();
     let deferred = crate::policy::DeferredManifest::start(origin, load_manifest);
     add_process_layer(ProcessLayer {
@@ -140,10 +120,10 @@ pub(super) fn record_layer() {
 
 /// Validate a manifest file, raising ManifestError; returns its entry count.
 #[pyfunction]
-pub(super) fn check_manifest(path: std::path::PathBuf) -> PyResult<usize> {
+pub(super) fn check_manifest(path: std::path::PathBuf) -> Result<usize> {
     load_manifest(&path.to_string_lossy())
         .map(|m| m.entries().len() + m.channels().len())
-        .map_err(|e| GuardError::Manifest(e).into())
+        .map_err(GuardError::Manifest)
 }
 
 /// Read a manifest; a panic while reading becomes a ManifestError, never a pass.

@@ -5,7 +5,7 @@
 //! second `_pickle`, a subclass of the original C class, a load loop of its own)
 //! then cannot import a single global.
 
-use super::error::{denial_to_pyerr, NoPickleError, PickleGuardError};
+use super::error::{GuardError, NoPickleError, Result};
 use super::frames::caller;
 use super::log::logger;
 use super::unpickler::{current_frame, current_frame_ptr};
@@ -116,7 +116,7 @@ pub(super) fn admitted_here(py: Python<'_>) -> bool {
 pub(super) static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
 pub(super) fn clear_extension_cache(py: Python<'_>) {
-    let cache = EXTENSION_CACHE.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+    let cache = EXTENSION_CACHE.get_or_try_init(py, || -> Result<Py<PyDict>> {
         Ok(py
             .import("copyreg")?
             .getattr("_extension_cache")?
@@ -150,7 +150,7 @@ pub(super) static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Refuse the `pickle.find_class` event for `module.name` unless the load that
 /// raises it was admitted here; some imports are refused even then.
-pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> Result<()> {
     let (module, name): (String, String) = args
         .extract()
         .unwrap_or_else(|_| ("<unknown>".into(), "<unknown>".into()));
@@ -166,7 +166,7 @@ pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> PyResul
             let _ = log.call_method1("error", ("%s", denial.message.as_str()));
         }
     }
-    Err(denial_to_pyerr(py, &denial))
+    Err(GuardError::Denied(Box::new(denial)))
 }
 
 pub(super) unsafe extern "C" fn audit_hook(
@@ -184,7 +184,7 @@ pub(super) unsafe extern "C" fn audit_hook(
     let outcome = std::panic::catch_unwind(|| unsafe {
         let py = Python::assume_attached();
         let args = Bound::from_borrowed_ptr(py, args);
-        backstop_check(py, &args).map_err(|e| e.restore(py))
+        backstop_check(py, &args).map_err(|e| PyErr::from(e).restore(py))
     });
     match outcome {
         Ok(Ok(())) => 0,
@@ -193,7 +193,7 @@ pub(super) unsafe extern "C" fn audit_hook(
             // Never let a global through on a panic.
             // SAFETY: as above, the GIL is held.
             let py = unsafe { Python::assume_attached() };
-            PickleGuardError::new_err("pickleguard's backstop failed").restore(py);
+            PyErr::from(GuardError::Guard("pickleguard's backstop failed".into())).restore(py);
             -1
         }
     }
@@ -203,7 +203,7 @@ pub(super) unsafe extern "C" fn audit_hook(
 /// `pickle.find_class` event must be refused. Raises PickleGuardError otherwise,
 /// so no one reports "enforcing" without the backstop.
 #[pyfunction]
-pub(super) fn install_backstop(py: Python<'_>) -> PyResult<()> {
+pub(super) fn install_backstop(py: Python<'_>) -> Result<()> {
     if !BACKSTOP_REGISTERED.swap(true, Ordering::AcqRel) {
         // SAFETY: `audit_hook` is a static C-ABI function that stays valid for the
         // life of the process, and it takes no user data.
@@ -213,7 +213,7 @@ pub(super) fn install_backstop(py: Python<'_>) -> PyResult<()> {
             let cause = PyErr::take(py)
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "no reason given".into());
-            return Err(PickleGuardError::new_err(format!(
+            return Err(GuardError::Guard(format!(
                 "could not register pickleguard's audit hook: {cause}"
             )));
         }
@@ -226,12 +226,13 @@ pub(super) fn install_backstop(py: Python<'_>) -> PyResult<()> {
     );
     match probe {
         Err(e) if e.is_instance_of::<NoPickleError>(py) => Ok(()),
-        Err(e) => Err(PickleGuardError::new_err(format!(
+        Err(e) => Err(GuardError::Guard(format!(
             "pickleguard's audit-hook backstop failed its self-test: {e}"
         ))),
-        Ok(_) => Err(PickleGuardError::new_err(
+        Ok(_) => Err(GuardError::Guard(
             "pickleguard's audit-hook backstop is not in place: another audit hook refused its \
-             registration, so pickleguard will not report enforcing",
+             registration, so pickleguard will not report enforcing"
+                .into(),
         )),
     }
 }

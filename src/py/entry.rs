@@ -4,11 +4,10 @@
 //! (`loads = pickle.loads`).
 
 use super::backstop::{clear_extension_cache, GateLoad};
-use super::error::{_UndelimitedPickle, GuardError, PickleGuardError, Result};
+use super::error::{GuardError, Result};
 use super::feed::Feed;
 use super::source::{admit_bytes, io_types, Rewind};
 use super::stream::{admit_stream_inner, source_name, AdmittedBytes};
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
@@ -47,9 +46,9 @@ pub(super) fn bind_gate(
 pub(super) fn gate_part<'py>(
     py: Python<'py>,
     cell: &'py PyOnceLock<Py<PyAny>>,
-) -> PyResult<&'py Bound<'py, PyAny>> {
+) -> Result<&'py Bound<'py, PyAny>> {
     cell.get(py).map(|f| f.bind(py)).ok_or_else(|| {
-        PickleGuardError::new_err("pickleguard's gate is not bound; import pickleguard first")
+        GuardError::Guard("pickleguard's gate is not bound; import pickleguard first".into())
     })
 }
 
@@ -63,7 +62,7 @@ pub(super) type SplitOptions<'py> = (Option<Bound<'py, PyDict>>, Option<Bound<'p
 pub(super) fn split_kwargs<'py>(
     py: Python<'py>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<SplitOptions<'py>> {
+) -> Result<SplitOptions<'py>> {
     let options = match kwargs {
         Some(k) if !k.is_empty() => k.copy()?,
         _ => return Ok((None, None)),
@@ -82,7 +81,7 @@ pub(super) fn run_original<'py>(
     admitted: Result<AdmittedInput<'py>>,
     mut options: Option<Bound<'py, PyDict>>,
     rewind: Option<Rewind<'py>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (feed, feed_buffers, uses_globals) = match admitted {
         Ok(found) => found,
         Err(e) => {
@@ -127,7 +126,7 @@ pub(super) fn run_original<'py>(
         }
     };
     clear_extension_cache(py);
-    result
+    Ok(result?)
 }
 
 /// What admission hands back: the verified input for the real unpickler, the
@@ -141,16 +140,16 @@ pub(super) fn explain(
     error: GuardError,
     flavor: &str,
     options: &Bound<'_, PyDict>,
-) -> PyErr {
-    let GuardError::Undelimited { data, error } = error else {
-        return error.into();
-    };
-    let undelimited = _UndelimitedPickle::new_err((data, error.into_value(py)));
+) -> GuardError {
+    if !matches!(error, GuardError::Undelimited { .. }) {
+        return error;
+    }
+    let undelimited = PyErr::from(error);
     let explained = gate_part(py, &EXPLAIN_UNDELIMITED)
-        .and_then(|f| f.call1((undelimited.into_value(py), flavor, options)));
+        .and_then(|f| Ok(f.call1((undelimited.into_value(py), flavor, options))?));
     match explained {
         Err(e) => e,
-        Ok(_) => PickleGuardError::new_err("undelimited pickle was not explained"),
+        Ok(_) => GuardError::Guard("undelimited pickle was not explained".into()),
     }
 }
 
@@ -158,7 +157,7 @@ pub(super) fn explain(
 /// `peek` and `readinto`, whose lookup errors also propagate).
 pub(super) fn file_methods<'py>(
     file: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+) -> Result<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let py = file.py();
     // io's own types cannot fail these lookups in any other way than a missing
     // attribute, and making that AttributeError costs more than a small load.
@@ -172,8 +171,8 @@ pub(super) fn file_methods<'py>(
         file.getattr_opt(pyo3::intern!(py, "readline"))?,
     ) {
         (Some(read), Some(readline)) => Ok((read, readline)),
-        _ => Err(PyTypeError::new_err(
-            "file must have 'read' and 'readline' attributes",
+        _ => Err(GuardError::WrongType(
+            "file must have 'read' and 'readline' attributes".into(),
         )),
     }
 }
@@ -185,7 +184,7 @@ pub(super) fn loads<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (options, buffers) = split_kwargs(py, kwargs)?;
     run_original(py, admit_bytes(py, data, buffers, None), options, None)
 }
@@ -197,7 +196,7 @@ pub(super) fn load<'py>(
     py: Python<'py>,
     file: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);
@@ -224,7 +223,7 @@ pub(super) fn pinned_loads<'py>(
     data: &Bound<'py, PyAny>,
     sha256: &str,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (options, buffers) = split_kwargs(py, kwargs)?;
     run_original(
         py,
@@ -242,7 +241,7 @@ pub(super) fn pinned_load<'py>(
     file: &Bound<'py, PyAny>,
     sha256: &str,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let (read, readline) = file_methods(file)?;
     let (options, buffers) = split_kwargs(py, kwargs)?;
     let name = source_name(file);

@@ -4,7 +4,7 @@
 use crate::manifest::ManifestError as CoreManifestError;
 use crate::reader::ReadError;
 use crate::report::Denial;
-use pyo3::exceptions::PyOverflowError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
@@ -27,7 +27,27 @@ pub(super) enum GuardError {
     },
     Manifest(CoreManifestError),
     Denied(Box<Denial>),
+    /// A token or grant used as it may not be (BadTokenError).
     BadToken(String),
+    /// A mode other than "enforce" or "warn".
+    BadMode(String),
+    /// An identity algorithm other than "sha256" or "blake3".
+    BadAlgorithm(String),
+    /// A malformed argument (an identity, a stack pattern); the text says how.
+    BadArgument(String),
+    /// An argument of the wrong type (TypeError).
+    WrongType(String),
+    /// A file pickleguard writes could not be opened or created.
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// pickleguard refuses on its own account (PickleGuardError): a misused
+    /// artifact scope, a file that changed between reads, the gate not in place.
+    Guard(String),
+    /// A guarded unpickler whose `__init__` was not called (UnpicklingError).
+    NotInitialised(String),
     Py(PyErr),
 }
 
@@ -54,6 +74,19 @@ impl From<GuardError> for PyErr {
             }
             GuardError::Manifest(e) => ManifestError::new_err(e.to_string()),
             GuardError::BadToken(message) => BadTokenError::new_err(message),
+            GuardError::BadMode(mode) => PyValueError::new_err(format!(
+                "mode must be \"enforce\" or \"warn\", not {mode:?}"
+            )),
+            GuardError::BadAlgorithm(name) => PyValueError::new_err(format!(
+                "algorithm must be \"sha256\" or \"blake3\", not {name:?}"
+            )),
+            GuardError::BadArgument(message) => PyValueError::new_err(message),
+            GuardError::WrongType(message) => PyTypeError::new_err(message),
+            GuardError::Io { what, path, error } => {
+                PickleGuardError::new_err(format!("could not {what} {}: {error}", path.display()))
+            }
+            GuardError::Guard(message) => PickleGuardError::new_err(message),
+            GuardError::NotInitialised(message) => UnpicklingError::new_err(message),
             GuardError::Denied(denial) => Python::attach(|py| denial_to_pyerr(py, &denial)),
         }
     }

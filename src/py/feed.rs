@@ -2,9 +2,9 @@
 //! Rust only, so no Python-visible function runs an original unpickler on bytes
 //! that were not admitted.
 
+use super::error::{GuardError, Result};
 use super::stream::AdmittedBytes;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -83,11 +83,11 @@ impl Feed {
 
     /// Copy straight into the caller's buffer: the C unpickler reads large
     /// `bytes` payloads this way, into the object it returns.
-    pub(super) fn readinto(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
+    pub(super) fn readinto(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> Result<usize> {
         let target = pyo3::buffer::PyBuffer::<u8>::get(buffer)?;
         if target.readonly() || !target.is_c_contiguous() {
-            return Err(PyTypeError::new_err(
-                "readinto() needs a writable contiguous buffer",
+            return Err(GuardError::WrongType(
+                "readinto() needs a writable contiguous buffer".into(),
             ));
         }
         let capacity = target.len_bytes();

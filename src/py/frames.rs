@@ -1,6 +1,7 @@
 //! Call stacks: the frames a stack pattern is matched against, named
 //! `module:qualname`, and the caller a denial names.
 
+use super::error::Result;
 use crate::load::Caller;
 use crate::names::{is_internal, is_pickle_machinery};
 use crate::policy::CallStack;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 pub(super) fn walk_frames(
     py: Python<'_>,
     visit: impl FnMut(&str, &Bound<'_, PyAny>) -> bool,
-) -> PyResult<()> {
+) -> Result<()> {
     let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
     walk_frames_from(frame, visit)
 }
@@ -22,7 +23,7 @@ pub(super) fn walk_frames(
 pub(super) fn walk_frames_from<'py>(
     mut frame: Bound<'py, PyAny>,
     mut visit: impl FnMut(&str, &Bound<'py, PyAny>) -> bool,
-) -> PyResult<()> {
+) -> Result<()> {
     while !frame.is_none() {
         let globals = frame.getattr(pyo3::intern!(frame.py(), "f_globals"))?;
         let module = globals

@@ -2,7 +2,7 @@
 //! force, a pickle's imports, its identity and bounds, a manifest's contents and the
 //! known channels' tables.
 
-use super::error::GuardError;
+use super::error::{GuardError, Result};
 use super::journal::parse_algorithm;
 use super::judge::hash;
 use super::scopes::PROCESS_LAYERS;
@@ -12,13 +12,12 @@ use crate::manifest::Manifest;
 use crate::policy::Rules;
 use crate::reader;
 use crate::scan;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 /// The process layers, for status reports: (mode, manifest origin or None, entries).
 #[pyfunction]
-pub(super) fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+pub(super) fn process_layers(py: Python<'_>) -> Result<Bound<'_, PyList>> {
     let list = PyList::empty(py);
     for layer in PROCESS_LAYERS.read().iter() {
         let (origin, entries, broken) = match &layer.rules {
@@ -39,7 +38,7 @@ pub(super) fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 /// The globals the pickle at the start of `data` would import, found without
 /// running it, as (name, risky) pairs.
 #[pyfunction]
-pub(super) fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> {
+pub(super) fn imports(data: &Bound<'_, PyAny>) -> Result<Vec<(String, bool)>> {
     let bytes = snapshot_bytes(data)?;
     Ok(scan::imports(bytes.as_bytes())
         .iter()
@@ -54,7 +53,7 @@ pub(super) fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> 
 #[allow(clippy::type_complexity)]
 pub(super) fn manifest_summary(
     path: std::path::PathBuf,
-) -> PyResult<(
+) -> Result<(
     Vec<(&'static str, Vec<String>, Option<Vec<String>>)>,
     Vec<(String, Vec<String>, Option<Vec<String>>)>,
 )> {
@@ -91,10 +90,10 @@ pub(super) fn manifest_summary(
 
 /// Whether the stack pattern `pattern` matches the frame name `name`.
 #[pyfunction]
-pub(super) fn pattern_matches(pattern: &str, name: &str) -> PyResult<bool> {
+pub(super) fn pattern_matches(pattern: &str, name: &str) -> Result<bool> {
     crate::pattern::FramePattern::parse(pattern)
         .map(|p| p.matches(name))
-        .map_err(|e| PyValueError::new_err(e.message))
+        .map_err(|e| GuardError::BadArgument(e.message))
 }
 
 /// The functions through which the known channel `name` loads its messages.
@@ -133,12 +132,12 @@ pub(super) fn seal_type(cls: &Bound<'_, pyo3::types::PyType>) -> bool {
 /// number of out-of-band buffers it consumes.
 #[pyfunction]
 #[pyo3(signature = (data, offset=0))]
-pub(super) fn delimit(data: &Bound<'_, PyAny>, offset: usize) -> PyResult<(usize, usize)> {
+pub(super) fn delimit(data: &Bound<'_, PyAny>, offset: usize) -> Result<(usize, usize)> {
     let bytes = snapshot_bytes(data)?;
     let tail = bytes.as_bytes().get(offset..).unwrap_or_default();
     reader::delimit(tail)
         .map(|e| (e.len, e.out_of_band_buffers))
-        .map_err(|e| GuardError::Read(e.map_source(|never| match never {})).into())
+        .map_err(|e| GuardError::Read(e.map_source(|never| match never {})))
 }
 
 /// The identity pickleguard gives the pickle at the start of `data` (with the
@@ -150,7 +149,7 @@ pub(super) fn identify(
     data: &Bound<'_, PyAny>,
     buffers: Option<Bound<'_, PyAny>>,
     algorithm: &str,
-) -> PyResult<String> {
+) -> Result<String> {
     let algorithm = parse_algorithm(algorithm)?;
     let bytes = snapshot_bytes(data)?;
     let extent = reader::delimit(bytes.as_bytes())
@@ -167,7 +166,7 @@ pub(super) fn identify(
 
 /// Whether the gate may dry-run `data` to explain why it cannot be delimited.
 #[pyfunction]
-pub(super) fn dry_run_safe(data: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(super) fn dry_run_safe(data: &Bound<'_, PyAny>) -> Result<bool> {
     let bytes = snapshot_bytes(data)?;
     Ok(scan::dry_run_safe(bytes.as_bytes()))
 }
@@ -180,7 +179,7 @@ pub(super) fn sha256_hex(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     algorithm: &str,
-) -> PyResult<String> {
+) -> Result<String> {
     let algorithm = parse_algorithm(algorithm)?;
     let bytes = snapshot_bytes(data)?;
     Ok(to_hex(&hash(py, algorithm, bytes.as_bytes(), &[])))

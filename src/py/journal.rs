@@ -2,7 +2,7 @@
 //! opened for appending, so concurrent processes interleave whole lines and a crash
 //! loses nothing already written.
 
-use super::error::PickleGuardError;
+use super::error::{GuardError, Result};
 use super::scopes::NEXT_LAYER_ID;
 use crate::gate::Report;
 use crate::identity::{Algorithm, Identities};
@@ -10,7 +10,6 @@ use crate::journal;
 use crate::load::Load;
 use crate::policy::CallStack;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering;
 
@@ -67,13 +66,12 @@ impl Journal {
 /// identified with `algorithm` ("sha256" or "blake3").
 #[pyfunction]
 #[pyo3(signature = (directory, algorithm="sha256"))]
-pub(super) fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> PyResult<()> {
+pub(super) fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> Result<()> {
     let algorithm = parse_algorithm(algorithm)?;
-    std::fs::create_dir_all(&directory).map_err(|e| {
-        PickleGuardError::new_err(format!(
-            "could not create the record journal {}: {e}",
-            directory.display()
-        ))
+    std::fs::create_dir_all(&directory).map_err(|error| GuardError::Io {
+        what: "create the record journal",
+        path: directory.clone(),
+        error,
     })?;
     let _ = JOURNAL.set(Journal {
         dir: directory,
@@ -83,12 +81,8 @@ pub(super) fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> P
     Ok(())
 }
 
-pub(super) fn parse_algorithm(name: &str) -> PyResult<Algorithm> {
-    Algorithm::parse(name).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "algorithm must be \"sha256\" or \"blake3\", not {name:?}"
-        ))
-    })
+pub(super) fn parse_algorithm(name: &str) -> Result<Algorithm> {
+    Algorithm::parse(name).ok_or_else(|| GuardError::BadAlgorithm(name.to_owned()))
 }
 
 pub(super) static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
@@ -96,16 +90,15 @@ pub(super) static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
 
 /// Also write each warn-mode report and each denial as a JSON line to `path`.
 #[pyfunction]
-pub(super) fn set_audit_log(path: std::path::PathBuf) -> PyResult<()> {
+pub(super) fn set_audit_log(path: std::path::PathBuf) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| {
-            PickleGuardError::new_err(format!(
-                "could not open the audit log {}: {e}",
-                path.display()
-            ))
+        .map_err(|error| GuardError::Io {
+            what: "open the audit log",
+            path: path.clone(),
+            error,
         })?;
     let _ = AUDIT_LOG.set(Mutex::new(file));
     Ok(())

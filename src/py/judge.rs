@@ -11,7 +11,6 @@ use crate::identity::{digest_with_buffers, Algorithm, Digest, Id, Identities};
 use crate::load::Load;
 use crate::manifest::Kind;
 use crate::policy::LazyFrames;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// Buffers larger than this are hashed with the GIL released.
@@ -35,8 +34,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     let mut compute = |algorithm| hash(py, algorithm, load.data, load.buffers);
     let mut ids = Identities::seeded(&mut compute, load.known);
     if let Some(pin) = pin {
-        let expected = Id::parse(pin)
-            .map_err(|e| GuardError::Py(PyValueError::new_err(format!("pin: {e}"))))?;
+        let expected = Id::parse(pin).map_err(|e| GuardError::BadArgument(format!("pin: {e}")))?;
         if let Some(denial) = gate::check_pin(load, &mut ids, &expected, &mut || caller(py)) {
             logger(py)?.call_method1("error", ("%s", denial.message.as_str()))?;
             return Err(GuardError::Denied(Box::new(denial)));
@@ -46,7 +44,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     let scopes = active_scopes(py)?;
     let journal = JOURNAL.get();
     if layers.is_empty() && scopes.scopes.is_empty() && journal.is_none() {
-        return Ok(log_allowed(py, load, &mut ids)?);
+        return log_allowed(py, load, &mut ids);
     }
     // Inside an admitted artifact, a pickle is covered by its entry only if the
     // pickle's bytes are part of the artifact; anything else the loader reads (a
@@ -76,7 +74,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
         journal.record(load, &mut ids, frames.get());
     }
     if verdict.is_plain_allow() {
-        return Ok(log_allowed(py, load, &mut ids)?);
+        return log_allowed(py, load, &mut ids);
     }
     for warning in &verdict.warnings {
         audit(warning, "warn", load);
@@ -104,7 +102,7 @@ pub(super) const WHOLE_LOOK_FROM: usize = 4096;
 
 /// A first look at `data` by the hash of the whole input (see
 /// `gate::look_at_whole_input`); an allowed input is logged as allowed.
-pub(super) fn look_at_whole_input(py: Python<'_>, data: &[u8]) -> PyResult<WholeLook> {
+pub(super) fn look_at_whole_input(py: Python<'_>, data: &[u8]) -> Result<WholeLook> {
     let layers = PROCESS_LAYERS.read().clone();
     let scopes = active_scopes(py)?;
     let grants = scopes.grants_for(None);

@@ -1,6 +1,7 @@
 //! The `pickleguard` logger: where allowed loads (at DEBUG), warn-mode reports and
 //! denials are logged.
 
+use super::error::Result;
 use crate::identity::{Algorithm, Identities};
 use crate::load::Load;
 use crate::report::describe_payload;
@@ -10,9 +11,9 @@ use pyo3::types::PyDict;
 
 pub(super) static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-pub(super) fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+pub(super) fn logger(py: Python<'_>) -> Result<&Bound<'_, PyAny>> {
     LOGGER
-        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        .get_or_try_init(py, || -> Result<Py<PyAny>> {
             Ok(py
                 .import("logging")?
                 .call_method1("getLogger", ("pickleguard",))?
@@ -27,7 +28,7 @@ pub(super) const DEBUG: i32 = 10;
 /// clears it in place whenever levels change, so the dict object itself is stable.
 pub(super) static LOGGER_CACHE: PyOnceLock<Option<Py<PyDict>>> = PyOnceLock::new();
 
-pub(super) fn debug_enabled(py: Python<'_>, logger: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(super) fn debug_enabled(py: Python<'_>, logger: &Bound<'_, PyAny>) -> Result<bool> {
     let cache = LOGGER_CACHE.get_or_init(py, || {
         logger
             .getattr(pyo3::intern!(py, "_cache"))
@@ -41,16 +42,12 @@ pub(super) fn debug_enabled(py: Python<'_>, logger: &Bound<'_, PyAny>) -> PyResu
         .as_ref()
         .and_then(|c| c.bind(py).get_item(DEBUG).ok().flatten())
     {
-        return flag.is_truthy();
+        return Ok(flag.is_truthy()?);
     }
-    logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()
+    Ok(logger.call_method1("isEnabledFor", (DEBUG,))?.is_truthy()?)
 }
 
-pub(super) fn log_allowed(
-    py: Python<'_>,
-    load: &Load<'_>,
-    ids: &mut Identities<'_>,
-) -> PyResult<()> {
+pub(super) fn log_allowed(py: Python<'_>, load: &Load<'_>, ids: &mut Identities<'_>) -> Result<()> {
     let logger = logger(py)?;
     if debug_enabled(py, logger)? {
         let id = ids

@@ -1,6 +1,7 @@
 //! Process layers and deny scopes: the layers `activate()` added, and the scopes and
 //! grants of this thread or asyncio task, held in a context variable.
 
+use super::error::Result;
 use super::judge::DETACH_THRESHOLD;
 use crate::identity::Id;
 use crate::policy::{ActiveGrant, LayerId, ProcessLayer};
@@ -132,9 +133,9 @@ pub(super) struct ScopeStack {
 
 pub(super) static SCOPES_VAR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-pub(super) fn scopes_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+pub(super) fn scopes_var(py: Python<'_>) -> Result<&Bound<'_, PyAny>> {
     SCOPES_VAR
-        .get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        .get_or_try_init(py, || -> Result<Py<PyAny>> {
             let kwargs = PyDict::new(py);
             kwargs.set_item("default", py.None())?;
             Ok(py
@@ -146,7 +147,7 @@ pub(super) fn scopes_var(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|var| var.bind(py))
 }
 
-pub(super) fn current_nodes(py: Python<'_>) -> PyResult<Vec<ScopeNode>> {
+pub(super) fn current_nodes(py: Python<'_>) -> Result<Vec<ScopeNode>> {
     let var = scopes_var(py)?;
     let mut value_ptr: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
     // SAFETY: the GIL is held and `var` is a ContextVar; PyContextVar_Get stores a
@@ -154,7 +155,7 @@ pub(super) fn current_nodes(py: Python<'_>) -> PyResult<Vec<ScopeNode>> {
     let status =
         unsafe { pyo3::ffi::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut value_ptr) };
     if status < 0 {
-        return Err(PyErr::fetch(py));
+        return Err(PyErr::fetch(py).into());
     }
     // SAFETY: `value_ptr` is a new reference or NULL, as above.
     let Some(value) = (unsafe { Bound::from_owned_ptr_or_opt(py, value_ptr) }) else {
@@ -167,7 +168,7 @@ pub(super) fn current_nodes(py: Python<'_>) -> PyResult<Vec<ScopeNode>> {
     Ok(stack.get().nodes.clone())
 }
 
-pub(super) fn set_nodes(py: Python<'_>, nodes: Vec<ScopeNode>) -> PyResult<()> {
+pub(super) fn set_nodes(py: Python<'_>, nodes: Vec<ScopeNode>) -> Result<()> {
     let value: Py<PyAny> = if nodes.is_empty() {
         py.None()
     } else {
@@ -177,13 +178,13 @@ pub(super) fn set_nodes(py: Python<'_>, nodes: Vec<ScopeNode>) -> PyResult<()> {
     Ok(())
 }
 
-pub(super) fn push_node(py: Python<'_>, node: ScopeNode) -> PyResult<()> {
+pub(super) fn push_node(py: Python<'_>, node: ScopeNode) -> Result<()> {
     let mut nodes = current_nodes(py)?;
     nodes.push(node);
     set_nodes(py, nodes)
 }
 
-pub(super) fn remove_node(py: Python<'_>, node: &ScopeNode) -> PyResult<()> {
+pub(super) fn remove_node(py: Python<'_>, node: &ScopeNode) -> Result<()> {
     let mut nodes = current_nodes(py)?;
     let before = nodes.len();
     nodes.retain(|n| !n.same(node));
@@ -195,7 +196,7 @@ pub(super) fn remove_node(py: Python<'_>, node: &ScopeNode) -> PyResult<()> {
 
 pub(super) static ASYNCIO_RUNNING_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-pub(super) fn current_owner(py: Python<'_>) -> PyResult<Owner> {
+pub(super) fn current_owner(py: Python<'_>) -> Result<Owner> {
     let thread = std::thread::current().id();
     // Only ask asyncio if it has been imported: no import on this path.
     let modules = py.import("sys")?.getattr("modules")?;
@@ -204,7 +205,7 @@ pub(super) fn current_owner(py: Python<'_>) -> PyResult<Owner> {
         .map_err(PyErr::from)?
         .contains("asyncio")?
     {
-        let helper = ASYNCIO_RUNNING_TASK.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        let helper = ASYNCIO_RUNNING_TASK.get_or_try_init(py, || -> Result<Py<PyAny>> {
             let code = c"def running_task():\n    import asyncio\n    loop = asyncio._get_running_loop()\n    return None if loop is None else asyncio.current_task(loop)\n";
             let module = PyModule::from_code(py, code, c"<pickleguard>", c"_pickleguard_asyncio")?;
             Ok(module.getattr(pyo3::intern!(module.py(), "running_task"))?.unbind())
@@ -259,7 +260,7 @@ impl ActiveScopes {
     }
 }
 
-pub(super) fn active_scopes(py: Python<'_>) -> PyResult<ActiveScopes> {
+pub(super) fn active_scopes(py: Python<'_>) -> Result<ActiveScopes> {
     let nodes = current_nodes(py)?;
     let mut active = ActiveScopes {
         scopes: Vec::new(),

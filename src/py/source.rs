@@ -8,21 +8,20 @@ use crate::gate::WholeLook;
 use crate::identity::KnownDigests;
 use crate::load::Load;
 use crate::reader::{self, ReadError, Source};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PySlice, PyString};
 
-pub(super) fn snapshot_bytes<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+pub(super) fn snapshot_bytes<'py>(data: &Bound<'py, PyAny>) -> Result<Bound<'py, PyBytes>> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(bytes.clone());
     }
     match PyMemoryView::from(data) {
-        Ok(view) => view
+        Ok(view) => Ok(view
             .call_method0("tobytes")?
             .cast_into::<PyBytes>()
-            .map_err(PyErr::from),
-        Err(_) => Err(PyTypeError::new_err(format!(
+            .map_err(PyErr::from)?),
+        Err(_) => Err(GuardError::WrongType(format!(
             "a bytes-like object is required, not '{}'",
             data.get_type().name()?
         ))),
@@ -35,7 +34,7 @@ pub(super) fn take_buffers<'py>(
     py: Python<'py>,
     buffers: &Bound<'py, PyAny>,
     count: usize,
-) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyAny>)> {
+) -> Result<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyAny>)> {
     let iterator = buffers.try_iter()?;
     let taken = PyList::empty(py);
     let mut contents = Vec::with_capacity(count);
@@ -65,7 +64,7 @@ pub(super) fn buffers_for_identity<'py>(
     py: Python<'py>,
     out_of_band: usize,
     buffers: Option<Bound<'py, PyAny>>,
-) -> PyResult<TakenBuffers<'py>> {
+) -> Result<TakenBuffers<'py>> {
     match buffers {
         Some(buffers) if out_of_band > 0 => {
             let (contents, feed) = take_buffers(py, &buffers, out_of_band)?;
@@ -186,8 +185,8 @@ pub(super) fn trusted_readinto<'py>(
 pub(super) static IO_TYPES: PyOnceLock<[Py<PyAny>; 3]> = PyOnceLock::new();
 
 /// `io.FileIO`, `io.BytesIO` and `io.BufferedReader`, looked up once.
-pub(super) fn io_types(py: Python<'_>) -> PyResult<[&Bound<'_, PyAny>; 3]> {
-    let types = IO_TYPES.get_or_try_init(py, || -> PyResult<[Py<PyAny>; 3]> {
+pub(super) fn io_types(py: Python<'_>) -> Result<[&Bound<'_, PyAny>; 3]> {
+    let types = IO_TYPES.get_or_try_init(py, || -> Result<[Py<PyAny>; 3]> {
         let io = py.import("io")?;
         Ok([
             io.getattr("FileIO")?.unbind(),
@@ -221,11 +220,12 @@ pub(super) fn read_into_vec(
     file: &Bound<'_, PyAny>,
     n: usize,
     out: &mut Vec<u8>,
-) -> PyResult<usize> {
+) -> Result<usize> {
     let py = file.py();
     out.reserve(n);
     let spare = out.spare_capacity_mut();
-    let length = isize::try_from(n).map_err(|_| PyOverflowError::new_err("read too large"))?;
+    let length = isize::try_from(n)
+        .map_err(|_| GuardError::Guard("a read of more than isize::MAX bytes".into()))?;
     // SAFETY: `spare` has room for at least `n` bytes (reserved above) and stays
     // allocated until this function returns: `out` is not touched meanwhile. The
     // view is released before returning, and the trusted C `readinto` keeps no
@@ -244,7 +244,7 @@ pub(super) fn read_into_vec(
     view.call_method0("release")?;
     let count: usize = result?.extract()?;
     if count > n {
-        return Err(PyValueError::new_err(format!(
+        return Err(GuardError::BadArgument(format!(
             "readinto() returned {count}, more than the {n} bytes asked for"
         )));
     }
@@ -254,7 +254,7 @@ pub(super) fn read_into_vec(
     Ok(count)
 }
 
-pub(super) fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<usize> {
+pub(super) fn append_bytes_like(result: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> Result<usize> {
     if let Ok(bytes) = result.cast::<PyBytes>() {
         out.extend_from_slice(bytes.as_bytes());
         return Ok(bytes.as_bytes().len());
@@ -268,12 +268,12 @@ impl Source for PyFileSource<'_, '_> {
     type Error = PyErr;
     fn read(&mut self, n: usize, out: &mut Vec<u8>) -> PyResult<usize> {
         if let Some(trusted) = self.readinto.as_ref().filter(|_| n >= READINTO_FROM) {
-            return read_into_vec(&trusted.readinto, &trusted.file, n, out);
+            return read_into_vec(&trusted.readinto, &trusted.file, n, out).map_err(PyErr::from);
         }
-        append_bytes_like(&self.read.call1((n,))?, out)
+        append_bytes_like(&self.read.call1((n,))?, out).map_err(PyErr::from)
     }
     fn read_line(&mut self, out: &mut Vec<u8>) -> PyResult<usize> {
-        append_bytes_like(&self.readline.call0()?, out)
+        append_bytes_like(&self.readline.call0()?, out).map_err(PyErr::from)
     }
 }
 
@@ -287,7 +287,7 @@ pub(super) const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
 pub(super) fn read_whole_file<'py>(
     trusted: &TrustedFile<'py>,
     head: Option<&Bound<'py, PyBytes>>,
-) -> PyResult<Option<Vec<u8>>> {
+) -> Result<Option<Vec<u8>>> {
     let file = &trusted.file;
     // The type's own methods: the file is exactly one of io's types, but an
     // attribute set on the instance could shadow a method.
@@ -368,7 +368,7 @@ pub(super) fn regular_file_size(fd: std::os::raw::c_int) -> Option<u64> {
 }
 
 /// Move `file`, one of io's own types, to `position`, with its type's own `seek`.
-pub(super) fn seek_to(file: &Bound<'_, PyAny>, position: usize) -> PyResult<()> {
+pub(super) fn seek_to(file: &Bound<'_, PyAny>, position: usize) -> Result<()> {
     let seek = file.get_type().getattr(pyo3::intern!(file.py(), "seek"))?;
     seek.call1((file, position))?;
     Ok(())
@@ -383,7 +383,7 @@ pub(super) struct Rewind<'py> {
 }
 
 impl Rewind<'_> {
-    pub(super) fn after(&self, consumed: usize) -> PyResult<()> {
+    pub(super) fn after(&self, consumed: usize) -> Result<()> {
         if consumed < self.len {
             seek_to(&self.file, consumed)?;
         }

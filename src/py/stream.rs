@@ -1,7 +1,7 @@
 //! Admitting one pickle from a stream: delimit it as it is read, judge it, and hand
 //! back exactly the verified bytes.
 
-use super::error::{GuardError, PickleGuardError, Result};
+use super::error::{GuardError, Result};
 use super::journal::{AUDIT_LOG, JOURNAL};
 use super::judge::{judge, look_at_whole_input};
 use super::source::{
@@ -158,7 +158,7 @@ pub(super) fn peek_buffer<'py>(file: &Bound<'py, PyAny>) -> Option<Bound<'py, Py
 pub(super) fn read_buffered_pickle(
     head: &Bound<'_, PyBytes>,
     read: &Bound<'_, PyAny>,
-) -> PyResult<Option<(Vec<u8>, reader::Extent)>> {
+) -> Result<Option<(Vec<u8>, reader::Extent)>> {
     let Ok(extent) = reader::delimit(head.as_bytes()) else {
         return Ok(None);
     };
@@ -167,8 +167,8 @@ pub(super) fn read_buffered_pickle(
     let data = read.call1((extent.len,))?;
     let data = data.cast::<PyBytes>().map_err(PyErr::from)?.as_bytes();
     if data != &head.as_bytes()[..extent.len] {
-        return Err(PickleGuardError::new_err(
-            "the file changed between two reads of the same bytes; nothing was loaded",
+        return Err(GuardError::Guard(
+            "the file changed between two reads of the same bytes; nothing was loaded".into(),
         ));
     }
     Ok(Some((data.to_vec(), extent)))
@@ -191,7 +191,7 @@ impl AdmittedBytes {
         slf: Bound<'_, Self>,
         view: *mut pyo3::ffi::Py_buffer,
         flags: std::os::raw::c_int,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let data = &slf.get().data;
         // SAFETY: `view` is valid (CPython's contract for bf_getbuffer). The memory
         // belongs to `slf`, which the filled view holds a reference to until it is
@@ -207,7 +207,7 @@ impl AdmittedBytes {
             )
         };
         if status == -1 {
-            return Err(PyErr::fetch(slf.py()));
+            return Err(PyErr::fetch(slf.py()).into());
         }
         Ok(())
     }
@@ -228,7 +228,7 @@ pub(super) fn admit_stream<'py>(
     buffers: Option<Bound<'py, PyAny>>,
     sha256: Option<&str>,
     file: Option<Bound<'py, PyAny>>,
-) -> PyResult<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
+) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
     let name = file.as_ref().and_then(source_name);
     let admitted = admit_stream_inner(
         py,

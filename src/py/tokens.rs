@@ -2,7 +2,7 @@
 //! with-block of an admitted artifact.
 
 use super::activation::enforcing;
-use super::error::{BadTokenError, GuardError, PickleGuardError, Result};
+use super::error::{GuardError, Result};
 use super::judge::judge;
 use super::scopes::{
     active_scopes, current_nodes, current_owner, push_node, remove_node, set_nodes,
@@ -15,7 +15,6 @@ use crate::load::Load;
 use crate::manifest::Kind;
 use crate::policy::LayerId;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::HashSet;
@@ -35,9 +34,9 @@ pub(super) struct Token {
     pub(super) kind: TokenKind,
 }
 
-pub(super) fn not_copyable() -> PyErr {
-    BadTokenError::new_err(
-        "pickleguard tokens cannot be copied or pickled; pass the token object itself to allow_pickles()",
+pub(super) fn not_copyable() -> GuardError {
+    GuardError::BadToken(
+        "pickleguard tokens cannot be copied or pickled; pass the token object itself to allow_pickles()".into(),
     )
 }
 
@@ -58,10 +57,10 @@ impl Token {
         }
     }
 
-    pub(super) fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+    pub(super) fn __enter__(slf: Bound<'_, Self>) -> Result<Bound<'_, Self>> {
         if let TokenKind::Process(_) = slf.get().kind {
-            return Err(PickleGuardError::new_err(
-                "the process layer from activate() cannot be used as a with-block or closed; use `with allow_pickles(token):` to lift it for a block",
+            return Err(GuardError::Guard(
+                "the process layer from activate() cannot be used as a with-block or closed; use `with allow_pickles(token):` to lift it for a block".into(),
             ));
         }
         Ok(slf)
@@ -72,16 +71,16 @@ impl Token {
         &self,
         py: Python<'_>,
         _args: &Bound<'_, pyo3::types::PyTuple>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool> {
         self.close(py)?;
         Ok(false)
     }
 
     /// End this `no_pickles()` scope everywhere. The process layer cannot be closed.
-    pub(super) fn close(&self, py: Python<'_>) -> PyResult<()> {
+    pub(super) fn close(&self, py: Python<'_>) -> Result<()> {
         match &self.kind {
-            TokenKind::Process(_) => Err(PickleGuardError::new_err(
-                "the process layer from activate() cannot be closed",
+            TokenKind::Process(_) => Err(GuardError::Guard(
+                "the process layer from activate() cannot be closed".into(),
             )),
             TokenKind::Scope(scope) => {
                 scope.open.store(false, Ordering::Release);
@@ -91,23 +90,23 @@ impl Token {
         }
     }
 
-    pub(super) fn __copy__(&self) -> PyResult<()> {
+    pub(super) fn __copy__(&self) -> Result<()> {
         Err(not_copyable())
     }
 
-    pub(super) fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(super) fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> Result<()> {
         Err(not_copyable())
     }
 
-    pub(super) fn __reduce__(&self) -> PyResult<()> {
+    pub(super) fn __reduce__(&self) -> Result<()> {
         Err(not_copyable())
     }
 
-    pub(super) fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(super) fn __reduce_ex__(&self, _protocol: &Bound<'_, PyAny>) -> Result<()> {
         Err(not_copyable())
     }
 
-    pub(super) fn __getstate__(&self) -> PyResult<()> {
+    pub(super) fn __getstate__(&self) -> Result<()> {
         Err(not_copyable())
     }
 }
@@ -137,7 +136,7 @@ pub(super) fn check_scope_usable(py: Python<'_>, scope: &Arc<ScopeState>) -> Res
 
 #[pymethods]
 impl Grant {
-    pub(super) fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+    pub(super) fn __enter__(slf: Bound<'_, Self>) -> Result<Bound<'_, Self>> {
         let py = slf.py();
         let this = slf.get();
         let layer = match &this.token {
@@ -164,7 +163,7 @@ impl Grant {
         &self,
         py: Python<'_>,
         _args: &Bound<'_, pyo3::types::PyTuple>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool> {
         // One Grant object may be entered by several threads or tasks at once; end
         // the innermost grant this thread or task entered, not another's.
         let here = current_owner(py)?;
@@ -203,7 +202,7 @@ pub(super) fn allow_pickles(
     py: Python<'_>,
     token: &Bound<'_, PyAny>,
     only_objects: Option<Vec<String>>,
-) -> PyResult<Grant> {
+) -> Result<Grant> {
     let token = as_token(token)?;
     let kind = token.get().kind.clone();
     if let TokenKind::Scope(scope) = &kind {
@@ -216,12 +215,12 @@ pub(super) fn allow_pickles(
                 .iter()
                 .map(|item| {
                     Id::parse(item).map_err(|e| {
-                        PyValueError::new_err(format!(
+                        GuardError::BadArgument(format!(
                             "only_objects entries look like \"sha256:<64 hex digits>\" or \"blake3:<64 hex digits>\": {e}"
                         ))
                     })
                 })
-                .collect::<PyResult<HashSet<Id>>>()?,
+                .collect::<Result<HashSet<Id>>>()?,
         ),
     };
     Ok(Grant {
@@ -245,10 +244,10 @@ pub(super) fn admit_artifact(
     imports: Option<Vec<(String, bool)>>,
     stream: Option<Bound<'_, PyAny>>,
     any_stream: bool,
-) -> PyResult<ArtifactScope> {
+) -> Result<ArtifactScope> {
     if any_stream && enforcing(py)? {
-        return Err(PickleGuardError::new_err(
-            "an artifact whose loader reads the file itself cannot be admitted while a layer enforces",
+        return Err(GuardError::Guard(
+            "an artifact whose loader reads the file itself cannot be admitted while a layer enforces".into(),
         ));
     }
     let bytes = snapshot_bytes(data)?;
@@ -286,14 +285,13 @@ pub(super) struct ArtifactScope {
 
 #[pymethods]
 impl ArtifactScope {
-    pub(super) fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+    pub(super) fn __enter__(slf: Bound<'_, Self>) -> Result<Bound<'_, Self>> {
         let py = slf.py();
         if slf.get().used.swap(true, Ordering::AcqRel) {
             return Err(GuardError::BadToken(
                 "an admitted artifact's block can be entered only once; admit the file again"
                     .into(),
-            )
-            .into());
+            ));
         }
         let owner = current_owner(py)?;
         // Every layer in force now; 0 (no layer) marks the block even when none is.
@@ -331,7 +329,7 @@ impl ArtifactScope {
         &self,
         py: Python<'_>,
         _args: &Bound<'_, pyo3::types::PyTuple>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool> {
         let here = current_owner(py)?;
         let grants = {
             let mut entered = self.entered.lock();

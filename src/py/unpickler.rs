@@ -7,7 +7,7 @@ use super::entry::{
     explain, file_methods, gate_part, ORIGINAL_C_FIND_CLASS, ORIGINAL_C_LOAD,
     ORIGINAL_PY_FIND_CLASS, ORIGINAL_PY_LOAD,
 };
-use super::error::UnpicklingError;
+use super::error::{GuardError, Result};
 use super::feed::Feed;
 use super::scopes::{active_scopes, PROCESS_LAYERS};
 use super::stream::{admit_stream_inner, source_name, AdmittedStream};
@@ -43,7 +43,7 @@ impl UnpicklerSource {
         errors: &Bound<'_, PyAny>,
         buffers: Option<&Bound<'_, PyAny>>,
         buffer_feed: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         let py = file.py();
         let (read, readline) = file_methods(file)?;
         let buffers = match buffers {
@@ -66,13 +66,13 @@ impl UnpicklerSource {
     }
 }
 
-pub(super) fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
+pub(super) fn init_not_called(unpickler: &Bound<'_, PyAny>) -> GuardError {
     let name = unpickler
         .get_type()
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Unpickler".into());
-    UnpicklingError::new_err(format!(
+    GuardError::NotInitialised(format!(
         "Unpickler.__init__() was not called by {name}.__init__()"
     ))
 }
@@ -83,7 +83,7 @@ pub(super) fn init_not_called(unpickler: &Bound<'_, PyAny>) -> PyErr {
 pub(super) fn unpickler_load<'py>(
     py: Python<'py>,
     unpickler: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let Ok(source) = unpickler.getattr(pyo3::intern!(py, "_pickleguard")) else {
         return Err(init_not_called(unpickler));
     };
@@ -113,7 +113,7 @@ pub(super) fn unpickler_load<'py>(
             // The load consumed exactly the admitted bytes; do not keep them alive.
             feed.get().clear();
             clear_extension_cache(py);
-            result
+            Ok(result?)
         }
         Err(e) => {
             let options = PyDict::new(py);
@@ -129,7 +129,7 @@ pub(super) fn unpickler_load<'py>(
 /// the verified stream of an admitted artifact whose grants still lift every
 /// layer and deny scope in force: nothing was added inside the block that the
 /// artifact's admission did not see.
-pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> Result<bool> {
     let scopes = active_scopes(py)?;
     if scopes.artifacts.is_empty() {
         return Ok(false);
@@ -151,14 +151,14 @@ pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> 
 pub(super) fn py_unpickler_load<'py>(
     py: Python<'py>,
     unpickler: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_PY_LOAD)?;
     let (Ok(read), Ok(readline)) = (
         unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_read")),
         unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_readline")),
     ) else {
         // Not initialised: the original raises its own error, reading nothing.
-        return original.call1((unpickler,));
+        return Ok(original.call1((unpickler,))?);
     };
     if reads_admitted_stream(py, &read)? {
         // A pickle inside an admitted artifact, which its entry covers: joblib
@@ -168,7 +168,7 @@ pub(super) fn py_unpickler_load<'py>(
             original.call1((unpickler,))
         };
         clear_extension_cache(py);
-        return result;
+        return Ok(result?);
     }
     let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_buffers"))?)
         .filter(|b| !b.is_none());
@@ -219,7 +219,7 @@ pub(super) fn py_unpickler_load<'py>(
     clear_extension_cache(py);
     unpickler.setattr("_file_read", read)?;
     unpickler.setattr("_file_readline", readline)?;
-    result
+    Ok(result?)
 }
 
 /// `find_class` of the guarded `pickle.Unpickler` (and of the unpickler the guarded
@@ -234,14 +234,14 @@ pub(super) fn unpickler_find_class<'py>(
     unpickler: &Bound<'py, PyAny>,
     module: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
     if !GateLoad::is_innermost(unpickler) {
-        return original.call1((unpickler, module, name));
+        return Ok(original.call1((unpickler, module, name))?);
     }
     // The C find_class runs in this frame and raises its event here.
     let _admitted = Admitted::at_current_frame(py);
-    original.call1((unpickler, module, name))
+    Ok(original.call1((unpickler, module, name))?)
 }
 
 /// `pickle._Unpickler.find_class`, patched on the class. Admitted, as above, only
@@ -254,16 +254,16 @@ pub(super) fn py_unpickler_find_class<'py>(
     unpickler: &Bound<'py, PyAny>,
     module: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> Result<Bound<'py, PyAny>> {
     let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
     if !GateLoad::is_innermost(unpickler) {
-        return original.call1((unpickler, module, name));
+        return Ok(original.call1((unpickler, module, name))?);
     }
     // The original find_class is a Python function: its own frame, called from
     // this one, raises the event.
     let code = original.getattr(pyo3::intern!(original.py(), "__code__"))?;
     let _admitted = Admitted::for_callee(py, &code);
-    original.call1((unpickler, module, name))
+    Ok(original.call1((unpickler, module, name))?)
 }
 
 pub(super) fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
