@@ -19,13 +19,18 @@
 //!    saying what it loads. Name each as Python 3.11+ names frames
 //!    (`module:Class.method`) and, for methods, as earlier versions do
 //!    (`module:method`). If a caller is also a function a task could call on
-//!    its own bytes, set `called_from` to the engine's own modules.
+//!    its own bytes, set `called_from` to the engine's own modules, or to the
+//!    engine's own functions that call it; callers that need a different
+//!    `called_from` (or none) go in another entry with the same name.
 //! 3. Add a test under `tests/integration/` (see `test_dask.py`): record, then run
 //!    the same workload, then show that a pickle a task loads itself is refused
 //!    in the worker.
 
-/// A transport that `record` knows.
+/// A rule that `record` writes for a transport it knows. A transport may need
+/// several rules, with the same `name`, when its callers are called from
+/// different places: each rule has one `called_from` for all its callers.
 pub struct KnownChannel {
+    /// The rule's `name` in the manifest; rules of one transport share it.
     pub name: &'static str,
     /// The functions that load its messages, as `module:qualname`. Python before
     /// 3.11 names frames without their class, so both spellings are listed.
@@ -37,26 +42,63 @@ pub struct KnownChannel {
 }
 
 pub const KNOWN_CHANNELS: &[KnownChannel] = &[
+    // multiprocessing, and concurrent.futures' process pools built on it. Its
+    // queues are objects multiprocessing made, over pipes between the program's
+    // own processes: a user's get() on one is the transport.
+    KnownChannel {
+        name: "multiprocessing",
+        callers: &[
+            // Queue (and JoinableQueue, concurrent.futures' call queue) and
+            // SimpleQueue (a pool's task queue and change notifier). Before 3.11
+            // both are "multiprocessing.queues:get".
+            "multiprocessing.queues:Queue.get",
+            "multiprocessing.queues:SimpleQueue.get",
+            "multiprocessing.queues:get",
+        ],
+        called_from: &[],
+    },
+    // Connection.recv, though, is also what a program calls on any connection: a
+    // Listener's peer on a TCP port, Connection(fd) on a file, a subclass that
+    // reads from elsewhere. Only multiprocessing's own calls of it are the
+    // transport, and of spawn._main, which reads a new process's start-up data.
     KnownChannel {
         name: "multiprocessing",
         callers: &[
             "multiprocessing.connection:_ConnectionBase.recv",
-            "multiprocessing.connection:Connection.recv",
             "multiprocessing.connection:recv",
-            "multiprocessing.queues:Queue.get",
-            "multiprocessing.queues:SimpleQueue.get",
-            "multiprocessing.queues:get",
             "multiprocessing.spawn:_main",
-            "multiprocessing.forkserver:main",
-            "multiprocessing.forkserver:_serve_one",
+        ],
+        called_from: &[
+            // A pool's results, and the tasks its terminate() drains.
+            "multiprocessing.pool:Pool._handle_results",
+            "multiprocessing.pool:_handle_results",
+            "multiprocessing.pool:Pool._help_stuff_finish",
+            "multiprocessing.pool:_help_stuff_finish",
+            // concurrent.futures.ProcessPoolExecutor's results.
+            "concurrent.futures.process:_ExecutorManagerThread.wait_result_broken_or_wakeup",
+            "concurrent.futures.process:wait_result_broken_or_wakeup",
+            // Managers: the address a new server sends back (start), the
+            // requests its server reads (serve_client, and the first request of
+            // a connection: handle_request in 3.9, _handle_request from 3.10),
+            // the replies proxies and the manager read (_callmethod, dispatch).
+            "multiprocessing.managers:BaseManager.start",
+            "multiprocessing.managers:start",
+            "multiprocessing.managers:Server._handle_request",
+            "multiprocessing.managers:_handle_request",
+            "multiprocessing.managers:handle_request",
             "multiprocessing.managers:Server.serve_client",
             "multiprocessing.managers:serve_client",
+            "multiprocessing.managers:BaseProxy._callmethod",
+            "multiprocessing.managers:_callmethod",
             "multiprocessing.managers:dispatch",
-            "multiprocessing.resource_sharer:DupFd.detach",
+            // The resource sharer's requests, when a connection or socket is
+            // pickled to another process.
+            "multiprocessing.resource_sharer:_ResourceSharer._serve",
+            "multiprocessing.resource_sharer:_serve",
+            // spawn._main, in a spawn child and in a forkserver's fork.
+            "multiprocessing.spawn:spawn_main",
+            "multiprocessing.forkserver:_serve_one",
         ],
-        // A program's own pipes and queues between its own processes are this
-        // transport too, received wherever the program receives them.
-        called_from: &[],
     },
     // Dask distributed: the client, scheduler, nannies and workers of a cluster.
     // Nannies start workers with multiprocessing (spawn by default), whose own
@@ -90,18 +132,26 @@ pub const KNOWN_CHANNELS: &[KnownChannel] = &[
     },
 ];
 
-fn find(name: &str) -> Option<&'static KnownChannel> {
-    KNOWN_CHANNELS.iter().find(|c| c.name == name)
+/// The known rule `key` names: a transport's name for its first rule, and
+/// `name/2`, `name/3` and so on for its further ones, in the order above. This is
+/// how the binding's `channel_callers` and `channel_called_from` address a rule,
+/// and how `record` finds every rule of a transport it saw.
+fn find(key: &str) -> Option<&'static KnownChannel> {
+    let (name, index) = match key.split_once('/') {
+        None => (key, 0),
+        Some((name, number)) => (name, number.parse::<usize>().ok().filter(|&n| n >= 2)? - 1),
+    };
+    KNOWN_CHANNELS.iter().filter(|c| c.name == name).nth(index)
 }
 
-/// The callers of the known channel `name`.
-pub fn known_callers(name: &str) -> &'static [&'static str] {
-    find(name).map_or(&[], |c| c.callers)
+/// The callers of the known rule `key` (see [`find`]).
+pub fn known_callers(key: &str) -> &'static [&'static str] {
+    find(key).map_or(&[], |c| c.callers)
 }
 
-/// The `called_from` patterns of the known channel `name` (empty for any).
-pub fn known_called_from(name: &str) -> &'static [&'static str] {
-    find(name).map_or(&[], |c| c.called_from)
+/// The `called_from` patterns of the known rule `key` (empty for any).
+pub fn known_called_from(key: &str) -> &'static [&'static str] {
+    find(key).map_or(&[], |c| c.called_from)
 }
 
 /// The known channel that a load by `caller`, itself called by `called_from`,
@@ -125,16 +175,157 @@ pub fn known_channel(caller: &str, called_from: Option<&str>) -> Option<&'static
 mod tests {
     use super::*;
 
+    /// (caller, called_from) of each load multiprocessing made of its own messages
+    /// under `pickleguard record` (pools, queues, managers, executors, the resource
+    /// sharer; fork, spawn and forkserver), as Python 3.11 and 3.9 name them.
+    const MULTIPROCESSING_LOADS: &[(&str, &str)] = &[
+        ("multiprocessing.queues:Queue.get", "__main__:consume"),
+        (
+            "multiprocessing.queues:Queue.get",
+            "concurrent.futures.process:_process_worker",
+        ),
+        (
+            "multiprocessing.queues:SimpleQueue.get",
+            "multiprocessing.pool:worker",
+        ),
+        (
+            "multiprocessing.queues:SimpleQueue.get",
+            "multiprocessing.pool:Pool._wait_for_updates",
+        ),
+        ("multiprocessing.queues:get", "multiprocessing.pool:worker"),
+        ("multiprocessing.queues:get", "__main__:<listcomp>"),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.pool:Pool._handle_results",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.pool:_handle_results",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "concurrent.futures.process:_ExecutorManagerThread.wait_result_broken_or_wakeup",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "concurrent.futures.process:wait_result_broken_or_wakeup",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.managers:BaseManager.start",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.managers:Server._handle_request",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.managers:Server.serve_client",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.managers:BaseProxy._callmethod",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.managers:dispatch",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.managers:start",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.managers:handle_request",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.managers:serve_client",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.managers:_callmethod",
+        ),
+        (
+            "multiprocessing.connection:recv",
+            "multiprocessing.managers:dispatch",
+        ),
+        (
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.resource_sharer:_ResourceSharer._serve",
+        ),
+        (
+            "multiprocessing.spawn:_main",
+            "multiprocessing.spawn:spawn_main",
+        ),
+        (
+            "multiprocessing.spawn:_main",
+            "multiprocessing.forkserver:_serve_one",
+        ),
+    ];
+
     #[test]
     fn recognises_multiprocessing_but_not_user_code() {
-        assert_eq!(
-            known_channel(
-                "multiprocessing.connection:_ConnectionBase.recv",
-                Some("app:main")
-            ),
-            Some("multiprocessing")
-        );
+        for (caller, outer) in MULTIPROCESSING_LOADS {
+            assert_eq!(
+                known_channel(caller, Some(outer)),
+                Some("multiprocessing"),
+                "{caller} called by {outer}"
+            );
+        }
         assert_eq!(known_channel("app:load_model", None), None);
+        // A program's own recv() on a connection (a Listener's, Connection(fd)'s,
+        // a subclass's), and a subclass's recv calling the base class's.
+        for recv in [
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.connection:recv",
+        ] {
+            for outer in [
+                Some("__main__:<module>"),
+                Some("app.server:handle"),
+                Some("app.conn:FileConnection.recv"),
+                Some("multiprocessing.connection:Listener.accept"),
+                None,
+            ] {
+                assert_eq!(
+                    known_channel(recv, outer),
+                    None,
+                    "{recv} called by {outer:?}"
+                );
+            }
+        }
+        assert_eq!(
+            known_channel("multiprocessing.spawn:_main", Some("app:main")),
+            None
+        );
+    }
+
+    #[test]
+    fn rules_are_found_by_name_then_by_number() {
+        assert_eq!(known_callers("multiprocessing"), KNOWN_CHANNELS[0].callers);
+        assert!(known_called_from("multiprocessing").is_empty());
+        assert_eq!(
+            known_callers("multiprocessing/2"),
+            KNOWN_CHANNELS[1].callers
+        );
+        assert_eq!(
+            known_called_from("multiprocessing/2"),
+            KNOWN_CHANNELS[1].called_from
+        );
+        for missing in [
+            "multiprocessing/3",
+            "multiprocessing/1",
+            "multiprocessing/0",
+            "multiprocessing/",
+            "multiprocessing/x",
+            "dask/2",
+            "ray",
+            "",
+        ] {
+            assert!(known_callers(missing).is_empty(), "{missing}");
+            assert!(known_called_from(missing).is_empty(), "{missing}");
+        }
+        assert_eq!(known_callers("dask"), KNOWN_CHANNELS[2].callers);
     }
 
     #[test]
@@ -184,6 +375,10 @@ mod tests {
         };
         for channel in KNOWN_CHANNELS {
             let name = channel.name;
+            assert!(
+                !name.contains('/'),
+                "{name}: '/' numbers a transport's rules"
+            );
             assert!(!channel.callers.is_empty(), "{name} has no callers");
             let mut text = format!(
                 "version = 1\n[[channel]]\nname = {name:?}\ncallers = {}\n",
@@ -194,15 +389,28 @@ mod tests {
             }
             let manifest = crate::manifest::Manifest::parse(&text, "known")
                 .unwrap_or_else(|e| panic!("{name}: {}", e.located_message()));
-            let own = channel.called_from.first().map(|p| p.replace('*', "x"));
+            for pattern in channel.called_from {
+                let outer = pattern.replace('*', "x");
+                for caller in channel.callers {
+                    assert!(
+                        manifest.channel_for(caller, Some(&outer)).is_some(),
+                        "{caller} called by {outer}"
+                    );
+                    assert_eq!(known_channel(caller, Some(&outer)), Some(name));
+                }
+            }
             for caller in channel.callers {
+                // Callers are unique across every rule: `record` finds a caller's
+                // rule by it.
                 assert!(seen.insert(*caller), "{caller} is listed twice");
                 assert!(!caller.contains(['*', '?']), "{caller} is a wildcard");
-                assert!(
-                    manifest.channel_for(caller, own.as_deref()).is_some(),
-                    "{caller}"
-                );
-                assert_eq!(known_channel(caller, own.as_deref()), Some(name));
+                if channel.called_from.is_empty() {
+                    assert!(manifest.channel_for(caller, None).is_some(), "{caller}");
+                    assert_eq!(known_channel(caller, None), Some(name));
+                } else {
+                    assert!(manifest.channel_for(caller, Some("app:main")).is_none());
+                    assert_eq!(known_channel(caller, Some("app:main")), None);
+                }
             }
         }
     }

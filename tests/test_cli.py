@@ -205,3 +205,75 @@ def test_check_warns_about_a_dask_channel_rule_without_called_from(tmp_path):
     narrowed.write_text(old.read_text() + 'called_from = ["distributed.*:*", "dask.*:*"]\n')
     proc = cli("check", str(narrowed))
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+# The multiprocessing rule as record wrote it before it was narrowed: one rule, no
+# called_from, Connection.recv among its callers.
+OLD_MULTIPROCESSING = """version = 1
+[[channel]]
+name = "multiprocessing"
+callers = [
+    "multiprocessing.connection:Connection.recv",
+    "multiprocessing.connection:_ConnectionBase.recv",
+    "multiprocessing.connection:recv",
+    "multiprocessing.forkserver:_serve_one",
+    "multiprocessing.forkserver:main",
+    "multiprocessing.managers:Server.serve_client",
+    "multiprocessing.managers:dispatch",
+    "multiprocessing.managers:serve_client",
+    "multiprocessing.queues:Queue.get",
+    "multiprocessing.queues:SimpleQueue.get",
+    "multiprocessing.queues:get",
+    "multiprocessing.resource_sharer:DupFd.detach",
+    "multiprocessing.spawn:_main",
+]
+"""
+
+
+def channel_rule(name: str, callers: list, called_from: list | None = None) -> str:
+    text = f"[[channel]]\nname = {json.dumps(name)}\ncallers = {json.dumps(callers)}\n"
+    if called_from:
+        text += f"called_from = {json.dumps(called_from)}\n"
+    return text
+
+
+def test_check_warns_about_a_multiprocessing_rule_wider_than_record_writes(tmp_path):
+    from pickleguard._record import known_rules
+
+    rules = known_rules("multiprocessing")
+    assert rules and not rules[0][1]  # the queues' rule: any caller
+    narrowed = [(callers, called_from) for callers, called_from in rules if called_from]
+    assert len(narrowed) == 1
+    recv_callers, recv_from = narrowed[0]
+    # A manifest recorded before: still valid, and check says what to change.
+    old = tmp_path / "old.toml"
+    old.write_text(OLD_MULTIPROCESSING)
+    proc = cli("check", str(old))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"ok: {old} (1 rule)\n"
+    (warning,) = proc.stderr.splitlines()
+    assert warning.startswith(
+        f"warning: {old}: the 'multiprocessing' channel rule has no called_from"
+    )
+    for caller in recv_callers:
+        assert caller in warning
+    assert "Listener" in warning and "record into a fresh manifest" in warning
+    assert "called_from = [" + ", ".join(f'"{p}"' for p in recv_from) + "]" in warning
+    report = json.loads(cli("check", "--json", str(old)).stdout)
+    assert report["results"][0]["ok"] and report["results"][0]["warnings"] == [
+        warning[len(f"warning: {old}: ") :]
+    ]
+    # A wildcard written by hand is as wide.
+    star = tmp_path / "star.toml"
+    star.write_text("version = 1\n" + channel_rule("multiprocessing", ["multiprocessing.*:*"]))
+    assert "the 'multiprocessing' channel rule" in cli("check", str(star)).stderr
+    # What record writes now, and an operator's rule of their own name: no warning.
+    for name, text in {
+        "recorded": "".join(channel_rule("multiprocessing", c, f) for c, f in rules),
+        "queues-only": channel_rule("multiprocessing", rules[0][0]),
+        "own-name": channel_rule("our-pipes", recv_callers),
+    }.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_text("version = 1\n" + text)
+        proc = cli("check", str(path))
+        assert proc.returncode == 0 and proc.stderr == "", (name, proc.stderr)

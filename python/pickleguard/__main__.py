@@ -97,19 +97,39 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _unnarrowed_channels(path: str) -> List[str]:
-    """Channel rules for a known transport whose recorded rule has `called_from`,
-    written without it (by a record from before it existed): they admit every call
-    of their callers, a task's own included."""
+    """Channel rules of a known transport without `called_from` that admit callers
+    which the rule record writes admits only when the transport's own code calls
+    them (written by a record from before that, or by hand): they admit every call
+    of those callers, a task's or the program's own included."""
     warnings = []
     _, channels = _core.manifest_summary(path)
     for name, callers, called_from in channels:
-        known = _core.channel_called_from(name)
-        if known and called_from is None and set(callers) & set(_core.channel_callers(name)):
-            listed = ", ".join(f'"{p}"' for p in known)
-            warnings.append(
-                f"the {name!r} channel rule has no called_from, so it also admits a task's "
-                f"own calls of its callers; add called_from = [{listed}] as record writes it"
-            )
+        if called_from is not None:
+            continue
+        for known, known_from in recording.known_rules(name):
+            wide = [c for c in known if any(_core.pattern_matches(p, c) for p in callers)]
+            if not known_from or not wide:
+                continue
+            listed = ", ".join(f'"{p}"' for p in known_from)
+            if set(callers) <= set(known):
+                warnings.append(
+                    f"the {name!r} channel rule has no called_from, so it also admits a "
+                    f"task's own calls of its callers; add called_from = [{listed}] as "
+                    "record writes it"
+                )
+            else:
+                example = (
+                    " (its recv() on any connection: a Listener's peer, a file)"
+                    if name == "multiprocessing"
+                    else ""
+                )
+                warnings.append(
+                    f"the {name!r} channel rule has no called_from, so it admits "
+                    f"{', '.join(wide)} whoever calls them, the program's own code "
+                    f"included{example}; move them to a [[channel]] rule of their own "
+                    f"with called_from = [{listed}] as record now writes it, or record "
+                    "into a fresh manifest"
+                )
     return warnings
 
 

@@ -100,6 +100,20 @@ def read_journals(directory: Path) -> Journal:
     return journal
 
 
+def known_rules(name: str) -> List[Tuple[List[str], List[str]]]:
+    """The rules ``record`` writes for the known channel ``name``, as (callers,
+    called_from: empty for any); none for a name it does not know. A transport
+    whose callers need different ``called_from`` has several rules, with the same
+    name: the core numbers them ``name``, ``name/2``, ``name/3``..."""
+    rules: List[Tuple[List[str], List[str]]] = []
+    while True:
+        key = name if not rules else f"{name}/{len(rules) + 1}"
+        callers = list(_core.channel_callers(key))
+        if not callers:
+            return rules
+        rules.append((callers, list(_core.channel_called_from(key))))
+
+
 def _toml_string(text: str) -> str:
     # A JSON string is a valid TOML basic string: same quotes, same escapes. Except
     # for DEL, which JSON leaves raw and TOML requires escaped, and lone surrogates
@@ -183,27 +197,27 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     added: List[Recorded] = []
     channels_added: Dict[str, List[str]] = {}
     for name in sorted(journal.channels):
-        # Every function the channel loads through, not only those this run used:
-        # another start method (spawn, forkserver) uses others.
-        used = journal.channels[name] | set(_core.channel_callers(name))
-        new = sorted(used - have_callers.get(name, set()))
-        if not new:
-            continue
-        channels_added[name] = new
-        called_from = _core.channel_called_from(name)
-        block = (
-            f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
-            "# every run; they are allowed only when loaded directly by these callers"
-        )
-        block += (
-            ",\n# and only when a function matching called_from calls them.\n"
-            if called_from
-            else ".\n"
-        )
-        block += f"[[channel]]\nname = {_toml_string(name)}\ncallers = {_toml_list(new)}\n"
-        if called_from:
-            block += f"called_from = {_toml_list(called_from)}\n"
-        blocks.append(block)
+        # Every rule of the channel, and every function each loads through, not
+        # only those this run used: another start method (spawn, forkserver) or
+        # kind of worker uses others.
+        for callers, called_from in known_rules(name):
+            new = sorted(set(callers) - have_callers.get(name, set()))
+            if not new:
+                continue
+            channels_added.setdefault(name, []).extend(new)
+            block = (
+                f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
+                "# every run; they are allowed only when loaded directly by these callers"
+            )
+            block += (
+                ",\n# and only when a function matching called_from calls them.\n"
+                if called_from
+                else ".\n"
+            )
+            block += f"[[channel]]\nname = {_toml_string(name)}\ncallers = {_toml_list(new)}\n"
+            if called_from:
+                block += f"called_from = {_toml_list(called_from)}\n"
+            blocks.append(block)
 
     def rule_admits(rule: Tuple[List[str], Optional[List[str]]], caller: str, outer: Optional[str]):
         callers, called_from = rule
@@ -280,4 +294,12 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-__all__ = ["Journal", "Merge", "ManifestError", "merge", "read_journals", "write_atomically"]
+__all__ = [
+    "Journal",
+    "Merge",
+    "ManifestError",
+    "known_rules",
+    "merge",
+    "read_journals",
+    "write_atomically",
+]
