@@ -50,18 +50,31 @@ def activate(
     anyway and, in enforce mode, refuses every load until the process restarts.
 
     Child Python processes inherit the layer through the PICKLEGUARD_LAYERS
-    environment variable (read by the .pth file pickleguard installs).
+    environment variable (read by the .pth file pickleguard installs). A
+    multiprocessing forkserver already running is let go of, so that the next one
+    starts with the layer. Processes started before this call cannot be reached:
+    if multiprocessing children (pool or executor workers, managers, processes)
+    are alive, it raises PickleGuardError naming them, after installing the layer
+    (in warn mode it logs a warning instead).
     """
     if mode not in ("enforce", "warn"):
         raise ValueError(f'mode must be "enforce" or "warn", not {mode!r}')
     path = None if manifest is None else os.path.abspath(os.fspath(manifest))
+    from . import _processes
+
     _gate.install()
+    guarded_before = bool(_core.process_layers())
     try:
-        return _core.activate(path, mode)
+        token = _core.activate(path, mode)
     finally:
         # Child processes (subprocess, multiprocessing spawn and forkserver) start
         # with the same layers; even a broken manifest is inherited, closed.
         _inherit_layer(mode, path)
+        # A forkserver started earlier would fork workers without this layer.
+        _processes.restart_forkserver()
+    # Workers started earlier do not have the layer: say so rather than claim them.
+    _processes.check_children(mode, guarded_before)
+    return token
 
 
 def _inherit_layer(mode: str, manifest: Optional[str]) -> None:
