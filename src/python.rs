@@ -806,14 +806,41 @@ fn process_layers(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 }
 
 /// The globals the pickle at the start of `data` would import, found without
-/// running it, as (name, risky) pairs.
+/// running it, as (name, risky) pairs. Given `names` instead (as those pairs and
+/// `record`'s journal show them), each name with its class: "safe", "review" or
+/// "risky" (see `classify`).
 #[pyfunction]
-fn imports(data: &Bound<'_, PyAny>) -> PyResult<Vec<(String, bool)>> {
-    let bytes = snapshot_bytes(data)?;
-    Ok(scan::imports(bytes.as_bytes())
-        .iter()
-        .map(|i| (i.render(), i.is_risky()))
-        .collect())
+#[pyo3(signature = (data=None, *, names=None))]
+fn imports<'py>(
+    py: Python<'py>,
+    data: Option<&Bound<'py, PyAny>>,
+    names: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let names = names
+        .map(|n| {
+            if n.is_instance_of::<PyString>() {
+                return Err(());
+            }
+            n.extract::<Vec<String>>().map_err(|_| ())
+        })
+        .transpose()
+        .map_err(|()| PyTypeError::new_err("names= takes a list of strings"))?;
+    match (data, names) {
+        (Some(data), None) => {
+            let bytes = snapshot_bytes(data)?;
+            let found = scan::imports(bytes.as_bytes());
+            PyList::new(py, found.iter().map(|i| (i.render(), i.is_risky())))
+        }
+        (None, Some(names)) => PyList::new(
+            py,
+            names
+                .iter()
+                .map(|n| (n, crate::classify::classify(n).as_str())),
+        ),
+        _ => Err(PyTypeError::new_err(
+            "imports() takes either a pickle or names=, not both",
+        )),
+    }
 }
 
 /// What a manifest holds, for merging: its entries as (table, identities as

@@ -44,7 +44,7 @@ __all__ = [
     "unpickler_load",
 ]
 
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final, overload
 
 @final
 class Token:
@@ -157,7 +157,10 @@ def process_layers() -> List[Tuple[str, Optional[str], int, Optional[str]]]: ...
 def check_manifest(path: str) -> int: ...
 def start_journal(directory: str, algorithm: str = "sha256") -> None: ...
 def set_audit_log(path: str) -> None: ...
+@overload
 def imports(data: Any) -> List[Tuple[str, bool]]: ...
+@overload
+def imports(*, names: List[str]) -> List[Tuple[str, str]]: ...
 def manifest_summary(
     path: str,
 ) -> Tuple[
