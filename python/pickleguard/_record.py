@@ -142,6 +142,9 @@ def review_comments(kind: str, imports: List[str], risky: List[str]) -> List[str
         lines.append("# imports: " + ", ".join(map(shown, imports)))
     if risky:
         lines.append("# RISKY imports, review before trusting: " + ", ".join(map(shown, risky)))
+    review = [g for g, c in _core.imports(names=imports) if c == "review"]
+    if review:
+        lines.append("# REVIEW imports, not known to be safe: " + ", ".join(map(shown, review)))
     return lines
 
 
