@@ -132,26 +132,17 @@ pub const KNOWN_CHANNELS: &[KnownChannel] = &[
     },
 ];
 
-/// The known rule `key` names: a transport's name for its first rule, and
-/// `name/2`, `name/3` and so on for its further ones, in the order above. This is
-/// how the binding's `channel_callers` and `channel_called_from` address a rule,
-/// and how `record` finds every rule of a transport it saw.
-fn find(key: &str) -> Option<&'static KnownChannel> {
-    let (name, index) = match key.split_once('/') {
-        None => (key, 0),
-        Some((name, number)) => (name, number.parse::<usize>().ok().filter(|&n| n >= 2)? - 1),
-    };
-    KNOWN_CHANNELS.iter().filter(|c| c.name == name).nth(index)
+/// The rules `record` writes for the transport `name`, in the order above; none
+/// for a name it does not know.
+pub fn known_rules(name: &str) -> impl Iterator<Item = &'static KnownChannel> + '_ {
+    KNOWN_CHANNELS.iter().filter(move |c| c.name == name)
 }
 
-/// The callers of the known rule `key` (see [`find`]).
-pub fn known_callers(key: &str) -> &'static [&'static str] {
-    find(key).map_or(&[], |c| c.callers)
-}
-
-/// The `called_from` patterns of the known rule `key` (empty for any).
-pub fn known_called_from(key: &str) -> &'static [&'static str] {
-    find(key).map_or(&[], |c| c.called_from)
+/// Every caller of the transport `name`'s rules.
+pub fn known_callers(name: &str) -> Vec<&'static str> {
+    known_rules(name)
+        .flat_map(|c| c.callers.iter().copied())
+        .collect()
 }
 
 /// The known channel that a load by `caller`, itself called by `called_from`,
@@ -301,31 +292,20 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_found_by_name_then_by_number() {
-        assert_eq!(known_callers("multiprocessing"), KNOWN_CHANNELS[0].callers);
-        assert!(known_called_from("multiprocessing").is_empty());
+    fn a_transports_rules_are_found_by_its_name() {
+        let rules: Vec<_> = known_rules("multiprocessing").collect();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].callers, KNOWN_CHANNELS[0].callers);
+        assert_eq!(rules[1].called_from, KNOWN_CHANNELS[1].called_from);
+        let all = known_callers("multiprocessing");
         assert_eq!(
-            known_callers("multiprocessing/2"),
-            KNOWN_CHANNELS[1].callers
+            all.len(),
+            KNOWN_CHANNELS[0].callers.len() + KNOWN_CHANNELS[1].callers.len()
         );
-        assert_eq!(
-            known_called_from("multiprocessing/2"),
-            KNOWN_CHANNELS[1].called_from
-        );
-        for missing in [
-            "multiprocessing/3",
-            "multiprocessing/1",
-            "multiprocessing/0",
-            "multiprocessing/",
-            "multiprocessing/x",
-            "dask/2",
-            "ray",
-            "",
-        ] {
-            assert!(known_callers(missing).is_empty(), "{missing}");
-            assert!(known_called_from(missing).is_empty(), "{missing}");
-        }
         assert_eq!(known_callers("dask"), KNOWN_CHANNELS[2].callers);
+        for missing in ["multiprocessing/2", "ray", ""] {
+            assert_eq!(known_rules(missing).count(), 0, "{missing}");
+        }
     }
 
     #[test]

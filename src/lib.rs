@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod channels;
+pub mod classify;
 pub mod gate;
 pub mod identity;
 pub mod journal;

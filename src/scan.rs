@@ -1,6 +1,7 @@
 //! Lists the globals a pickle would import, by following its opcodes on a model of
 //! the unpickler's stack. Nothing is executed; this is for review, not for a decision.
 
+use crate::classify::{classify, Class};
 use crate::reader::{arg_layout, op, ArgLayout};
 
 /// A global the pickle names: `module` and `name` as the unpickler would look them up.
@@ -25,98 +26,19 @@ impl Import {
         }
     }
 
-    /// Whether this global can run commands, touch files, evaluate code or reach
-    /// arbitrary attributes. Flagged so a reviewer looks twice; not a verdict.
+    /// How a reviewer should treat this import: see [`crate::classify`]. A computed
+    /// import and a copyreg extension are risky: what they load is not in the pickle.
+    pub fn class(&self) -> Class {
+        match self {
+            Import::Global { .. } => classify(&self.render()),
+            Import::Dynamic | Import::Extension(_) => Class::Risky,
+        }
+    }
+
+    /// Whether this global is known to run code, touch files or the network, or
+    /// reach what it is not handed. Flagged so a reviewer looks twice; not a verdict.
     pub fn is_risky(&self) -> bool {
-        let Import::Global { module, name } = self else {
-            return true;
-        };
-        let top = module.split('.').next().unwrap_or_default();
-        const RISKY_MODULES: &[&str] = &[
-            "os",
-            "posix",
-            "nt",
-            "subprocess",
-            "sys",
-            "shutil",
-            "socket",
-            "importlib",
-            "runpy",
-            "pty",
-            "ctypes",
-            "pickle",
-            "_pickle",
-            "marshal",
-            "code",
-            "codeop",
-            "commands",
-            "webbrowser",
-            "multiprocessing",
-            "asyncio",
-            "pickleguard",
-            "signal",
-            "tempfile",
-            "pathlib",
-            "io",
-            "_io",
-            "urllib",
-            "http",
-            "ftplib",
-            "smtplib",
-            "telnetlib",
-            "pdb",
-            "bdb",
-            "timeit",
-            "platform",
-            "cProfile",
-            "profile",
-            "trace",
-            "threading",
-            "_thread",
-            "dill",
-            "cloudpickle",
-            "joblib",
-            "torch.hub",
-        ];
-        const RISKY_BUILTINS: &[&str] = &[
-            "eval",
-            "exec",
-            "compile",
-            "open",
-            "__import__",
-            "getattr",
-            "setattr",
-            "delattr",
-            "globals",
-            "locals",
-            "vars",
-            "breakpoint",
-            "input",
-            "memoryview",
-            "help",
-            "execfile",
-            "file",
-            "reload",
-        ];
-        const RISKY_ATTRS: &[(&str, &str)] = &[
-            ("operator", "attrgetter"),
-            ("operator", "methodcaller"),
-            ("operator", "itemgetter"),
-            ("functools", "partial"),
-            ("functools", "reduce"),
-            ("types", "FunctionType"),
-            ("types", "CodeType"),
-            ("types", "MethodType"),
-            ("copyreg", "_reconstructor"),
-            ("copy_reg", "_reconstructor"),
-        ];
-        if RISKY_MODULES.contains(&top) || RISKY_MODULES.contains(&module.as_str()) {
-            return true;
-        }
-        if matches!(module.as_str(), "builtins" | "__builtin__") {
-            return RISKY_BUILTINS.contains(&name.as_str());
-        }
-        RISKY_ATTRS.iter().any(|(m, n)| m == module && n == name)
+        self.class() == Class::Risky
     }
 }
 
@@ -443,5 +365,23 @@ mod tests {
         assert!(global("os.path", "join").is_risky());
         assert!(!global("collections", "OrderedDict").is_risky());
         assert!(!global("numpy.core.multiarray", "_reconstruct").is_risky());
+    }
+
+    #[test]
+    fn classes_follow_the_rendered_name() {
+        assert_eq!(global("collections", "OrderedDict").class(), Class::Safe);
+        assert_eq!(global("mylib", "Model").class(), Class::Review);
+        assert_eq!(global("pydoc", "locate").class(), Class::Risky);
+        // A dotted name reaching into a risky submodule is risky, however it is split.
+        assert_eq!(
+            global("numpy", "testing._private.utils.runstring").class(),
+            Class::Risky
+        );
+        assert_eq!(
+            global("numpy.testing._private.utils", "runstring").class(),
+            Class::Risky
+        );
+        assert_eq!(Import::Dynamic.class(), Class::Risky);
+        assert_eq!(Import::Extension(1).class(), Class::Risky);
     }
 }

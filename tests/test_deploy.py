@@ -232,6 +232,16 @@ def test_record_flags_risky_imports_for_review(tmp_path):
     assert "review the entries marked RISKY" in proc.stderr
 
 
+def test_record_marks_unknown_classes_for_review(tmp_path):
+    (tmp_path / "mylib.py").write_text("class Model:\n    pass\n")
+    code = "import pickle, mylib; pickle.loads(pickle.dumps(mylib.Model()))"
+    proc = pg("record", "-o", "m.toml", "--", sys.executable, "-c", code, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = (tmp_path / "m.toml").read_text()
+    assert "# REVIEW imports, not known to be safe: mylib.Model\n" in manifest
+    assert "RISKY" not in manifest and "RISKY" not in proc.stderr
+
+
 def test_env_activation_is_idempotent_and_hands_out_no_token(tmp_path):
     write_manifest(tmp_path / "m.toml")
     code = (

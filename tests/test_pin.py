@@ -116,6 +116,17 @@ def test_pickle_notes_the_imports_and_marks_risky_ones(tmp_path):
     assert "warning: " in proc.stderr and "hint: review the entries marked RISKY" in proc.stderr
 
 
+def test_pickle_marks_unknown_imports_for_review_without_a_warning(tmp_path):
+    # A hand-written pickle of a class pickleguard knows nothing about.
+    (tmp_path / "m.pkl").write_bytes(b"(ccollections\nOrderedDict\n)R(cmylib\nModel\nol.")
+    proc = cli("pin", "m.toml", "--pickle", "m.pkl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "m.toml").read_text()
+    assert "# imports: collections.OrderedDict, mylib.Model\n" in text
+    assert "# REVIEW imports, not known to be safe: mylib.Model\n" in text
+    assert "RISKY" not in text and "warning: " not in proc.stderr
+
+
 def test_sums_file_in_gnu_and_bsd_forms(tmp_path):
     a, b, c, d = (hashlib.sha256(bytes([i])).hexdigest() for i in range(4))
     sums = tmp_path / "SHA256SUMS"

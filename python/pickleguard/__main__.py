@@ -209,7 +209,8 @@ def _inspect(args: argparse.Namespace) -> int:
             for p in pickles:
                 offset = p["offset"]
                 found = _core.imports(blob[offset : offset + p["size"]])
-                risky = [g for g, bad in found if bad]
+                classes = _core.classify_imports([g for g, _ in found])
+                risky = [g for g, c in classes if c == "risky"]
                 item = {
                     "file": path,
                     "member": name or None,
@@ -217,11 +218,12 @@ def _inspect(args: argparse.Namespace) -> int:
                     "sha256": p["sha256"],
                     "imports": [g for g, _ in found],
                     "risky": risky,
+                    "review": [g for g, c in classes if c == "review"],
+                    "classes": dict(classes),
                 }
                 lines = [f"{label} pickle at {offset} (sha256:{p['sha256']}):"]
-                lines += [f"  {'RISKY ' if bad else ''}{g}" for g, bad in found] or [
-                    "  (no imports)"
-                ]
+                marks = {"risky": "RISKY ", "review": "REVIEW "}
+                lines += [f"  {marks.get(c, '')}{g}" for g, c in classes] or ["  (no imports)"]
                 report.add(item, "\n".join(lines))
                 if risky:
                     status = max(status, EXIT_FINDING)

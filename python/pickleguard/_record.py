@@ -104,14 +104,10 @@ def known_rules(name: str) -> List[Tuple[List[str], List[str]]]:
     """The rules ``record`` writes for the known channel ``name``, as (callers,
     called_from: empty for any); none for a name it does not know. A transport
     whose callers need different ``called_from`` has several rules, with the same
-    name: the core numbers them ``name``, ``name/2``, ``name/3``..."""
-    rules: List[Tuple[List[str], List[str]]] = []
-    while True:
-        key = name if not rules else f"{name}/{len(rules) + 1}"
-        callers = list(_core.channel_callers(key))
-        if not callers:
-            return rules
-        rules.append((callers, list(_core.channel_called_from(key))))
+    name."""
+    return [
+        (list(callers), list(called_from)) for callers, called_from in _core.channel_rules(name)
+    ]
 
 
 def _toml_string(text: str) -> str:
@@ -156,6 +152,9 @@ def review_comments(kind: str, imports: List[str], risky: List[str]) -> List[str
         lines.append("# imports: " + ", ".join(map(shown, imports)))
     if risky:
         lines.append("# RISKY imports, review before trusting: " + ", ".join(map(shown, risky)))
+    review = [g for g, c in _core.classify_imports(imports) if c == "review"]
+    if review:
+        lines.append("# REVIEW imports, not known to be safe: " + ", ".join(map(shown, review)))
     return lines
 
 

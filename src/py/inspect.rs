@@ -46,6 +46,19 @@ pub(super) fn imports(data: &Bound<'_, PyAny>) -> Result<Vec<(String, bool)>> {
         .collect())
 }
 
+/// Each of `names` (as `imports` and `record`'s journal render them) with its
+/// class: "safe", "review" or "risky" (see `classify`).
+#[pyfunction]
+pub(super) fn classify_imports(names: Vec<String>) -> Vec<(String, &'static str)> {
+    names
+        .into_iter()
+        .map(|name| {
+            let class = crate::classify::classify(&name).as_str();
+            (name, class)
+        })
+        .collect()
+}
+
 /// What a manifest holds, for merging: its entries as (table, identities as
 /// `algorithm:hex`, stack patterns or None) and its channels as (name, callers,
 /// called_from patterns or None).
@@ -96,17 +109,19 @@ pub(super) fn pattern_matches(pattern: &str, name: &str) -> Result<bool> {
         .map_err(|e| GuardError::BadArgument(e.message))
 }
 
-/// The functions through which the known channel `name` loads its messages.
+/// Every function through which the known channel `name` loads its messages.
 #[pyfunction]
 pub(super) fn channel_callers(name: &str) -> Vec<&'static str> {
-    crate::channels::known_callers(name).to_vec()
+    crate::channels::known_callers(name)
 }
 
-/// The patterns that must match the function calling the known channel `name`'s
-/// callers (empty: any).
+/// The rules `record` writes for the known channel `name`, as (callers,
+/// called_from: empty for any).
 #[pyfunction]
-pub(super) fn channel_called_from(name: &str) -> Vec<&'static str> {
-    crate::channels::known_called_from(name).to_vec()
+pub(super) fn channel_rules(name: &str) -> Vec<(Vec<&'static str>, Vec<&'static str>)> {
+    crate::channels::known_rules(name)
+        .map(|c| (c.callers.to_vec(), c.called_from.to_vec()))
+        .collect()
 }
 
 /// Make `cls` immutable on CPython 3.10+ (as the C `pickle.Unpickler` is), so no one

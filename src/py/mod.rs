@@ -36,7 +36,7 @@ mod core_module {
     use super::feed::Feed;
     #[pymodule_export]
     use super::inspect::{
-        channel_called_from, channel_callers, delimit, dry_run_safe, identify, imports,
+        channel_callers, channel_rules, classify_imports, delimit, dry_run_safe, identify, imports,
         manifest_summary, pattern_matches, process_layers, seal_type, sha256_hex,
     };
     #[pymodule_export]
