@@ -136,3 +136,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in skipped:
             print(f"\nerror: skipped under PICKLEGUARD_FORBID_SKIPS: {report.nodeid}")
         session.exitstatus = 1
+
+
+# The multiprocessing channel rule as `pickleguard record` wrote it before it was
+# narrowed (Connection.recv for any caller): manifests in the field still hold it.
+OLD_MULTIPROCESSING_RULE = """version = 1
+[[channel]]
+name = "multiprocessing"
+callers = [
+    "multiprocessing.connection:Connection.recv",
+    "multiprocessing.connection:_ConnectionBase.recv",
+    "multiprocessing.connection:recv",
+    "multiprocessing.forkserver:_serve_one",
+    "multiprocessing.forkserver:main",
+    "multiprocessing.managers:Server.serve_client",
+    "multiprocessing.managers:dispatch",
+    "multiprocessing.managers:serve_client",
+    "multiprocessing.queues:Queue.get",
+    "multiprocessing.queues:SimpleQueue.get",
+    "multiprocessing.queues:get",
+    "multiprocessing.resource_sharer:DupFd.detach",
+    "multiprocessing.spawn:_main",
+]
+"""

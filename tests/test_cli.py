@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import OLD_MULTIPROCESSING_RULE, REPO
 
 MANIFESTS = sorted((REPO / "manifests").glob("*.toml"))
 
@@ -273,29 +273,6 @@ def test_check_warns_about_a_dask_channel_rule_without_called_from(tmp_path):
     assert proc.returncode == 0 and proc.stderr == ""
 
 
-# The multiprocessing rule as record wrote it before it was narrowed: one rule, no
-# called_from, Connection.recv among its callers.
-OLD_MULTIPROCESSING = """version = 1
-[[channel]]
-name = "multiprocessing"
-callers = [
-    "multiprocessing.connection:Connection.recv",
-    "multiprocessing.connection:_ConnectionBase.recv",
-    "multiprocessing.connection:recv",
-    "multiprocessing.forkserver:_serve_one",
-    "multiprocessing.forkserver:main",
-    "multiprocessing.managers:Server.serve_client",
-    "multiprocessing.managers:dispatch",
-    "multiprocessing.managers:serve_client",
-    "multiprocessing.queues:Queue.get",
-    "multiprocessing.queues:SimpleQueue.get",
-    "multiprocessing.queues:get",
-    "multiprocessing.resource_sharer:DupFd.detach",
-    "multiprocessing.spawn:_main",
-]
-"""
-
-
 def channel_rule(name: str, callers: list, called_from: list | None = None) -> str:
     text = f"[[channel]]\nname = {json.dumps(name)}\ncallers = {json.dumps(callers)}\n"
     if called_from:
@@ -313,7 +290,7 @@ def test_check_warns_about_a_multiprocessing_rule_wider_than_record_writes(tmp_p
     recv_callers, recv_from = narrowed[0]
     # A manifest recorded before: still valid, and check says what to change.
     old = tmp_path / "old.toml"
-    old.write_text(OLD_MULTIPROCESSING)
+    old.write_text(OLD_MULTIPROCESSING_RULE)
     proc = cli("check", str(old))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"ok: {old} (1 rule)\n"

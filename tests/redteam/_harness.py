@@ -250,6 +250,14 @@ def scenario(
         load=textwrap.indent(textwrap.dedent(load).strip(), "    "),
         after=after,
     )
+    return run_snippet(run_py, code, env)
+
+
+def run_snippet(
+    run_py: Callable[..., Any], code: str, env: Optional[Dict[str, str]]
+) -> Dict[str, Any]:
+    """Run a snippet built from _TEMPLATE and return its RESULT dict, with the tail
+    of its stderr."""
     proc = run_py(code, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout + proc.stderr

@@ -14,7 +14,6 @@ is refused with the sentinel absent.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct
@@ -27,6 +26,7 @@ from typing import Any, Callable, Dict
 import pytest
 
 import pickleguard
+from conftest import OLD_MULTIPROCESSING_RULE
 from pickleguard._record import known_rules
 
 from ._harness import (
@@ -37,6 +37,7 @@ from ._harness import (
     assert_refused,
     clear,
     reduce_payload,
+    run_snippet,
 )
 
 # What the program does with multiprocessing, recorded and then run again with
@@ -233,12 +234,7 @@ def run_technique(
         load=textwrap.indent(body, "    "),
         after="",
     )
-    proc = run_py(code, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    result: Dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    result["stderr"] = proc.stderr[-2000:]
-    return result
+    return run_snippet(run_py, code, env)
 
 
 @pytest.mark.parametrize("activation", ["code", "env"])
@@ -289,35 +285,13 @@ def test_a_rule_written_for_the_programs_own_pipe_admits_only_that_receiver(
     assert_refused(refused, sentinel)
 
 
-# The multiprocessing rule as `record` wrote it before it was narrowed.
-OLD_RULE = """version = 1
-[[channel]]
-name = "multiprocessing"
-callers = [
-    "multiprocessing.connection:Connection.recv",
-    "multiprocessing.connection:_ConnectionBase.recv",
-    "multiprocessing.connection:recv",
-    "multiprocessing.forkserver:_serve_one",
-    "multiprocessing.forkserver:main",
-    "multiprocessing.managers:Server.serve_client",
-    "multiprocessing.managers:dispatch",
-    "multiprocessing.managers:serve_client",
-    "multiprocessing.queues:Queue.get",
-    "multiprocessing.queues:SimpleQueue.get",
-    "multiprocessing.queues:get",
-    "multiprocessing.resource_sharer:DupFd.detach",
-    "multiprocessing.spawn:_main",
-]
-"""
-
-
 def test_an_old_wide_rule_still_loads_and_check_says_why_to_narrow_it(run_py, tmp_path):
     """A manifest recorded before the rule was narrowed still loads and runs the
     program's multiprocessing; it still admits a Listener's peer (the reason
     `pickleguard check` warns about it, tests/test_cli.py), which the recorded
     rule refuses (above)."""
     old = tmp_path / "old.toml"
-    old.write_text(OLD_RULE)
+    old.write_text(OLD_MULTIPROCESSING_RULE)
     sentinel = tmp_path / "sentinel"
     payload = reduce_payload(sentinel)
     result = run_technique(run_py, tmp_path, LISTENER, payload, sentinel, "code", old)
