@@ -236,6 +236,13 @@ impl KnownDigests {
         self.0[algorithm.index()]
     }
 
+    /// These digests and `digest` for `algorithm`, computed elsewhere (while a
+    /// file was copied).
+    pub fn with(mut self, algorithm: Algorithm, digest: Digest) -> Self {
+        *self.slot(algorithm) = Some(digest);
+        self
+    }
+
     fn slot(&mut self, algorithm: Algorithm) -> &mut Option<Digest> {
         &mut self.0[algorithm.index()]
     }

@@ -280,6 +280,34 @@ fn suggested_algorithm(rules: &Rules, kind: Kind) -> Algorithm {
     }
 }
 
+/// The algorithms a load of `kind` is first looked up by under `process`: for
+/// each layer with a manifest, the cheapest algorithm that manifest pins `kind`
+/// with. A caller that hashes a large input while reading it (a verified copy)
+/// computes these on the way; any other digest a decision asks for is still
+/// computed when asked.
+pub fn first_algorithms(process: &[std::sync::Arc<ProcessLayer>], kind: Kind) -> Vec<Algorithm> {
+    let mut wanted = Vec::new();
+    for layer in process {
+        let manifest = match &layer.rules {
+            Rules::Manifest(m) => m,
+            Rules::Deferred(d) => match d.get() {
+                Ok(m) => m,
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        let first = Algorithm::CHEAPEST_FIRST
+            .into_iter()
+            .find(|&a| manifest.uses(kind, a));
+        if let Some(algorithm) = first {
+            if !wanted.contains(&algorithm) {
+                wanted.push(algorithm);
+            }
+        }
+    }
+    wanted
+}
+
 /// Decide a load of the payload with identities `ids` (a pickle or a whole
 /// artifact) under `process` layers and the deny `scopes` active in this thread or
 /// task, lifted by `grants`.
@@ -595,5 +623,38 @@ mod tests {
         let d = run(&[w], &[], &[], &[]);
         assert!(d.allowed());
         assert_eq!(d.warnings().count(), 1);
+    }
+
+    #[test]
+    fn the_first_algorithms_are_the_cheapest_each_manifest_pins_the_kind_with() {
+        let both = format!(
+            "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[artifact]]\nblake3 = \"{HASH}\"\n"
+        );
+        let sha = format!(
+            "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[pickle]]\nblake3 = \"{HASH}\"\n"
+        );
+        let layers = [layer(1, Mode::Enforce, Some(&both))];
+        assert_eq!(
+            first_algorithms(&layers, Kind::Artifact),
+            [Algorithm::Blake3]
+        );
+        let layers = [
+            layer(1, Mode::Enforce, Some(&sha)),
+            layer(2, Mode::Warn, None),
+        ];
+        assert_eq!(
+            first_algorithms(&layers, Kind::Artifact),
+            [Algorithm::Sha256]
+        );
+        assert_eq!(first_algorithms(&layers, Kind::Pickle), [Algorithm::Blake3]);
+        let layers = [
+            layer(1, Mode::Enforce, Some(&sha)),
+            layer(2, Mode::Enforce, Some(&both)),
+        ];
+        assert_eq!(
+            first_algorithms(&layers, Kind::Artifact),
+            [Algorithm::Sha256, Algorithm::Blake3]
+        );
+        assert!(first_algorithms(&[], Kind::Artifact).is_empty());
     }
 }

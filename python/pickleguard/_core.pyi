@@ -7,6 +7,7 @@ __all__ = [
     "Grant",
     "Token",
     "UnpicklerSource",
+    "VerifiedFile",
     "activate",
     "activate_deferred",
     "admit_artifact",
@@ -43,6 +44,7 @@ __all__ = [
     "start_journal",
     "unpickler_find_class",
     "unpickler_load",
+    "verified_copy",
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
@@ -74,6 +76,19 @@ class ArtifactScope:
     def __enter__(self) -> ArtifactScope: ...
     def __exit__(self, *args: object) -> bool: ...
 
+@final
+class VerifiedFile:
+    """A verified copy of one file in sealed memory, returned by ``verified_copy``."""
+
+    @property
+    def path(self) -> str: ...
+    def __len__(self) -> int: ...
+    def head(self, size: int) -> bytes: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> VerifiedFile: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+def verified_copy(fd: int) -> Optional[VerifiedFile]: ...
 def admit_artifact(
     data: Any,
     source: Optional[str] = None,

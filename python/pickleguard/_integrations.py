@@ -29,7 +29,7 @@ import os
 import sys
 import warnings
 
-from . import _core
+from . import _core, _verified
 from .errors import PickleGuardError
 
 TYPE_CHECKING = False
@@ -68,7 +68,7 @@ def _start_of(file: Any) -> Optional[int]:
         return None
 
 
-def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
+def _artifact_imports(data: Any) -> Optional[List[Tuple[str, bool]]]:
     """The globals the pickles of an artifact import, found without running them,
     for ``record`` to flag risky ones: each ``.pkl`` member of a zip archive (torch's
     format), or the leading run of concatenated pickles (torch's legacy format).
@@ -76,6 +76,8 @@ def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
     (joblib interleaves raw array bytes with the opcodes)."""
     if not _core.journaling():
         return None
+    if isinstance(data, _core.VerifiedFile):
+        data = _verified.imports_source(data)
     found: List[Tuple[str, bool]] = []
     if data[:4] == b"PK\x03\x04":
         import zipfile
@@ -102,7 +104,7 @@ def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
 
 
 def _admit(
-    data: bytes, source: Optional[str], loader: str, stream: Any = None, any_stream: bool = False
+    data: Any, source: Optional[str], loader: str, stream: Any = None, any_stream: bool = False
 ) -> Any:
     return _core.admit_artifact(
         data,
@@ -123,13 +125,32 @@ def _refuse_mapping(loader: str, option: str, alternative: str) -> None:
     )
 
 
+def _refuse_writing_map(loader: str, option: str) -> None:
+    raise PickleGuardError(
+        f"{loader} with {option} is refused while pickleguard enforces a manifest: that "
+        "mode maps the file writable and shared, so it writes changes to the arrays back "
+        "to the file, and pickleguard maps only a sealed copy of the bytes it checked, which "
+        "nothing can write to.\n"
+        "hint: use mmap_mode='c' (mapped copy-on-write from the verified copy; changes "
+        "stay in memory) or mmap_mode='r' (read-only)"
+    )
+
+
 def _is_path(file: Any) -> bool:
     return isinstance(file, (str, bytes, os.PathLike))
 
 
-def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
+def _load_artifact(
+    loader: str, file: Any, call: Callable[[Any], Any], copy: Optional[_core.VerifiedFile] = None
+) -> Any:
     """Read ``file`` whole, admit it as an artifact of ``loader``, and run
-    ``call(verified_file)`` inside the artifact's scope."""
+    ``call(verified_file)`` inside the artifact's scope. Given ``copy``, the
+    verified copy of the path ``file``, the loader reads a file over that copy."""
+    if copy is not None:
+        name = _verified.source_name(file)
+        with copy, _verified.stream_over(copy, name) as stream:
+            with _admit(copy, name, loader, stream=stream):
+                return call(stream)
     start = _start_of(file) if hasattr(file, "read") else None
     found = _read_whole(file)
     if found is None:
@@ -147,11 +168,22 @@ def _load_artifact(loader: str, file: Any, call: Callable[[Any], Any]) -> Any:
             _seek_after(file_object, start, verified.tell())
 
 
+def _load_copy_mapped(
+    loader: str, path: Any, copy: _core.VerifiedFile, call: Callable[[str], Any]
+) -> Any:
+    """Admit the verified copy of ``path`` as an artifact of ``loader``, and run
+    ``call(copy_path)`` inside the artifact's scope: the loader maps (or opens) the
+    sealed copy by name, never ``path``."""
+    with copy, _admit(copy, _verified.source_name(path), loader):
+        return call(copy.path)
+
+
 def _load_mapped(
     loader: str, option: str, alternative: str, path: Any, call: Callable[[], Any]
 ) -> Any:
-    """A loader that maps the file at ``path`` itself: refused while enforcing;
-    recorded (or warned about) otherwise, then run as asked."""
+    """A loader that maps the file at ``path`` itself, where there is no verified
+    copy to map instead: refused while enforcing; recorded (or warned about)
+    otherwise, then run as asked."""
     if _core.enforcing():
         _refuse_mapping(loader, option, alternative)
     found = _read_whole(path)
@@ -185,16 +217,35 @@ def _patch_torch(torch: Any) -> None:
     original = serialization.load
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if _maps(kwargs.get("mmap")) and _is_path(f):
+        mapped = _maps(kwargs.get("mmap"))
+        if _is_path(f) and os.fsdecode(os.fspath(f)).endswith(".safetensors"):
+            return original(f, *args, **kwargs)  # torch hands it to safetensors: no pickle
+        if _is_path(f) and _maps_shared() and (mapped or not _core.enforcing()):
+            if _core.enforcing():
+                _refuse_shared_mapping()
+            # Not enforcing: mapped as asked, writes going to the file.
             return _load_mapped(
-                "torch.load",
-                "mmap=True",
-                ", or convert the checkpoint to safetensors",
-                f,
-                lambda: original(f, *args, **kwargs),
+                "torch.load", "mmap=True", "", f, lambda: original(f, *args, **kwargs)
             )
-        # (torch itself refuses mmap=True for a file object.)
-        return _load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
+        copy = _verified.copy_of(f) if _is_path(f) else None
+        if copy is not None and _verified.is_zip(copy):
+            # Mapped (privately) from the sealed copy, asked to or not: its tensors
+            # then live in the verified copy's memory, not in a second copy of it.
+            options = {**kwargs, "mmap": True}
+            return _load_copy_mapped(
+                "torch.load", f, copy, lambda path: original(path, *args, **options)
+            )
+        if copy is None and mapped and _is_path(f):
+            if not _core.enforcing():
+                return _load_mapped(
+                    "torch.load", "mmap=True", "", f, lambda: original(f, *args, **kwargs)
+                )
+            # No sealed memory to map: the verified bytes, read into memory.
+            kwargs = {**kwargs, "mmap": False}
+        # (torch itself refuses mmap=True for a file object, and for its legacy format.)
+        return _load_artifact(
+            "torch.load", f, lambda verified: original(verified, *args, **kwargs), copy
+        )
 
     _replace_load(original, load, serialization, torch)
     _gate_weights_only_unpickler()
@@ -207,6 +258,27 @@ def _maps(mmap: Any) -> bool:
         return bool(mmap)
     config = sys.modules.get("torch.utils.serialization.config")
     return bool(getattr(getattr(config, "load", None), "mmap", False))
+
+
+def _maps_shared() -> bool:
+    """Whether torch's mmap=True would map the file shared and writable
+    (``torch.serialization.set_default_mmap_options(mmap.MAP_SHARED)``)."""
+    import mmap
+
+    serialization: Any = sys.modules.get("torch.serialization")
+    options = getattr(serialization, "get_default_mmap_options", None)
+    return options is not None and options() == getattr(mmap, "MAP_SHARED", None)
+
+
+def _refuse_shared_mapping() -> None:
+    raise PickleGuardError(
+        "torch.load with mmap=True and the default mmap options set to mmap.MAP_SHARED is "
+        "refused while pickleguard enforces a manifest: a shared mapping writes through to "
+        "the checkpoint file, and pickleguard maps only a sealed copy of the bytes it "
+        "checked, which nothing can write to.\n"
+        "hint: keep the default mmap options (mmap.MAP_PRIVATE): the tensors are mapped "
+        "copy-on-write from the verified copy"
+    )
 
 
 def _gate_weights_only_unpickler() -> None:
@@ -248,7 +320,11 @@ def _patch_joblib(joblib: Any) -> None:
     zfile_unpickler = _zfile_unpickler(compat)
 
     def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if mmap_mode is not None and _is_path(filename) and not _joblib_compressed(filename):
+        writes_back = mmap_mode in ("r+", "w+")
+        if writes_back and _is_path(filename) and not _joblib_compressed(filename):
+            # Its writes go to the file: a sealed copy cannot take them.
+            if _core.enforcing():
+                _refuse_writing_map("joblib.load", f"mmap_mode={mmap_mode!r}")
             return _load_mapped(
                 "joblib.load",
                 f"mmap_mode={mmap_mode!r}",
@@ -256,6 +332,31 @@ def _patch_joblib(joblib: Any) -> None:
                 filename,
                 lambda: original(filename, mmap_mode, *args, **kwargs),
             )
+        copy = _verified.copy_of(filename) if _is_path(filename) else None
+        mapped = mmap_mode is not None and _is_path(filename)
+        if copy is not None and mapped and not _joblib_compressed_head(copy.head(64)):
+            directory = os.path.dirname(os.fspath(filename))
+            here = _JOBLIB_DIRECTORY.set((copy.path, directory))
+            try:
+                return _load_copy_mapped(
+                    "joblib.load",
+                    filename,
+                    copy,
+                    lambda path: original(path, mmap_mode, *args, **kwargs),
+                )
+            finally:
+                _JOBLIB_DIRECTORY.reset(here)
+        if copy is None and mapped and not _joblib_compressed(filename):
+            if not _core.enforcing():
+                return _load_mapped(
+                    "joblib.load",
+                    f"mmap_mode={mmap_mode!r}",
+                    "",
+                    filename,
+                    lambda: original(filename, mmap_mode, *args, **kwargs),
+                )
+            # No sealed memory to map: the verified bytes, read into memory (joblib
+            # warns that it cannot map a file object, and reads it).
         # Given a path, joblib looks for the old format's array files next to it.
         # It is given the verified bytes instead, so the directory is passed on.
         directory = os.path.dirname(os.fspath(filename)) if _is_path(filename) else None
@@ -273,7 +374,7 @@ def _patch_joblib(joblib: Any) -> None:
 
         # joblib ignores mmap_mode, with a warning, for a file object or a compressed
         # file: nothing is mapped, so the verified bytes can be loaded as they are.
-        return _load_artifact("joblib.load", filename, call)
+        return _load_artifact("joblib.load", filename, call, copy)
 
     _replace_load(original, load, numpy_pickle, joblib)
 
@@ -308,9 +409,15 @@ def _array_file(wrapper: Any, unpickler: Any) -> Tuple[Any, Any]:
     unpickler reads the verified bytes, the directory of that path."""
     directory = unpickler._dirname
     load = _JOBLIB_DIRECTORY.get()
-    if load is not None and _reads_from(getattr(unpickler, "file_handle", None), load[0]):
+    handle = getattr(unpickler, "file_handle", None)
+    # The verified stream, or (a mapped load) the sealed copy joblib opened by name.
+    if load is not None and (_reads_from(handle, load[0]) or _named(handle, load[0])):
         directory = load[1]
     return directory, os.path.join(directory, wrapper.filename)
+
+
+def _named(file: Any, path: Any) -> bool:
+    return isinstance(path, str) and getattr(file, "name", None) == path
 
 
 class _VerifiedNumpy:
@@ -436,18 +543,23 @@ def _zfile_unpickler(compat: Any) -> Any:
 
 
 def _joblib_compressed(path: Any) -> bool:
-    """Whether joblib sees the file at ``path`` as compressed (by its magic bytes)."""
+    """Whether joblib sees the file at ``path`` as compressed (by its magic bytes).
+    Only to choose how to load: what loads is judged apart."""
+    try:
+        with open(path, "rb") as f:
+            return _joblib_compressed_head(f.read(64))
+    except (OSError, ValueError):
+        return False
+
+
+def _joblib_compressed_head(head: bytes) -> bool:
+    """Whether joblib sees a file starting with ``head`` as compressed."""
     # Imported with joblib.numpy_pickle, whose load this wraps.
     utils = sys.modules.get("joblib.numpy_pickle_utils")
     detect = getattr(utils, "_detect_compressor", None)
     if detect is None:
         return False
-    try:
-        with open(path, "rb") as f:
-            head = io.BytesIO(f.read(64))
-        return bool(detect(head) != "not-compressed")
-    except (OSError, ValueError):
-        return False
+    return bool(detect(io.BytesIO(head)) != "not-compressed")
 
 
 # ---------------------------------------------------------------------------

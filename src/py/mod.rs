@@ -3,6 +3,7 @@
 //! only in [`error`]. This file only declares the module.
 
 mod activation;
+mod artifact;
 mod backstop;
 mod entry;
 mod error;
@@ -28,6 +29,8 @@ mod core_module {
         activate, activate_deferred, check_manifest, enforcing, in_artifact, journaling,
         no_pickles, record_layer, settle_manifests,
     };
+    #[pymodule_export]
+    use super::artifact::{verified_copy, VerifiedFile};
     #[pymodule_export]
     use super::backstop::install_backstop;
     #[pymodule_export]

@@ -1,10 +1,12 @@
 //! Process layers and deny scopes: the layers `activate()` added, and the scopes and
 //! grants of this thread or asyncio task, held in a context variable.
 
+use super::artifact::reads_copy;
 use super::error::Result;
 use super::judge::DETACH_THRESHOLD;
 use crate::identity::Id;
 use crate::policy::{ActiveGrant, LayerId, ProcessLayer};
+use crate::verified::VerifiedCopy;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -52,7 +54,7 @@ pub(super) struct GrantState {
 /// unpicklers reading from the verified stream the adapter made.
 #[derive(Debug)]
 pub(super) struct AdmittedArtifact {
-    pub(super) data: Py<PyBytes>,
+    pub(super) data: ArtifactBytes,
     pub(super) stream: Option<Py<PyAny>>,
     /// The loader reads the file itself (memory mapping, allowed only while no
     /// layer enforces): any pure-Python unpickler's stream counts as verified.
@@ -61,9 +63,29 @@ pub(super) struct AdmittedArtifact {
     pub(super) lifted: Vec<LayerId>,
 }
 
+/// The bytes an artifact was admitted with: read into a `bytes` object, or a
+/// verified copy in sealed memory that the loader maps or reads by path.
+#[derive(Debug)]
+pub(super) enum ArtifactBytes {
+    Bytes(Py<PyBytes>),
+    Sealed(Arc<VerifiedCopy>),
+}
+
+impl ArtifactBytes {
+    pub(super) fn clone_ref(&self, py: Python<'_>) -> ArtifactBytes {
+        match self {
+            ArtifactBytes::Bytes(b) => ArtifactBytes::Bytes(b.clone_ref(py)),
+            ArtifactBytes::Sealed(c) => ArtifactBytes::Sealed(c.clone()),
+        }
+    }
+}
+
 impl AdmittedArtifact {
     pub(super) fn contains(&self, py: Python<'_>, pickle: &[u8]) -> bool {
-        let data = self.data.bind(py).as_bytes();
+        let data = match &self.data {
+            ArtifactBytes::Bytes(b) => b.bind(py).as_bytes(),
+            ArtifactBytes::Sealed(copy) => copy.bytes(),
+        };
         let find = || memchr::memmem::find(data, pickle).is_some();
         if data.len() >= DETACH_THRESHOLD {
             py.detach(find)
@@ -79,13 +101,21 @@ impl AdmittedArtifact {
         if self.any_stream {
             return true;
         }
-        let Some(stream) = &self.stream else {
+        let stream = self.stream.as_ref().map(|s| s.bind(py));
+        if stream.is_none() && !matches!(self.data, ArtifactBytes::Sealed(_)) {
             return false;
-        };
+        }
         let mut current = file.clone();
         for _ in 0..4 {
-            if current.is(stream.bind(py)) {
+            if stream.is_some_and(|s| current.is(s)) {
                 return true;
+            }
+            if let ArtifactBytes::Sealed(copy) = &self.data {
+                // Opened on the sealed copy (by the loader itself, by path):
+                // nothing but the verified bytes can be read from it.
+                if reads_copy(&current, copy) {
+                    return true;
+                }
             }
             let inner = ["raw", "_fp", "fileobj"]
                 .iter()

@@ -2,11 +2,12 @@
 //! with-block of an admitted artifact.
 
 use super::activation::enforcing;
+use super::artifact::VerifiedFile;
 use super::error::{GuardError, Result};
 use super::judge::judge;
 use super::scopes::{
     active_scopes, current_nodes, current_owner, push_node, remove_node, set_nodes,
-    AdmittedArtifact, GrantState, ScopeNode, ScopeState, PROCESS_LAYERS,
+    AdmittedArtifact, ArtifactBytes, GrantState, ScopeNode, ScopeState, PROCESS_LAYERS,
 };
 use super::source::snapshot_bytes;
 use crate::identity::Id;
@@ -16,7 +17,6 @@ use crate::manifest::Kind;
 use crate::policy::LayerId;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -230,7 +230,7 @@ pub(super) fn allow_pickles(
     })
 }
 
-/// Judge a whole artifact file (`data`, its bytes) against the `[[artifact]]` entries
+/// Judge a whole artifact file (`data`: its bytes, or its `VerifiedFile`) against the `[[artifact]]` entries
 /// and, if it may load, return the with-block to run its loader in: inside it, in
 /// this thread or task only, the pickles the loader reads out of the artifact are
 /// covered by the artifact's entry. Raises NoPickleError otherwise.
@@ -250,20 +250,34 @@ pub(super) fn admit_artifact(
             "an artifact whose loader reads the file itself cannot be admitted while a layer enforces".into(),
         ));
     }
-    let bytes = snapshot_bytes(data)?;
     let imports = imports.unwrap_or_default();
+    // A verified copy (its digests computed while it was copied), or bytes.
+    let (verified, known) = match data.cast::<VerifiedFile>() {
+        Ok(file) => {
+            let copy = file.get().get()?;
+            let known = copy.digests();
+            (ArtifactBytes::Sealed(copy), known)
+        }
+        Err(_) => (
+            ArtifactBytes::Bytes(snapshot_bytes(data)?.unbind()),
+            KnownDigests::NONE,
+        ),
+    };
     let load = Load {
         kind: Kind::Artifact,
-        data: bytes.as_bytes(),
+        data: match &verified {
+            ArtifactBytes::Bytes(b) => b.bind(py).as_bytes(),
+            ArtifactBytes::Sealed(copy) => copy.bytes(),
+        },
         buffers: &[],
         source,
         loader: loader.as_deref(),
         artifact_imports: &imports,
-        known: KnownDigests::NONE,
+        known,
     };
     judge(py, &load, None)?;
     Ok(ArtifactScope {
-        data: bytes.unbind(),
+        data: verified,
         stream: stream.map(Bound::unbind),
         any_stream,
         entered: Mutex::new(Vec::new()),
@@ -276,7 +290,7 @@ pub(super) fn admit_artifact(
 #[pyclass(frozen, module = "pickleguard._core")]
 pub(super) struct ArtifactScope {
     /// The verified bytes, and the stream the adapter reads them through.
-    pub(super) data: Py<PyBytes>,
+    pub(super) data: ArtifactBytes,
     pub(super) stream: Option<Py<PyAny>>,
     pub(super) any_stream: bool,
     pub(super) entered: Mutex<Vec<Vec<Arc<GrantState>>>>,
