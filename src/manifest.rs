@@ -158,6 +158,69 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The key whose value starts at `offset`: the name before the last `=` ahead of it,
+/// and whether the value is an element of an array rather than the whole value.
+fn key_before(text: &str, offset: usize) -> Option<(&str, bool)> {
+    let before = text.get(..offset)?;
+    let equals = before.rfind('=')?;
+    let in_array = before[equals + 1..].contains('[');
+    let name = before[..equals].trim_end();
+    let start = name
+        .rfind(|c: char| c.is_whitespace() || matches!(c, '{' | ',' | '[' | ']'))
+        .map_or(0, |i| i + 1);
+    let name = name[start..].trim_matches('"');
+    (!name.is_empty()).then_some((name, in_array))
+}
+
+/// A serde type name (`string "1"`, `i64`, `a sequence`) as a manifest's reader says it.
+fn toml_type(serde_name: &str) -> &'static str {
+    const NAMES: [(&[&str], &str); 6] = [
+        (&["string", "char"], "a string"),
+        (&["integer", "i64", "u64", "i32", "u32"], "an integer"),
+        (&["bool"], "a boolean (true or false)"),
+        (&["floating", "f64", "f32"], "a number with a fraction"),
+        (&["sequence", "array", "tuple"], "an array"),
+        (&["map", "struct", "table"], "a table"),
+    ];
+    let words: Vec<&str> = serde_name.split_whitespace().collect();
+    NAMES
+        .iter()
+        .find(|(keys, _)| words.iter().any(|w| keys.iter().any(|k| w.starts_with(k))))
+        .map_or("another type", |(_, name)| name)
+}
+
+/// The toml crate's message with its serde vocabulary (`invalid type: string "1",
+/// expected i64`) said in the manifest's own terms, naming the key.
+fn plain_toml_message(message: &str, text: &str, span: Option<Range<usize>>) -> String {
+    let at = span.as_ref().map(|s| s.start);
+    if message == "duplicate key" {
+        let key = at.and_then(|start| {
+            let rest = text.get(start..)?;
+            let end = rest.find(['=', '\n'])?;
+            Some(rest[..end].trim().trim_matches('"').to_owned())
+        });
+        return match key {
+            Some(key) if !key.is_empty() => {
+                format!("duplicate key `{key}`: a key may appear only once in a table")
+            }
+            _ => "duplicate key: a key may appear only once in a table".to_owned(),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let (expected, found) = (toml_type(expected), toml_type(found));
+            return match at.and_then(|start| key_before(text, start)) {
+                Some((key, true)) => {
+                    format!("each item of `{key}` must be {expected}, not {found}")
+                }
+                Some((key, false)) => format!("`{key}` must be {expected}, not {found}"),
+                None => format!("expected {expected} here, not {found}"),
+            };
+        }
+    }
+    message.to_owned()
+}
+
 /// Parse a `sha256` value: 64 hex digits, optionally prefixed `sha256:`.
 pub fn parse_digest(text: &str) -> Result<Digest, String> {
     Id::parse_as(Algorithm::Sha256, text).map(|id| id.digest)
@@ -201,7 +264,7 @@ impl Manifest {
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             fail(
                 e.span(),
-                e.message().trim_end().to_owned(),
+                plain_toml_message(e.message().trim_end(), text, e.span()),
                 "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, called_from, note); see docs/manifest.md",
             )
         })?;
@@ -498,6 +561,51 @@ mod tests {
             .contains("version"));
         let err = Manifest::parse("\nversion = 2\n", "m").unwrap_err();
         assert_eq!((err.line, err.column), (2, 11));
+    }
+
+    #[test]
+    fn type_errors_name_the_key_in_manifest_terms() {
+        let message = |text: &str| Manifest::parse(text, "m.toml").unwrap_err().message;
+        assert_eq!(
+            message("version = \"1\"\n"),
+            "`version` must be an integer, not a string"
+        );
+        assert_eq!(
+            message("version = 1\n[[pickle]]\nsha256 = 5\n"),
+            "`sha256` must be a string, not an integer"
+        );
+        assert_eq!(
+            message("version = 1\n[[pickle]]\nsha256 = \"ab\"\nstack = [\"a:b\", 3]\n"),
+            "each item of `stack` must be a string, not an integer"
+        );
+        assert_eq!(
+            message("version = 1\npickle = 3\n"),
+            "`pickle` must be an array, not an integer"
+        );
+        assert_eq!(
+            message("version = true\n"),
+            "`version` must be an integer, not a boolean (true or false)"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let error = Manifest::parse("version = 1\nversion = 1\n", "m.toml").unwrap_err();
+        assert_eq!(
+            error.message,
+            "duplicate key `version`: a key may appear only once in a table"
+        );
+        assert_eq!((error.line, error.column), (2, 1));
+        let error = Manifest::parse(
+            "version = 1\n[[pickle]]\nsha256 = \"aa\"\nsha256 = \"bb\"\n",
+            "m.toml",
+        )
+        .unwrap_err();
+        assert!(
+            error.message.starts_with("duplicate key `sha256`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
