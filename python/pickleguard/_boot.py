@@ -43,6 +43,17 @@ class BootError(Exception):
     """The environment asks for pickleguard but does not say how to guard."""
 
 
+def _check_readable(manifest: str, variable: str) -> None:
+    """Stop the start on a manifest that is missing or cannot be read: otherwise the
+    process would run until its first load and only then refuse."""
+    try:
+        with open(manifest, "rb"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise BootError(f"{variable} names {manifest!r}, which cannot be read: {reason}") from e
+
+
 def _activate(core: Any, manifest: Optional[str], mode: str) -> None:
     if manifest is None:
         core.activate(None, mode)
@@ -75,11 +86,18 @@ def boot() -> None:
             raise BootError("PICKLEGUARD_MANIFEST is set but empty")
         # Children may start in another directory: give them the absolute path.
         manifest = env["PICKLEGUARD_MANIFEST"] = os.path.abspath(manifest)
+        _check_readable(manifest, "PICKLEGUARD_MANIFEST")
+    for _, layer_manifest in inherited:
+        if layer_manifest is not None:
+            _check_readable(layer_manifest, "PICKLEGUARD_LAYERS")
+    log = env.get("PICKLEGUARD_LOG")
+    if log is not None and not log.strip():
+        raise BootError("PICKLEGUARD_LOG is set but empty")
     _gate.install()
     # A forked child has no manifest-reading thread to wait for: finish reading first.
     os.register_at_fork(before=_core.settle_manifests)
-    if env.get("PICKLEGUARD_LOG"):
-        _core.set_audit_log(env["PICKLEGUARD_LOG"])
+    if log is not None:
+        _core.set_audit_log(log)
     if env.get("PICKLEGUARD_RECORD"):
         identity = env.get("PICKLEGUARD_RECORD_IDENTITY") or "sha256"
         if identity not in ("sha256", "blake3"):
