@@ -18,6 +18,7 @@ pub mod policy;
 pub mod reader;
 pub mod report;
 pub mod scan;
+pub mod stderr;
 
 #[cfg(feature = "python")]
 mod py;

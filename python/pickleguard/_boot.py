@@ -11,6 +11,8 @@ Variables:
 * ``PICKLEGUARD_MODE``: ``enforce`` (default) or ``warn``. Set without a manifest,
   it activates "nopickle": nothing loads.
 * ``PICKLEGUARD_LOG``: also append each warn report and denial as a JSON line here.
+* ``PICKLEGUARD_WARN_STDERR``: ``auto`` (default) or ``off``: what warn mode prints
+  on stderr (see docs/deployment.md).
 * ``PICKLEGUARD_RECORD``: a journal directory; every load is allowed and
   journaled (set by ``pickleguard record``).
 * ``PICKLEGUARD_RECORD_IDENTITY``: ``sha256`` (default) or ``blake3``, the hash
@@ -98,6 +100,8 @@ def boot() -> None:
     os.register_at_fork(before=_core.settle_manifests)
     if log is not None:
         _core.set_audit_log(log)
+    if env.get("PICKLEGUARD_WARN_STDERR") is not None:
+        _core.set_warn_stderr(env["PICKLEGUARD_WARN_STDERR"])
     if env.get("PICKLEGUARD_RECORD"):
         identity = env.get("PICKLEGUARD_RECORD_IDENTITY") or "sha256"
         if identity not in ("sha256", "blake3"):

@@ -138,6 +138,11 @@ pub(super) fn set_audit_log(path: std::path::PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// The audit log's path, as given, if one is set.
+pub(super) fn audit_log_path() -> Option<String> {
+    AUDIT_LOG.get().map(|log| log.path.display().to_string())
+}
+
 /// Append a warn-mode report or a denial to the audit log, if one is set.
 pub(super) fn audit(report: &Report, event: &str, load: &Load<'_>) {
     if let Some(log) = AUDIT_LOG.get() {

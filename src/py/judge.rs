@@ -4,7 +4,7 @@
 use super::error::{GuardError, Result};
 use super::frames::{call_stack, caller};
 use super::journal::{audit, JOURNAL};
-use super::log::{log_allowed, logger};
+use super::log::{log_allowed, log_denial, report_warning};
 use super::scopes::{active_scopes, PROCESS_LAYERS};
 use crate::gate::{self, Policy, WholeLook};
 use crate::identity::{digest_with_buffers, Algorithm, Digest, Id, Identities};
@@ -36,7 +36,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     if let Some(pin) = pin {
         let expected = Id::parse(pin).map_err(|e| GuardError::BadArgument(format!("pin: {e}")))?;
         if let Some(denial) = gate::check_pin(load, &mut ids, &expected, &mut || caller(py)) {
-            logger(py)?.call_method1("error", ("%s", denial.message.as_str()))?;
+            log_denial(py, &denial)?;
             return Err(GuardError::Denied(Box::new(denial)));
         }
     }
@@ -78,17 +78,11 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     }
     for warning in &verdict.warnings {
         audit(warning, "warn", load);
-        logger(py)?.call_method1(
-            "warning",
-            (
-                "warn mode, allowed anyway: %s",
-                warning.denial.message.as_str(),
-            ),
-        )?;
+        report_warning(py, &warning.denial)?;
     }
     if let Some(refusal) = verdict.denial {
         audit(&refusal, "deny", load);
-        logger(py)?.call_method1("error", ("%s", refusal.denial.message.as_str()))?;
+        log_denial(py, &refusal.denial)?;
         return Err(GuardError::Denied(Box::new(refusal.denial)));
     }
     Ok(())

@@ -42,6 +42,8 @@ mod core_module {
     #[pymodule_export]
     use super::journal::{set_audit_log, start_journal};
     #[pymodule_export]
+    use super::log::set_warn_stderr;
+    #[pymodule_export]
     use super::stream::{admit_stream, AdmittedBytes};
     #[pymodule_export]
     use super::tokens::{admit_artifact, allow_pickles, ArtifactScope, Grant, Token};
