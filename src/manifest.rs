@@ -63,7 +63,7 @@ pub struct ChannelRule {
 
 impl ChannelRule {
     /// Whether a load by `caller`, itself called by `called_from`, is this channel's.
-    pub fn admits(&self, caller: &str, called_from: Option<&str>) -> bool {
+    pub fn covers(&self, caller: &str, called_from: Option<&str>) -> bool {
         self.callers.iter().any(|p| p.matches(caller))
             && self.called_from.as_ref().is_none_or(|outer| {
                 called_from.is_some_and(|name| outer.iter().any(|p| p.matches(name)))
@@ -415,10 +415,10 @@ impl Manifest {
         &self.channels
     }
 
-    /// The channel rule, if any, that admits a load by `caller` (`module:qualname`),
+    /// The channel rule, if any, that covers a load by `caller` (`module:qualname`),
     /// itself called by `called_from`.
     pub fn channel_for(&self, caller: &str, called_from: Option<&str>) -> Option<&ChannelRule> {
-        self.channels.iter().find(|c| c.admits(caller, called_from))
+        self.channels.iter().find(|c| c.covers(caller, called_from))
     }
 
     /// Read and parse the manifest at `path`.

@@ -16,12 +16,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Where an admitted unpickler raises its `pickle.find_class` events: from
-/// `frame` itself, or (`code` set) from a call of that code object made by `frame`.
+/// Where an admitted unpickler raises its `pickle.find_class` events. Frames and
+/// code objects are named by address; `None` is no Python frame at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Admission {
-    pub(super) frame: usize,
-    pub(super) code: usize,
+pub(super) enum Admission {
+    /// From `frame` itself: an original with no Python frame of its own.
+    InFrame { frame: Option<usize> },
+    /// From a call of the code object `code` made by `frame`.
+    InCallee { frame: Option<usize>, code: usize },
 }
 
 thread_local! {
@@ -42,7 +44,7 @@ impl Admitted {
     /// of its own (the C `loads`, the C `find_class`).
     pub(super) fn at_current_frame(py: Python<'_>) -> Self {
         let frame = current_frame_ptr(py);
-        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code: 0 }));
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission::InFrame { frame }));
         Admitted
     }
 
@@ -50,7 +52,7 @@ impl Admitted {
     pub(super) fn for_callee(py: Python<'_>, code: &Bound<'_, PyAny>) -> Self {
         let frame = current_frame_ptr(py);
         let code = code.as_ptr() as usize;
-        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code }));
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission::InCallee { frame, code }));
         Admitted
     }
 }
@@ -103,14 +105,17 @@ pub(super) fn admitted_here(py: Python<'_>) -> bool {
         return false;
     };
     let frame = current_frame(py);
-    if admission.code == 0 {
-        return frame.map_or(0, |f| f.as_ptr() as usize) == admission.frame;
-    }
+    let (admitted_frame, admitted_code) = match admission {
+        Admission::InFrame { frame: admitted } => {
+            return frame.map(|f| f.as_ptr() as usize) == admitted;
+        }
+        Admission::InCallee { frame, code } => (frame, code),
+    };
     let Some(frame) = frame else { return false };
     let code = frame.getattr(pyo3::intern!(frame.py(), "f_code")).ok();
     let back = frame.getattr(pyo3::intern!(frame.py(), "f_back")).ok();
-    code.is_some_and(|c| c.as_ptr() as usize == admission.code)
-        && back.is_some_and(|b| b.as_ptr() as usize == admission.frame)
+    code.is_some_and(|c| c.as_ptr() as usize == admitted_code)
+        && back.is_some_and(|b| Some(b.as_ptr() as usize) == admitted_frame)
 }
 
 pub(super) static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();

@@ -36,15 +36,15 @@ mod core_module {
     use super::feed::Feed;
     #[pymodule_export]
     use super::inspect::{
-        channel_callers, channel_rules, classify_imports, delimit, dry_run_safe, identify, imports,
-        manifest_summary, pattern_matches, process_layers, seal_type, sha256_hex,
+        channel_callers, channel_rules, classify_imports, delimit, dry_run_safe, hexdigest,
+        identify, imports, manifest_summary, pattern_matches, process_layers, seal_type,
     };
     #[pymodule_export]
     use super::journal::{set_audit_log, start_journal};
     #[pymodule_export]
-    use super::stream::{admit_stream, AdmittedBytes};
+    use super::stream::{verify_stream, VerifiedBytes};
     #[pymodule_export]
-    use super::tokens::{admit_artifact, allow_pickles, ArtifactScope, Grant, Token};
+    use super::tokens::{allow_pickles, verify_artifact, ArtifactScope, Grant, Token};
     #[pymodule_export]
     use super::unpickler::{
         py_unpickler_find_class, py_unpickler_load, unpickler_find_class, unpickler_load,
