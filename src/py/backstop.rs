@@ -9,22 +9,13 @@ use super::error::{GuardError, NoPickleError, Result};
 use super::frames::caller;
 use super::log::logger;
 use super::unpickler::{current_frame, current_frame_ptr};
+use crate::admission::Admission;
 use crate::names::refused_even_when_admitted;
 use crate::report::{backstop_denial, BackstopReason};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Where an admitted unpickler raises its `pickle.find_class` events. Frames and
-/// code objects are named by address; `None` is no Python frame at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Admission {
-    /// From `frame` itself: an original with no Python frame of its own.
-    InFrame { frame: Option<usize> },
-    /// From a call of the code object `code` made by `frame`.
-    InCallee { frame: Option<usize>, code: usize },
-}
 
 thread_local! {
     /// Admissions in force on this thread, innermost last. Only the innermost one
@@ -105,17 +96,15 @@ pub(super) fn admitted_here(py: Python<'_>) -> bool {
         return false;
     };
     let frame = current_frame(py);
-    let (admitted_frame, admitted_code) = match admission {
-        Admission::InFrame { frame: admitted } => {
-            return frame.map(|f| f.as_ptr() as usize) == admitted;
-        }
-        Admission::InCallee { frame, code } => (frame, code),
-    };
-    let Some(frame) = frame else { return false };
-    let code = frame.getattr(pyo3::intern!(frame.py(), "f_code")).ok();
-    let back = frame.getattr(pyo3::intern!(frame.py(), "f_back")).ok();
-    code.is_some_and(|c| c.as_ptr() as usize == admitted_code)
-        && back.is_some_and(|b| Some(b.as_ptr() as usize) == admitted_frame)
+    let address = |object: &Bound<'_, PyAny>| object.as_ptr() as usize;
+    admission.admits(frame.as_ref().map(address), || {
+        let Some(frame) = &frame else {
+            return (None, None);
+        };
+        let code = frame.getattr(pyo3::intern!(py, "f_code")).ok();
+        let back = frame.getattr(pyo3::intern!(py, "f_back")).ok();
+        (code.as_ref().map(address), back.as_ref().map(address))
+    })
 }
 
 pub(super) static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();

@@ -1,6 +1,16 @@
 //! The PyO3 boundary, `pickleguard._core`: Python objects in, the core's
 //! decisions out. Each file holds one concern; errors become Python exceptions
 //! only in [`error`]. This file only declares the module.
+//!
+//! - [`entry`]: the guarded `loads`/`load` (pinned or not) and the originals they run.
+//! - [`stream`], [`source`]: verifying a pickle read from a file or given as bytes.
+//! - [`judge`]: hashing a load and judging it under the layers and scopes in force.
+//! - [`feed`], [`unpickler`]: the private feed and the guarded unpickler classes.
+//! - [`backstop`]: the audit hook that admits only the gate's own imports.
+//! - [`scopes`], [`tokens`], [`activation`]: layers, deny scopes, grants, tokens,
+//!   verified artifacts, and activation.
+//! - [`frames`], [`log`], [`journal`]: call stacks, the logger, the journal and audit log.
+//! - [`inspect`]: answers for the CLI that decide nothing; [`error`]: the one error type.
 
 mod activation;
 mod backstop;
