@@ -160,7 +160,7 @@ def _hash(args: argparse.Namespace) -> int:
     status = EXIT_OK
     algorithm = args.identity
     for path, data in _readable(args.files, report):
-        whole = _core.sha256(data, algorithm)
+        whole = _core.hexdigest(data, algorithm)
         item: Dict[str, Any] = {"file": path, algorithm: whole, "size": len(data)}
         lines = [f"{path}: file {algorithm}:{whole} ({len(data)} bytes)"]
         members, problem = pickle_members(path, data)

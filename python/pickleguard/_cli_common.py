@@ -34,7 +34,7 @@ def pickles_in(
             length, _ = _core.delimit(data, offset)
         except Exception as e:  # the reader's UnpicklingError, EOFError, OverflowError
             return pickles, f"no complete pickle at offset {offset}: {e}"
-        digest = _core.sha256(memoryview(data)[offset : offset + length], algorithm)
+        digest = _core.hexdigest(memoryview(data)[offset : offset + length], algorithm)
         pickles.append({"offset": offset, "size": length, algorithm: digest})
         offset += length
     return pickles, None

@@ -32,7 +32,7 @@ pub(super) fn journaling() -> bool {
     JOURNAL.get().is_some()
 }
 
-/// Whether this thread or task is inside an admitted artifact's with-block.
+/// Whether this thread or task is inside a verified artifact's with-block.
 #[pyfunction]
 pub(super) fn in_artifact(py: Python<'_>) -> Result<bool> {
     Ok(!active_scopes(py)?.artifacts.is_empty())
