@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::identity::{Id, Identities, KnownDigests};
 use crate::load::{Caller, Load};
 use crate::manifest::Kind;
-use crate::policy::{decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Refusal};
-use crate::report::{describe, pin_mismatch, Denial};
+use crate::policy::{decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Reason, Refusal};
+use crate::report::{describe, pin_mismatch, same_file, Denial, NearMiss};
 
 /// The policy in force for one load, here and now.
 pub struct Policy<'a> {
@@ -87,13 +87,59 @@ pub fn judge(
         return verdict;
     }
     let who = caller();
-    let mut report = |refusal: &Refusal| Report {
-        denial: describe(refusal, load, ids, who.as_ref()),
-        manifest: refusal.origin.clone(),
+    let mut report = |refusal: &Refusal| {
+        let near = match refusal.reason {
+            Reason::NotListed => near_miss(policy.layers, refusal.layer, load, ids),
+            _ => NearMiss::default(),
+        };
+        Report {
+            denial: describe(refusal, load, ids, who.as_ref(), &near),
+            manifest: refusal.origin.clone(),
+        }
     };
     verdict.warnings = decision.warnings().map(&mut report).collect();
     verdict.denial = decision.denial().map(&mut report);
     verdict
+}
+
+/// What the manifest of layer `layer` holds near a load it does not list.
+fn near_miss(
+    layers: &[Arc<ProcessLayer>],
+    layer: LayerId,
+    load: &Load<'_>,
+    ids: &mut Identities<'_>,
+) -> NearMiss {
+    let Some(manifest) = layers
+        .iter()
+        .find(|l| l.id == layer)
+        .and_then(|l| l.rules.manifest())
+    else {
+        return NearMiss::default();
+    };
+    let other = match load.kind {
+        Kind::Pickle => Kind::Artifact,
+        Kind::Artifact => Kind::Pickle,
+    };
+    let other_kind = manifest
+        .algorithms(other)
+        .into_iter()
+        .find_map(|algorithm| {
+            let id = ids.get(algorithm);
+            let entry = manifest.entries_for(other, &id).next()?;
+            Some((other, entry.line))
+        });
+    let same_source = load.source.as_deref().and_then(|file| {
+        manifest
+            .entries()
+            .iter()
+            .filter(|e| e.kind == load.kind)
+            .find(|e| e.source.as_deref().is_some_and(|s| same_file(s, file)))
+            .and_then(|e| Some((e.line, e.ids.first()?.to_string())))
+    });
+    NearMiss {
+        other_kind,
+        same_source,
+    }
 }
 
 /// Whether a whole input is allowed by its hash alone.

@@ -80,6 +80,8 @@ pub struct Manifest {
     by_id: HashMap<(Kind, Id), Vec<usize>, BuildDigestHasher>,
     /// Which algorithms each kind's entries use, so a load hashes only with those.
     used: Vec<(Kind, Algorithm)>,
+    /// Whether any entry has a `source` (kept, not searched: asked on every load).
+    names_sources: bool,
 }
 
 /// A manifest that could not be read, with the position of the problem.
@@ -443,7 +445,14 @@ impl Manifest {
                 .or_default()
                 .push(self.entries.len());
         }
+        self.names_sources |= entry.source.is_some();
         self.entries.push(entry);
+    }
+
+    /// Whether any entry names the file it was pinned from (`source`), so that a
+    /// refused load of that file can say the file changed.
+    pub fn names_sources(&self) -> bool {
+        self.names_sources
     }
 
     pub fn entries(&self) -> &[Entry] {

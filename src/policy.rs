@@ -109,6 +109,17 @@ pub enum Rules {
     Deferred(std::sync::Arc<DeferredManifest>),
 }
 
+impl Rules {
+    /// The manifest these rules hold, once it is read.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Rules::Manifest(m) => Some(m),
+            Rules::Deferred(d) => d.get().as_ref().ok(),
+            Rules::Nothing | Rules::Broken(_) | Rules::Everything => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ProcessLayer {
     pub id: LayerId,

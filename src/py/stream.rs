@@ -4,6 +4,7 @@
 use super::error::{GuardError, Result};
 use super::journal::{AUDIT_LOG, JOURNAL};
 use super::judge::{allow_whole_input_by_hash, judge};
+use super::scopes::PROCESS_LAYERS;
 use super::source::{
     buffers_for_identity, read_whole_file, seek_to, trusted_readinto, PyFileSource, Rewind,
     TrustedFile, TrustedKind,
@@ -320,10 +321,17 @@ pub(super) fn verify_stream<'py>(
     Ok((data, verified.buffers))
 }
 
-/// The name of the file a pickle is read from, for the journal and the audit log
-/// only (looked up only when one of them is on).
+/// The name of the file a pickle is read from, for the journal, the audit log and a
+/// denial that says the file changed since it was pinned (looked up only when one
+/// of them can use it).
 pub(super) fn source_name(file: &Bound<'_, PyAny>) -> Option<String> {
-    if JOURNAL.get().is_none() && AUDIT_LOG.get().is_none() {
+    let wanted = JOURNAL.get().is_some()
+        || AUDIT_LOG.get().is_some()
+        || PROCESS_LAYERS
+            .read()
+            .iter()
+            .any(|l| l.rules.manifest().is_some_and(|m| m.names_sources()));
+    if !wanted {
         return None;
     }
     let name = file.getattr(pyo3::intern!(file.py(), "name")).ok()?;
