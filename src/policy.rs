@@ -561,7 +561,7 @@ mod tests {
     }
 
     #[test]
-    fn artifact_pins_do_not_admit_pickles_and_channels_do_not_admit_artifacts() {
+    fn artifact_pins_do_not_cover_pickles_and_channels_do_not_cover_artifacts() {
         let m = format!(
             "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n"
         );

@@ -1,16 +1,14 @@
-"""Type stubs for pickleguard's native core (built from src/python.rs)."""
+"""Type stubs for pickleguard's native core (built from src/py/, the PyO3 binding)."""
 
 __all__ = [
-    "AdmittedBytes",
     "ArtifactScope",
     "Feed",
     "Grant",
     "Token",
     "UnpicklerSource",
+    "VerifiedBytes",
     "activate",
     "activate_deferred",
-    "admit_artifact",
-    "admit_stream",
     "allow_pickles",
     "bind_gate",
     "channel_callers",
@@ -20,6 +18,7 @@ __all__ = [
     "delimit",
     "dry_run_safe",
     "enforcing",
+    "hexdigest",
     "identify",
     "in_artifact",
     "journaling",
@@ -39,10 +38,12 @@ __all__ = [
     "seal_type",
     "settle_manifests",
     "set_audit_log",
-    "sha256",
+    "set_warn_stderr",
     "start_journal",
     "unpickler_find_class",
     "unpickler_load",
+    "verify_artifact",
+    "verify_stream",
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
@@ -69,12 +70,12 @@ class Grant:
 
 @final
 class ArtifactScope:
-    """The with-block of an admitted artifact, returned by ``admit_artifact``."""
+    """The with-block of a verified artifact, returned by ``verify_artifact``."""
 
     def __enter__(self) -> ArtifactScope: ...
     def __exit__(self, *args: object) -> bool: ...
 
-def admit_artifact(
+def verify_artifact(
     data: Any,
     source: Optional[str] = None,
     loader: Optional[str] = None,
@@ -110,14 +111,14 @@ def py_unpickler_load(unpickler: Any) -> Any: ...
 def install_backstop() -> None: ...
 
 @final
-class AdmittedBytes:
-    """Admitted pickle bytes read from a stream, lent read-only as a buffer."""
+class VerifiedBytes:
+    """Verified pickle bytes read from a stream, lent read-only as a buffer."""
 
     def __len__(self) -> int: ...
 
 @final
 class Feed:
-    """A private file holding only admitted bytes."""
+    """A private file holding only verified bytes."""
 
     def __init__(self) -> None: ...
     def read(self, n: Optional[int] = ...) -> bytes: ...
@@ -140,7 +141,7 @@ class UnpicklerSource:
     @property
     def feed(self) -> Feed: ...
 
-def admit_stream(
+def verify_stream(
     read: Callable[..., Any],
     readline: Callable[..., Any],
     buffers: Optional[Iterable[Any]] = None,
@@ -153,11 +154,15 @@ def dry_run_safe(data: Any) -> bool: ...
 def identify(
     data: Any, buffers: Optional[Iterable[Any]] = None, algorithm: str = "sha256"
 ) -> str: ...
-def sha256(data: Any, algorithm: str = "sha256") -> str: ...
+def hexdigest(data: Any, algorithm: str = "sha256") -> str: ...
 def process_layers() -> List[Tuple[str, Optional[str], int, Optional[str]]]: ...
 def check_manifest(path: str) -> int: ...
 def start_journal(directory: str, algorithm: str = "sha256") -> None: ...
 def set_audit_log(path: str) -> None: ...
+def set_warn_stderr(setting: str) -> None:
+    """What warn mode prints on stderr: "auto" (a line per distinct payload and caller,
+    or one summary line at exit when an audit log is set) or "off". Raises ValueError
+    for any other value."""
 def imports(data: Any) -> List[Tuple[str, bool]]: ...
 def classify_imports(names: List[str]) -> List[Tuple[str, str]]: ...
 def manifest_summary(

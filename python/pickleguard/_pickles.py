@@ -72,7 +72,7 @@ def pickles_in(
         {
             "offset": offset,
             "size": length,
-            algorithm: _core.sha256(view[offset : offset + length], algorithm),
+            algorithm: _core.hexdigest(view[offset : offset + length], algorithm),
         }
         for offset, length in spans
     ]

@@ -77,7 +77,7 @@ def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
 def admit(
     data: bytes, source: Optional[str], loader: str, stream: Any = None, any_stream: bool = False
 ) -> Any:
-    return _core.admit_artifact(
+    return _core.verify_artifact(
         data,
         source=source,
         loader=loader,

@@ -61,7 +61,7 @@ def _gate_weights_only_unpickler() -> None:
     def load(self: Any) -> Any:
         # Judged like any pickle (inside an admitted checkpoint, its bytes are
         # found in the checkpoint's), then run on exactly the verified bytes.
-        data, _ = _core.admit_stream(self.read, self.readline)
+        data, _ = _core.verify_stream(self.read, self.readline)
         read, readline = self.read, self.readline
         verified = io.BytesIO(data)
         self.read, self.readline = verified.read, verified.readline

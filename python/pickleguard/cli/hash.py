@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
     status = ExitStatus.OK
     algorithm = args.identity
     for path, data in readable(args.files, report):
-        whole = _core.sha256(data, algorithm)
+        whole = _core.hexdigest(data, algorithm)
         item: Dict[str, Any] = {"file": path, algorithm: whole, "size": len(data)}
         lines = [f"{path}: file {algorithm}:{whole} ({len(data)} bytes)"]
         members, problem = pickle_members(data)

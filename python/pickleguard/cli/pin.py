@@ -153,7 +153,7 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
                 hexdigest = digest.hexdigest()
             else:
                 data = f.read()
-                size, hexdigest = len(data), _core.sha256(data, algorithm)
+                size, hexdigest = len(data), _core.hexdigest(data, algorithm)
     except OSError as e:
         raise _PinError(
             f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
@@ -254,7 +254,7 @@ def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]
         for p in pickles:
             offset, size = p["offset"], p["size"]
             stream = memoryview(blob)[offset : offset + size]
-            hexdigest = p["sha256"] if algorithm == "sha256" else _core.sha256(stream, algorithm)
+            hexdigest = p["sha256"] if algorithm == "sha256" else _core.hexdigest(stream, algorithm)
             found = _core.imports(stream)
             in_member = f", member {_quoted(member)}" if member else ""
             pins.append(
