@@ -330,10 +330,13 @@ def install() -> None:
         pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
         _rebind_captured_originals()
         _guard_early_subclasses()
-        # torch.load and joblib.load pin whole files; see _integrations.
-        from . import _integrations
+        # torch.load and joblib.load pin whole files; see adapters.
+        from . import adapters
 
-        _integrations.install()
+        replaced = adapters.install()
+        if replaced:
+            # `from torch import load` in a module imported before activation.
+            rebind_names(replaced)
         _installed = True
 
 

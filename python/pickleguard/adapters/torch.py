@@ -1,0 +1,76 @@
+"""The torch adapter: ``torch.load`` pins the whole checkpoint file, and torch's
+``weights_only`` unpickler gets a gate of its own.
+
+Never imports torch: ``patch`` is given the module once it has been imported.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from .. import _core
+from ._artifact import is_path, load_artifact, load_mapped, replace_load, unwrapped
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any
+
+
+def patch(torch: Any) -> None:
+    serialization = unwrapped("torch.serialization")
+    if serialization is None:
+        return
+    original = serialization.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if _maps(kwargs.get("mmap")) and is_path(f):
+            return load_mapped(
+                "torch.load",
+                "mmap=True",
+                ", or convert the checkpoint to safetensors",
+                f,
+                lambda: original(f, *args, **kwargs),
+            )
+        # (torch itself refuses mmap=True for a file object.)
+        return load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
+
+    replace_load(original, load, serialization, torch)
+    _gate_weights_only_unpickler()
+
+
+def _maps(mmap: Any) -> bool:
+    """Whether torch.load will map the file: `mmap=True`, or `mmap=None` with torch's
+    own default (`torch.utils.serialization.config.load.mmap`) set."""
+    if mmap is not None:
+        return bool(mmap)
+    config = sys.modules.get("torch.utils.serialization.config")
+    return bool(getattr(getattr(config, "load", None), "mmap", False))
+
+
+def _gate_weights_only_unpickler() -> None:
+    """torch's ``weights_only`` unpickler is pure Python and calls neither ``pickle``
+    nor the ``pickle.find_class`` audit event: outside an admitted artifact, each of
+    its loads is judged like any pickle."""
+    module = sys.modules.get("torch._weights_only_unpickler")
+    unpickler = getattr(module, "Unpickler", None)
+    if unpickler is None or getattr(unpickler.load, "_pickleguard", False):
+        return
+    original_load = unpickler.load
+
+    def load(self: Any) -> Any:
+        # Judged like any pickle (inside an admitted checkpoint, its bytes are
+        # found in the checkpoint's), then run on exactly the verified bytes.
+        data, _ = _core.verify_stream(self.read, self.readline)
+        read, readline = self.read, self.readline
+        verified = io.BytesIO(data)
+        self.read, self.readline = verified.read, verified.readline
+        try:
+            return original_load(self)
+        finally:
+            self.read, self.readline = read, readline
+
+    load.__doc__ = original_load.__doc__
+    load.__qualname__ = original_load.__qualname__
+    load._pickleguard = True  # type: ignore[attr-defined]
+    unpickler.load = load
