@@ -163,6 +163,7 @@ def set_warn_stderr(setting: str) -> None:
     """What warn mode prints on stderr: "auto" (a line per distinct payload and caller,
     or one summary line at exit when an audit log is set) or "off". Raises ValueError
     for any other value."""
+
 def imports(data: Any) -> List[Tuple[str, bool]]: ...
 def classify_imports(names: List[str]) -> List[Tuple[str, str]]: ...
 def manifest_summary(
