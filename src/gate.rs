@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::identity::{Id, Identities, KnownDigests};
 use crate::load::{Caller, Load};
 use crate::manifest::Kind;
-use crate::policy::{decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Refusal};
-use crate::report::{describe, pin_mismatch, Denial};
+use crate::policy::{decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Reason, Refusal};
+use crate::report::{describe, pin_mismatch, same_file, Denial, NearMiss};
 
 /// The policy in force for one load, here and now.
 pub struct Policy<'a> {
@@ -32,7 +32,7 @@ pub struct Report {
 /// What to do with one load.
 #[derive(Debug, Default)]
 pub struct Verdict {
-    /// Write it to `record`'s journal: it is allowed, and no admitted artifact
+    /// Write it to `record`'s journal: it is allowed, and no verified artifact
     /// covers it.
     pub journal: bool,
     /// Loads that warn-mode layers would refuse, each to be reported.
@@ -59,7 +59,7 @@ pub fn check_pin(
     (actual != *pin).then(|| pin_mismatch(load, ids, &actual, pin, caller().as_ref()))
 }
 
-/// Decide `load` under `policy`. `covered` says an admitted artifact covers this
+/// Decide `load` under `policy`. `covered` says a verified artifact covers this
 /// pickle (its bytes are part of the artifact): it is decided with the artifact's
 /// grants, and not journaled. `caller` is asked only when there is something to
 /// report.
@@ -87,18 +87,64 @@ pub fn judge(
         return verdict;
     }
     let who = caller();
-    let mut report = |refusal: &Refusal| Report {
-        denial: describe(refusal, load, ids, who.as_ref()),
-        manifest: refusal.origin.clone(),
+    let mut report = |refusal: &Refusal| {
+        let near = match refusal.reason {
+            Reason::NotListed => near_miss(policy.layers, refusal.layer, load, ids),
+            _ => NearMiss::default(),
+        };
+        Report {
+            denial: describe(refusal, load, ids, who.as_ref(), &near),
+            manifest: refusal.origin.clone(),
+        }
     };
     verdict.warnings = decision.warnings().map(&mut report).collect();
     verdict.denial = decision.denial().map(&mut report);
     verdict
 }
 
-/// What a first look at a whole input found.
+/// What the manifest of layer `layer` holds near a load it does not list.
+fn near_miss(
+    layers: &[Arc<ProcessLayer>],
+    layer: LayerId,
+    load: &Load<'_>,
+    ids: &mut Identities<'_>,
+) -> NearMiss {
+    let Some(manifest) = layers
+        .iter()
+        .find(|l| l.id == layer)
+        .and_then(|l| l.rules.manifest())
+    else {
+        return NearMiss::default();
+    };
+    let other = match load.kind {
+        Kind::Pickle => Kind::Artifact,
+        Kind::Artifact => Kind::Pickle,
+    };
+    let other_kind = manifest
+        .algorithms(other)
+        .into_iter()
+        .find_map(|algorithm| {
+            let id = ids.get(algorithm);
+            let entry = manifest.entries_for(other, &id).next()?;
+            Some((other, entry.line))
+        });
+    let same_source = load.source.as_deref().and_then(|file| {
+        manifest
+            .entries()
+            .iter()
+            .filter(|e| e.kind == load.kind)
+            .find(|e| e.source.as_deref().is_some_and(|s| same_file(s, file)))
+            .and_then(|e| Some((e.line, e.ids.first()?.to_string())))
+    });
+    NearMiss {
+        other_kind,
+        same_source,
+    }
+}
+
+/// Whether a whole input is allowed by its hash alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WholeLook {
+pub enum WholeInputVerdict {
     /// Allowed as it is, by every layer and scope, with nothing to report.
     Allowed,
     /// Not decided this way: delimit and judge the pickle. The digests of the
@@ -114,15 +160,15 @@ pub enum WholeLook {
 /// would still run only bytes the entry names.) Anything short of a plain allow
 /// (a refusal, a warning, a journal to write, a load inside an artifact) goes the
 /// delimiting way, which decides, reports and records with the exact identity.
-pub fn look_at_whole_input(
+pub fn allow_whole_input_by_hash(
     ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
     policy: &Policy<'_>,
     in_artifact: bool,
-) -> WholeLook {
+) -> WholeInputVerdict {
     let unguarded = policy.layers.is_empty() && policy.scopes.is_empty();
     if policy.journaling || unguarded || in_artifact {
-        return WholeLook::Delimit(KnownDigests::NONE);
+        return WholeInputVerdict::Delimit(KnownDigests::NONE);
     }
     let decision = decide(
         policy.layers,
@@ -133,9 +179,9 @@ pub fn look_at_whole_input(
         frames,
     );
     if decision.refusals.is_empty() {
-        WholeLook::Allowed
+        WholeInputVerdict::Allowed
     } else {
-        WholeLook::Delimit(ids.computed())
+        WholeInputVerdict::Delimit(ids.computed())
     }
 }
 
@@ -195,7 +241,7 @@ mod tests {
         let verdict = run(&policy(&layers, true), false);
         assert!(verdict.is_plain_allow() && verdict.journal);
         assert!(!run(&policy(&layers, false), false).journal);
-        // Covered by an admitted artifact: its entry covers it; nothing to journal.
+        // Covered by a verified artifact: its entry covers it; nothing to journal.
         assert!(!run(&policy(&layers, true), true).journal);
     }
 
@@ -231,18 +277,18 @@ mod tests {
     }
 
     #[test]
-    fn the_whole_look_allows_only_a_plain_allow() {
+    fn a_whole_input_is_allowed_by_its_hash_only_on_a_plain_allow() {
         let mut compute = |a| digest(a, DATA);
         let mut ids = Identities::new(&mut compute);
         let mut stack = CallStack::default;
         let mut frames = LazyFrames::new(&mut stack);
         let listed = [layer(1, Mode::Enforce, true)];
-        let look = |p: &Policy<'_>, art, ids: &mut Identities<'_>, f: &mut LazyFrames<'_>| {
-            look_at_whole_input(ids, f, p, art)
+        let verdict = |p: &Policy<'_>, art, ids: &mut Identities<'_>, f: &mut LazyFrames<'_>| {
+            allow_whole_input_by_hash(ids, f, p, art)
         };
         assert_eq!(
-            look(&policy(&listed, false), false, &mut ids, &mut frames),
-            WholeLook::Allowed
+            verdict(&policy(&listed, false), false, &mut ids, &mut frames),
+            WholeInputVerdict::Allowed
         );
         // Recording, unguarded, or inside an artifact: always delimited, hashing nothing.
         for (p, art) in [
@@ -251,15 +297,15 @@ mod tests {
             (policy(&listed, false), true),
         ] {
             assert_eq!(
-                look(&p, art, &mut ids, &mut frames),
-                WholeLook::Delimit(KnownDigests::NONE)
+                verdict(&p, art, &mut ids, &mut frames),
+                WholeInputVerdict::Delimit(KnownDigests::NONE)
             );
         }
         let unlisted = [layer(1, Mode::Enforce, false)];
         let mut compute = |a| digest(a, DATA);
         let mut fresh = Identities::new(&mut compute);
-        let WholeLook::Delimit(known) =
-            look(&policy(&unlisted, false), false, &mut fresh, &mut frames)
+        let WholeInputVerdict::Delimit(known) =
+            verdict(&policy(&unlisted, false), false, &mut fresh, &mut frames)
         else {
             panic!("an unlisted input must be delimited");
         };

@@ -63,7 +63,7 @@ pub struct ChannelRule {
 
 impl ChannelRule {
     /// Whether a load by `caller`, itself called by `called_from`, is this channel's.
-    pub fn admits(&self, caller: &str, called_from: Option<&str>) -> bool {
+    pub fn covers(&self, caller: &str, called_from: Option<&str>) -> bool {
         self.callers.iter().any(|p| p.matches(caller))
             && self.called_from.as_ref().is_none_or(|outer| {
                 called_from.is_some_and(|name| outer.iter().any(|p| p.matches(name)))
@@ -80,6 +80,8 @@ pub struct Manifest {
     by_id: HashMap<(Kind, Id), Vec<usize>, BuildDigestHasher>,
     /// Which algorithms each kind's entries use, so a load hashes only with those.
     used: Vec<(Kind, Algorithm)>,
+    /// Whether any entry has a `source` (kept, not searched: asked on every load).
+    names_sources: bool,
 }
 
 /// A manifest that could not be read, with the position of the problem.
@@ -158,70 +160,241 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The key whose value starts at `offset`: the name before the last `=` ahead of it,
+/// and whether the value is an element of an array rather than the whole value.
+fn key_before(text: &str, offset: usize) -> Option<(&str, bool)> {
+    let before = text.get(..offset)?;
+    let equals = before.rfind('=')?;
+    let in_array = before[equals + 1..].contains('[');
+    let name = before[..equals].trim_end();
+    let start = name
+        .rfind(|c: char| c.is_whitespace() || matches!(c, '{' | ',' | '[' | ']'))
+        .map_or(0, |i| i + 1);
+    let name = name[start..].trim_matches('"');
+    (!name.is_empty()).then_some((name, in_array))
+}
+
+/// A serde type name (`string "1"`, `i64`, `a sequence`) as a manifest's reader says it.
+fn toml_type(serde_name: &str) -> &'static str {
+    const NAMES: [(&[&str], &str); 6] = [
+        (&["string", "char"], "a string"),
+        (&["integer", "i64", "u64", "i32", "u32"], "an integer"),
+        (&["bool"], "a boolean (true or false)"),
+        (&["floating", "f64", "f32"], "a number with a fraction"),
+        (&["sequence", "array", "tuple"], "an array"),
+        (&["map", "struct", "table"], "a table"),
+    ];
+    let words: Vec<&str> = serde_name.split_whitespace().collect();
+    NAMES
+        .iter()
+        .find(|(keys, _)| words.iter().any(|w| keys.iter().any(|k| w.starts_with(k))))
+        .map_or("another type", |(_, name)| name)
+}
+
+/// The toml crate's message with its serde vocabulary (`invalid type: string "1",
+/// expected i64`) said in the manifest's own terms, naming the key.
+fn plain_toml_message(message: &str, text: &str, span: Option<Range<usize>>) -> String {
+    let at = span.as_ref().map(|s| s.start);
+    if message == "duplicate key" {
+        let key = at.and_then(|start| {
+            let rest = text.get(start..)?;
+            let end = rest.find(['=', '\n'])?;
+            Some(rest[..end].trim().trim_matches('"').to_owned())
+        });
+        return match key {
+            Some(key) if !key.is_empty() => {
+                format!("duplicate key `{key}`: a key may appear only once in a table")
+            }
+            _ => "duplicate key: a key may appear only once in a table".to_owned(),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let (expected, found) = (toml_type(expected), toml_type(found));
+            return match at.and_then(|start| key_before(text, start)) {
+                Some((key, true)) => {
+                    format!("each item of `{key}` must be {expected}, not {found}")
+                }
+                Some((key, false)) => format!("`{key}` must be {expected}, not {found}"),
+                None => format!("expected {expected} here, not {found}"),
+            };
+        }
+    }
+    message.to_owned()
+}
+
 /// Parse a `sha256` value: 64 hex digits, optionally prefixed `sha256:`.
 pub fn parse_digest(text: &str) -> Result<Digest, String> {
     Id::parse_as(Algorithm::Sha256, text).map(|id| id.digest)
 }
 
+/// One manifest's text while it is parsed: errors name its origin and point into
+/// it; entries get the line they start on.
+struct ManifestText<'t> {
+    text: &'t str,
+    origin: &'t str,
+    /// Offsets of its newlines: line numbers by binary search are linear in the
+    /// size of the manifest, which may hold tens of thousands of entries.
+    newlines: Vec<usize>,
+}
+
+impl<'t> ManifestText<'t> {
+    fn new(text: &'t str, origin: &'t str) -> Self {
+        let newlines = text.match_indices('\n').map(|(i, _)| i).collect();
+        ManifestText {
+            text,
+            origin,
+            newlines,
+        }
+    }
+
+    fn fail(&self, span: Option<Range<usize>>, message: String, hint: &str) -> ManifestError {
+        let (line, column) = span.map_or((1, 1), |s| position(self.text, s.start));
+        ManifestError {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            message,
+            hint: hint.to_owned(),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < offset) + 1
+    }
+
+    fn patterns(&self, patterns: &[Spanned<String>]) -> Result<Vec<FramePattern>, ManifestError> {
+        patterns
+            .iter()
+            .map(|p| {
+                FramePattern::parse(p.get_ref()).map_err(|e| {
+                    // +1 skips the opening quote. An escape sequence in the TOML
+                    // string shifts this; stay inside the string then.
+                    let span = p.span();
+                    let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
+                    self.fail(
+                        Some(at..at),
+                        e.message,
+                        "stack patterns look like \"package.module:function\" and may use * and ?",
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn check_version(&self, version: &Option<Spanned<i64>>) -> Result<(), ManifestError> {
+        match version {
+            None => Err(self.fail(
+                Some(0..0),
+                "the manifest has no `version` key".into(),
+                "add `version = 1` at the top of the file",
+            )),
+            Some(v) if *v.get_ref() != SUPPORTED_VERSION => Err(self.fail(
+                Some(v.span()),
+                format!("unsupported manifest version {}", v.get_ref()),
+                "this pickleguard reads `version = 1`",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// One `[[pickle]]` or `[[artifact]]` table.
+    fn entry(&self, kind: Kind, spanned: Spanned<RawEntry>) -> Result<Entry, ManifestError> {
+        let table_span = spanned.span();
+        let entry = spanned.into_inner();
+        let mut ids = Vec::new();
+        let mut first_key = None;
+        for (algorithm, value) in [
+            (Algorithm::Sha256, &entry.sha256),
+            (Algorithm::Blake3, &entry.blake3),
+        ] {
+            let Some(value) = value else { continue };
+            first_key.get_or_insert(value.span().start);
+            let id = Id::parse_as(algorithm, value.get_ref()).map_err(|message| {
+                self.fail(
+                    Some(value.span()),
+                    message,
+                    match algorithm {
+                        Algorithm::Sha256 => "copy the digest from `pickleguard hash FILE`, `sha256sum FILE` or the denial message",
+                        Algorithm::Blake3 => "copy the digest from `pickleguard hash --identity blake3 FILE`, `b3sum FILE` or the denial message",
+                    },
+                )
+            })?;
+            ids.push(id);
+        }
+        let Some(first_key) = first_key else {
+            return Err(self.fail(
+                Some(table_span),
+                format!(
+                    "a [[{}]] entry needs a `sha256` or `blake3` key",
+                    kind.table()
+                ),
+                "add sha256 = \"<64 hex digits>\" (what `sha256sum` or `pickleguard hash` prints)",
+            ));
+        };
+        let stack = match entry.stack {
+            None => None,
+            Some(patterns) => Some(self.patterns(&patterns)?),
+        };
+        Ok(Entry {
+            kind,
+            ids,
+            stack,
+            note: entry.note,
+            source: entry.source,
+            line: self.line_of(first_key),
+        })
+    }
+
+    /// One `[[channel]]` table.
+    fn channel(&self, channel: RawChannel) -> Result<ChannelRule, ManifestError> {
+        if channel.name.get_ref().trim().is_empty() {
+            return Err(self.fail(
+                Some(channel.name.span()),
+                "a channel needs a name".into(),
+                "name the transport, e.g. name = \"multiprocessing\"",
+            ));
+        }
+        if channel.callers.get_ref().is_empty() {
+            return Err(self.fail(
+                Some(channel.callers.span()),
+                "a channel needs at least one caller".into(),
+                "list the functions that load the channel's messages, as `pickleguard record` writes them",
+            ));
+        }
+        let called_from = match &channel.called_from {
+            None => None,
+            Some(outer) if outer.get_ref().is_empty() => {
+                return Err(self.fail(
+                    Some(outer.span()),
+                    "called_from is empty, so no load could match this channel".into(),
+                    "list the functions that call the channel's callers, or leave called_from out to allow any",
+                ))
+            }
+            Some(outer) => Some(self.patterns(outer.get_ref())?),
+        };
+        Ok(ChannelRule {
+            line: self.line_of(channel.name.span().start),
+            name: channel.name.into_inner(),
+            callers: self.patterns(channel.callers.get_ref())?,
+            called_from,
+            note: channel.note,
+        })
+    }
+}
+
 impl Manifest {
     /// Parse manifest `text`; `origin` names it in errors (a path, usually).
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
-        let fail = |span: Option<Range<usize>>, message: String, hint: &str| {
-            let (line, column) = span.map_or((1, 1), |s| position(text, s.start));
-            ManifestError {
-                origin: origin.to_owned(),
-                line,
-                column,
-                message,
-                hint: hint.to_owned(),
-            }
-        };
-        // Line numbers of entries, by binary search over newline offsets: linear in
-        // the size of the manifest, which may hold tens of thousands of entries.
-        let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
-        let line_of = |offset: usize| newlines.partition_point(|&nl| nl < offset) + 1;
-        let parse_patterns = |patterns: &[Spanned<String>]| {
-            patterns
-                .iter()
-                .map(|p| {
-                    FramePattern::parse(p.get_ref()).map_err(|e| {
-                        // +1 skips the opening quote. An escape sequence in the TOML
-                        // string shifts this; stay inside the string then.
-                        let span = p.span();
-                        let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
-                        fail(
-                            Some(at..at),
-                            e.message,
-                            "stack patterns look like \"package.module:function\" and may use * and ?",
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
+        let source = ManifestText::new(text, origin);
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
-            fail(
+            source.fail(
                 e.span(),
-                e.message().trim_end().to_owned(),
+                plain_toml_message(e.message().trim_end(), text, e.span()),
                 "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, called_from, note); see docs/manifest.md",
             )
         })?;
-        match &raw.version {
-            None => {
-                return Err(fail(
-                    Some(0..0),
-                    "the manifest has no `version` key".into(),
-                    "add `version = 1` at the top of the file",
-                ))
-            }
-            Some(v) if *v.get_ref() != SUPPORTED_VERSION => {
-                return Err(fail(
-                    Some(v.span()),
-                    format!("unsupported manifest version {}", v.get_ref()),
-                    "this pickleguard reads `version = 1`",
-                ))
-            }
-            Some(_) => {}
-        }
+        source.check_version(&raw.version)?;
         let mut manifest = Manifest {
             origin: origin.to_owned(),
             ..Manifest::default()
@@ -232,81 +405,10 @@ impl Manifest {
             .map(|e| (Kind::Pickle, e))
             .chain(raw.artifact.into_iter().map(|e| (Kind::Artifact, e)));
         for (kind, spanned) in tables {
-            let table_span = spanned.span();
-            let entry = spanned.into_inner();
-            let mut ids = Vec::new();
-            let mut first_key = None;
-            for (algorithm, value) in [
-                (Algorithm::Sha256, &entry.sha256),
-                (Algorithm::Blake3, &entry.blake3),
-            ] {
-                let Some(value) = value else { continue };
-                first_key.get_or_insert(value.span().start);
-                let id = Id::parse_as(algorithm, value.get_ref()).map_err(|message| {
-                    fail(
-                        Some(value.span()),
-                        message,
-                        match algorithm {
-                            Algorithm::Sha256 => "copy the digest from `pickleguard hash FILE`, `sha256sum FILE` or the denial message",
-                            Algorithm::Blake3 => "copy the digest from `pickleguard hash --identity blake3 FILE`, `b3sum FILE` or the denial message",
-                        },
-                    )
-                })?;
-                ids.push(id);
-            }
-            let Some(first_key) = first_key else {
-                return Err(fail(
-                    Some(table_span),
-                    format!("a [[{}]] entry needs a `sha256` or `blake3` key", kind.table()),
-                    "add sha256 = \"<64 hex digits>\" (what `sha256sum` or `pickleguard hash` prints)",
-                ));
-            };
-            let stack = match entry.stack {
-                None => None,
-                Some(patterns) => Some(parse_patterns(&patterns)?),
-            };
-            manifest.push(Entry {
-                kind,
-                ids,
-                stack,
-                note: entry.note,
-                source: entry.source,
-                line: line_of(first_key),
-            });
+            manifest.push(source.entry(kind, spanned)?);
         }
         for channel in raw.channel {
-            if channel.name.get_ref().trim().is_empty() {
-                return Err(fail(
-                    Some(channel.name.span()),
-                    "a channel needs a name".into(),
-                    "name the transport, e.g. name = \"multiprocessing\"",
-                ));
-            }
-            if channel.callers.get_ref().is_empty() {
-                return Err(fail(
-                    Some(channel.callers.span()),
-                    "a channel needs at least one caller".into(),
-                    "list the functions that load the channel's messages, as `pickleguard record` writes them",
-                ));
-            }
-            let called_from = match &channel.called_from {
-                None => None,
-                Some(outer) if outer.get_ref().is_empty() => {
-                    return Err(fail(
-                        Some(outer.span()),
-                        "called_from is empty, so no load could match this channel".into(),
-                        "list the functions that call the channel's callers, or leave called_from out to allow any",
-                    ))
-                }
-                Some(outer) => Some(parse_patterns(outer.get_ref())?),
-            };
-            manifest.channels.push(ChannelRule {
-                line: line_of(channel.name.span().start),
-                name: channel.name.into_inner(),
-                callers: parse_patterns(channel.callers.get_ref())?,
-                called_from,
-                note: channel.note,
-            });
+            manifest.channels.push(source.channel(channel)?);
         }
         Ok(manifest)
     }
@@ -315,10 +417,10 @@ impl Manifest {
         &self.channels
     }
 
-    /// The channel rule, if any, that admits a load by `caller` (`module:qualname`),
+    /// The channel rule, if any, that covers a load by `caller` (`module:qualname`),
     /// itself called by `called_from`.
     pub fn channel_for(&self, caller: &str, called_from: Option<&str>) -> Option<&ChannelRule> {
-        self.channels.iter().find(|c| c.admits(caller, called_from))
+        self.channels.iter().find(|c| c.covers(caller, called_from))
     }
 
     /// Read and parse the manifest at `path`.
@@ -343,7 +445,14 @@ impl Manifest {
                 .or_default()
                 .push(self.entries.len());
         }
+        self.names_sources |= entry.source.is_some();
         self.entries.push(entry);
+    }
+
+    /// Whether any entry names the file it was pinned from (`source`), so that a
+    /// refused load of that file can say the file changed.
+    pub fn names_sources(&self) -> bool {
+        self.names_sources
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -498,6 +607,51 @@ mod tests {
             .contains("version"));
         let err = Manifest::parse("\nversion = 2\n", "m").unwrap_err();
         assert_eq!((err.line, err.column), (2, 11));
+    }
+
+    #[test]
+    fn type_errors_name_the_key_in_manifest_terms() {
+        let message = |text: &str| Manifest::parse(text, "m.toml").unwrap_err().message;
+        assert_eq!(
+            message("version = \"1\"\n"),
+            "`version` must be an integer, not a string"
+        );
+        assert_eq!(
+            message("version = 1\n[[pickle]]\nsha256 = 5\n"),
+            "`sha256` must be a string, not an integer"
+        );
+        assert_eq!(
+            message("version = 1\n[[pickle]]\nsha256 = \"ab\"\nstack = [\"a:b\", 3]\n"),
+            "each item of `stack` must be a string, not an integer"
+        );
+        assert_eq!(
+            message("version = 1\npickle = 3\n"),
+            "`pickle` must be an array, not an integer"
+        );
+        assert_eq!(
+            message("version = true\n"),
+            "`version` must be an integer, not a boolean (true or false)"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let error = Manifest::parse("version = 1\nversion = 1\n", "m.toml").unwrap_err();
+        assert_eq!(
+            error.message,
+            "duplicate key `version`: a key may appear only once in a table"
+        );
+        assert_eq!((error.line, error.column), (2, 1));
+        let error = Manifest::parse(
+            "version = 1\n[[pickle]]\nsha256 = \"aa\"\nsha256 = \"bb\"\n",
+            "m.toml",
+        )
+        .unwrap_err();
+        assert!(
+            error.message.starts_with("duplicate key `sha256`"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

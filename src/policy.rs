@@ -109,6 +109,17 @@ pub enum Rules {
     Deferred(std::sync::Arc<DeferredManifest>),
 }
 
+impl Rules {
+    /// The manifest these rules hold, once it is read.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Rules::Manifest(m) => Some(m),
+            Rules::Deferred(d) => d.get().as_ref().ok(),
+            Rules::Nothing | Rules::Broken(_) | Rules::Everything => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ProcessLayer {
     pub id: LayerId,
@@ -589,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn artifact_pins_do_not_admit_pickles_and_channels_do_not_admit_artifacts() {
+    fn artifact_pins_do_not_cover_pickles_and_channels_do_not_cover_artifacts() {
         let m = format!(
             "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n"
         );

@@ -90,12 +90,34 @@ pub fn known_sha256_hex(ids: &Identities<'_>) -> String {
         .unwrap_or_default()
 }
 
-/// The denial for a load that `refusal` refuses.
+/// What the refusing layer's manifest holds near a load it does not list: the same
+/// hash under the other kind of entry, or another hash for the same file. A
+/// reviewer who sees "not in the manifest" for a hash that is in it, or for a file
+/// that was pinned, would otherwise be misled.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    /// The kind and line of an entry with this very hash, of the other kind.
+    pub other_kind: Option<(Kind, usize)>,
+    /// The line and identity of an entry of this kind whose `source` names the file
+    /// this load read, pinned with another hash.
+    pub same_source: Option<(usize, String)>,
+}
+
+/// Whether two file names, as a manifest's `source` and a load's file name give
+/// them, name the same file: equal, or one is the other's trailing path.
+pub fn same_file(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_start_matches("./"), b.trim_start_matches("./"));
+    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
+}
+
+/// The denial for a load that `refusal` refuses; `near` is what the manifest holds
+/// near it (only for a load it does not list).
 pub fn describe(
     refusal: &Refusal,
     load: &Load<'_>,
     ids: &mut Identities<'_>,
     caller: Option<&Caller>,
+    near: &NearMiss,
 ) -> Denial {
     let id = ids.get(refusal.algorithm);
     let entry = suggested_entry(load, &id, caller);
@@ -103,7 +125,10 @@ pub fn describe(
         .map(|c| format!("{} ({}:{})", c.name, c.file, c.line))
         .unwrap_or_else(|| "<no Python caller>".into());
     let what = format!("{} loaded by {whence}", describe_payload(load, &id));
-    let (why, hint) = why_and_hint(refusal, load.kind, &id, &entry);
+    let (why, hint) = match &refusal.reason {
+        Reason::NotListed => not_listed(refusal, load, &id, &entry, near),
+        _ => why_and_hint(refusal, load.kind, &id, &entry),
+    };
     Denial {
         message: format!("{what} {why}.\nhint: {hint}"),
         kind: load.kind,
@@ -114,6 +139,53 @@ pub fn describe(
         code: reason_code(&refusal.reason),
         entry,
     }
+}
+
+/// Why a load the manifest does not list is refused, and what to do, saying what
+/// the manifest holds near it.
+fn not_listed(
+    refusal: &Refusal,
+    load: &Load<'_>,
+    id: &Id,
+    entry: &str,
+    near: &NearMiss,
+) -> (String, String) {
+    let noun = load.kind.table();
+    let origin = refusal.origin.as_deref().unwrap_or("<no manifest>");
+    if let Some((line, pinned)) = &near.same_source {
+        let file = load.source.as_deref().unwrap_or("this file");
+        return (
+            format!(
+                "is not in the manifest {origin}: {file} was pinned with another hash \
+                 ({origin}:{line} has {pinned}; the file now has {id})"
+            ),
+            format!(
+                "the file changed since it was pinned. If the change is trusted, replace the \
+                 entry at {origin}:{line} with this one; otherwise do not load it:\n\n{entry}"
+            ),
+        );
+    }
+    if let Some((other, line)) = near.other_kind {
+        let (covers, needs) = match other {
+            Kind::Artifact => (
+                "a whole file read by torch.load or joblib.load",
+                "pickle.load reads it as one pickle, which a [[pickle]] entry pins",
+            ),
+            Kind::Pickle => (
+                "one pickle read by pickle.load",
+                "this loader reads the whole file, which an [[artifact]] entry pins",
+            ),
+        };
+        return (
+            format!(
+                "is not in the manifest {origin} as a [[{noun}]] entry: its hash is there as \
+                 an [[{}]] entry ({origin}:{line}), which covers {covers}",
+                other.table()
+            ),
+            format!("{needs}; if it is trusted, add this entry to {origin}:\n\n{entry}"),
+        );
+    }
+    why_and_hint(refusal, load.kind, id, entry)
 }
 
 fn why_and_hint(refusal: &Refusal, kind: Kind, id: &Id, entry: &str) -> (String, String) {
@@ -248,7 +320,69 @@ mod tests {
         let data = load.data.to_vec();
         let mut compute = |a| digest(a, &data);
         let mut ids = Identities::new(&mut compute);
-        describe(&refusal(reason), load, &mut ids, Some(&caller()))
+        describe(
+            &refusal(reason),
+            load,
+            &mut ids,
+            Some(&caller()),
+            &NearMiss::default(),
+        )
+    }
+
+    #[test]
+    fn a_changed_file_names_both_hashes_and_the_entry_line() {
+        let data = b"\x80\x04K\x02.";
+        let load = Load::pickle(data, &[], Some("models/ranker.pkl".into()));
+        let mut compute = |a| digest(a, data);
+        let mut ids = Identities::new(&mut compute);
+        let near = NearMiss {
+            other_kind: None,
+            same_source: Some((7, format!("sha256:{}", "ab".repeat(32)))),
+        };
+        let d = describe(
+            &refusal(Reason::NotListed),
+            &load,
+            &mut ids,
+            Some(&caller()),
+            &near,
+        );
+        assert_eq!(d.code, "not-listed");
+        assert!(d.message.contains(&format!(
+            "is not in the manifest /etc/pg.toml: models/ranker.pkl was pinned with another hash (/etc/pg.toml:7 has sha256:{}; the file now has {})",
+            "ab".repeat(32),
+            d.identity
+        )), "{}", d.message);
+        assert!(d.message.contains("replace the entry at /etc/pg.toml:7"));
+        assert!(d.message.ends_with(&d.entry));
+    }
+
+    #[test]
+    fn a_hash_listed_under_the_other_kind_says_so() {
+        let data = b"\x80\x04K\x02.";
+        let load = Load::pickle(data, &[], None);
+        let mut compute = |a| digest(a, data);
+        let mut ids = Identities::new(&mut compute);
+        let near = NearMiss {
+            other_kind: Some((Kind::Artifact, 3)),
+            same_source: None,
+        };
+        let d = describe(&refusal(Reason::NotListed), &load, &mut ids, None, &near);
+        assert!(d.message.contains(
+            "is not in the manifest /etc/pg.toml as a [[pickle]] entry: its hash is there as an [[artifact]] entry (/etc/pg.toml:3)"
+        ), "{}", d.message);
+        assert!(d.entry.starts_with("[[pickle]]\n"));
+    }
+
+    #[test]
+    fn same_file_matches_trailing_paths_only_at_a_separator() {
+        assert!(same_file("model.pkl", "model.pkl"));
+        assert!(same_file(
+            "./artifacts/model.pkl",
+            "/srv/app/artifacts/model.pkl"
+        ));
+        assert!(same_file("/srv/app/model.pkl", "model.pkl"));
+        assert!(!same_file("model.pkl", "old_model.pkl"));
+        assert!(!same_file("a/model.pkl", "b/model.pkl"));
     }
 
     #[test]

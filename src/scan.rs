@@ -60,177 +60,204 @@ fn le(data: &[u8]) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// The imports named by the pickle at the start of `data`, in order of appearance,
-/// without duplicates. Scanning stops at STOP or at the first malformed opcode.
-pub fn imports(data: &[u8]) -> Vec<Import> {
-    let mut found: Vec<Import> = Vec::new();
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: std::collections::HashMap<u64, Value> = std::collections::HashMap::new();
-    let mut pos = 0usize;
-    let mut note = |import: Import| {
-        if !found.contains(&import) {
-            found.push(import);
+/// One opcode's argument in `data`, the opcode byte just before `pos`: the
+/// argument's bytes and where the next opcode starts. `None` when it is cut short.
+fn read_arg(data: &[u8], pos: usize, layout: ArgLayout) -> Option<(&[u8], usize)> {
+    match layout {
+        ArgLayout::None => Some((&[], pos)),
+        ArgLayout::Fixed(n) => Some((data.get(pos..pos + n)?, pos + n)),
+        ArgLayout::Line => line(data, pos),
+        ArgLayout::TwoLines => {
+            let (_, mid) = line(data, pos)?;
+            let (_, next) = line(data, mid)?;
+            Some((&data[pos..next], next))
         }
-    };
-    let pop_to_mark = |stack: &mut Vec<Value>| {
-        while let Some(v) = stack.pop() {
+        ArgLayout::Counted { width, .. } => {
+            let len = data.get(pos..pos + width).map(le)?;
+            let start = pos + width;
+            let len = usize::try_from(len).ok()?;
+            let end = start.checked_add(len)?;
+            Some((data.get(start..end)?, end))
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> Value {
+    Value::Text(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// A memo key in the protocol-0 text form (`PUT`, `GET`); `u64::MAX` if malformed.
+fn text_key(arg: &[u8]) -> u64 {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// The unpickler's stack and memo, modelled just enough to follow the strings that
+/// STACK_GLOBAL takes its module and name from; and the imports found so far.
+#[derive(Default)]
+struct StackModel {
+    found: Vec<Import>,
+    stack: Vec<Value>,
+    memo: std::collections::HashMap<u64, Value>,
+}
+
+impl StackModel {
+    fn note(&mut self, import: Import) {
+        if !self.found.contains(&import) {
+            self.found.push(import);
+        }
+    }
+
+    fn pop_to_mark(&mut self) {
+        while let Some(v) = self.stack.pop() {
             if matches!(v, Value::Mark) {
                 break;
             }
         }
-    };
-    while pos < data.len() {
-        let code = data[pos];
-        pos += 1;
-        let Some(layout) = arg_layout(code) else {
-            break;
-        };
-        let arg_start = pos;
-        let arg: &[u8] = match layout {
-            ArgLayout::None => &[],
-            ArgLayout::Fixed(n) => {
-                let Some(a) = data.get(pos..pos + n) else {
-                    break;
-                };
-                pos += n;
-                a
-            }
-            ArgLayout::Line => {
-                let Some((a, next)) = line(data, pos) else {
-                    break;
-                };
-                pos = next;
-                a
-            }
-            ArgLayout::TwoLines => {
-                let Some((_, mid)) = line(data, pos) else {
-                    break;
-                };
-                let Some((_, next)) = line(data, mid) else {
-                    break;
-                };
-                pos = next;
-                &data[arg_start..next]
-            }
-            ArgLayout::Counted { width, .. } => {
-                let Some(len) = data.get(pos..pos + width).map(le) else {
-                    break;
-                };
-                pos += width;
-                let Ok(len) = usize::try_from(len) else { break };
-                let Some(a) = pos.checked_add(len).and_then(|end| data.get(pos..end)) else {
-                    break;
-                };
-                pos += len;
-                a
-            }
-        };
-        let text = |bytes: &[u8]| Value::Text(String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    fn top(&self) -> Value {
+        self.stack.last().cloned().unwrap_or(Value::Other)
+    }
+
+    /// Follow one opcode (not STOP) with its argument.
+    fn step(&mut self, code: u8, arg: &[u8]) {
         match code {
-            op::STOP => break,
-            op::MARK => stack.push(Value::Mark),
-            op::POP => {
-                stack.pop();
+            op::GLOBAL | op::INST | op::STACK_GLOBAL | op::EXT1 | op::EXT2 | op::EXT4 => {
+                self.import(code, arg)
             }
-            op::POP_MARK => pop_to_mark(&mut stack),
-            op::DUP => {
-                let top = stack.last().cloned().unwrap_or(Value::Other);
-                stack.push(top);
+            op::PUT | op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
+                let key = match code {
+                    op::PUT => text_key(arg),
+                    op::MEMOIZE => self.memo.len() as u64,
+                    _ => le(arg),
+                };
+                self.memo.insert(key, self.top());
+            }
+            op::GET | op::BINGET | op::LONG_BINGET => {
+                let key = if code == op::GET {
+                    text_key(arg)
+                } else {
+                    le(arg)
+                };
+                let value = self.memo.get(&key).cloned().unwrap_or(Value::Other);
+                self.stack.push(value);
             }
             op::SHORT_BINUNICODE
             | op::BINUNICODE
             | op::BINUNICODE8
             | op::SHORT_BINSTRING
-            | op::BINSTRING => stack.push(text(arg)),
-            op::UNICODE => stack.push(text(arg)),
+            | op::BINSTRING
+            | op::UNICODE => self.stack.push(text(arg)),
             op::STRING => {
                 let trimmed = arg
                     .strip_prefix(b"'")
                     .and_then(|a| a.strip_suffix(b"'"))
                     .or_else(|| arg.strip_prefix(b"\"").and_then(|a| a.strip_suffix(b"\"")))
                     .unwrap_or(arg);
-                stack.push(text(trimmed))
+                self.stack.push(text(trimmed))
             }
+            _ => self.shuffle(code),
+        }
+    }
+
+    /// The opcodes that name a global.
+    fn import(&mut self, code: u8, arg: &[u8]) {
+        match code {
             op::GLOBAL | op::INST => {
                 let mut parts = arg.split(|&b| b == b'\n');
                 let module = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                 let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                note(Import::Global { module, name });
+                self.note(Import::Global { module, name });
                 if code == op::INST {
-                    pop_to_mark(&mut stack);
+                    self.pop_to_mark();
                 }
-                stack.push(Value::Other);
             }
             op::STACK_GLOBAL => {
-                let name = stack.pop();
-                let module = stack.pop();
+                let name = self.stack.pop();
+                let module = self.stack.pop();
                 match (module, name) {
                     (Some(Value::Text(module)), Some(Value::Text(name))) => {
-                        note(Import::Global { module, name })
+                        self.note(Import::Global { module, name })
                     }
-                    _ => note(Import::Dynamic),
+                    _ => self.note(Import::Dynamic),
                 }
-                stack.push(Value::Other);
             }
-            op::EXT1 | op::EXT2 | op::EXT4 => {
-                note(Import::Extension(le(arg) as u32));
-                stack.push(Value::Other);
+            // EXT1, EXT2, EXT4.
+            _ => self.note(Import::Extension(le(arg) as u32)),
+        }
+        self.stack.push(Value::Other);
+    }
+
+    /// The opcodes that only move values on the stack, as far as strings go.
+    fn shuffle(&mut self, code: u8) {
+        match code {
+            op::MARK => self.stack.push(Value::Mark),
+            op::POP => {
+                self.stack.pop();
             }
-            op::PUT | op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
-                let key = match code {
-                    op::PUT => std::str::from_utf8(arg)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(u64::MAX),
-                    op::MEMOIZE => memo.len() as u64,
-                    _ => le(arg),
-                };
-                memo.insert(key, stack.last().cloned().unwrap_or(Value::Other));
-            }
-            op::GET | op::BINGET | op::LONG_BINGET => {
-                let key = match code {
-                    op::GET => std::str::from_utf8(arg)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(u64::MAX),
-                    _ => le(arg),
-                };
-                stack.push(memo.get(&key).cloned().unwrap_or(Value::Other));
+            op::POP_MARK | op::APPENDS | op::SETITEMS | op::ADDITEMS => self.pop_to_mark(),
+            op::DUP => {
+                let top = self.top();
+                self.stack.push(top)
             }
             op::APPEND | op::BUILD | op::BINPERSID | op::READONLY_BUFFER => {
-                let top = stack.pop();
+                let top = self.stack.pop();
                 if matches!(code, op::BINPERSID | op::READONLY_BUFFER) {
-                    stack.push(top.map(|_| Value::Other).unwrap_or(Value::Other));
+                    self.stack
+                        .push(top.map(|_| Value::Other).unwrap_or(Value::Other));
                 }
             }
             op::SETITEM => {
-                stack.pop();
-                stack.pop();
+                self.stack.pop();
+                self.stack.pop();
             }
             op::REDUCE | op::NEWOBJ => {
-                stack.pop();
-                stack.pop();
-                stack.push(Value::Other);
+                self.stack.pop();
+                self.stack.pop();
+                self.stack.push(Value::Other);
             }
             op::NEWOBJ_EX => {
-                stack.truncate(stack.len().saturating_sub(3));
-                stack.push(Value::Other);
+                self.stack.truncate(self.stack.len().saturating_sub(3));
+                self.stack.push(Value::Other);
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = (code - op::TUPLE1 + 1) as usize;
-                stack.truncate(stack.len().saturating_sub(n));
-                stack.push(Value::Other);
+                self.stack.truncate(self.stack.len().saturating_sub(n));
+                self.stack.push(Value::Other);
             }
-            op::APPENDS | op::SETITEMS | op::ADDITEMS => pop_to_mark(&mut stack),
             op::TUPLE | op::LIST | op::DICT | op::FROZENSET | op::OBJ => {
-                pop_to_mark(&mut stack);
-                stack.push(Value::Other);
+                self.pop_to_mark();
+                self.stack.push(Value::Other);
             }
             op::PROTO | op::FRAME => {}
-            _ => stack.push(Value::Other),
+            _ => self.stack.push(Value::Other),
         }
     }
-    found
+}
+
+/// The imports named by the pickle at the start of `data`, in order of appearance,
+/// without duplicates. Scanning stops at STOP or at the first malformed opcode.
+pub fn imports(data: &[u8]) -> Vec<Import> {
+    let mut model = StackModel::default();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let code = data[pos];
+        let Some(layout) = arg_layout(code) else {
+            break;
+        };
+        let Some((arg, next)) = read_arg(data, pos + 1, layout) else {
+            break;
+        };
+        if code == op::STOP {
+            break;
+        }
+        model.step(code, arg);
+        pos = next;
+    }
+    model.found
 }
 
 /// Whether the unpickler can be run on `data` with every global replaced by an inert
@@ -331,6 +358,24 @@ mod tests {
             module: m.into(),
             name: n.into(),
         }
+    }
+
+    #[test]
+    fn arguments_cut_short_end_the_scan() {
+        let counted = ArgLayout::Counted {
+            width: 1,
+            signed: false,
+        };
+        assert_eq!(read_arg(b"X\x02ab.", 1, counted), Some((&b"ab"[..], 4)));
+        assert_eq!(read_arg(b"X\x03ab", 1, counted), None);
+        assert_eq!(read_arg(b"cos\nsys", 1, ArgLayout::TwoLines), None);
+        assert_eq!(text_key(b"7\n"), 7);
+        assert_eq!(text_key(b"x"), u64::MAX);
+        // A cut-short opcode ends the scan with what was found before it.
+        assert_eq!(
+            imports(b"cos\nsystem\n\x8c\x09sh"),
+            vec![global("os", "system")]
+        );
     }
 
     #[test]

@@ -281,7 +281,7 @@ def channel_rule(name: str, callers: list, called_from: list | None = None) -> s
 
 
 def test_check_warns_about_a_multiprocessing_rule_wider_than_record_writes(tmp_path):
-    from pickleguard._record import known_rules
+    from pickleguard.cli._manifest import known_rules
 
     rules = known_rules("multiprocessing")
     assert rules and not rules[0][1]  # the queues' rule: any caller

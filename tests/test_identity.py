@@ -114,7 +114,7 @@ def test_artifact_pins_in_code(run_py, tmp_path: Path):
         from pickleguard import _core
         pickleguard.activate("m.toml")
         data = open("model.bin", "rb").read()
-        with _core.admit_artifact(data, source="model.bin", loader="test"):
+        with _core.verify_artifact(data, source="model.bin", loader="test"):
             f = io.BytesIO(data)
             print(pickle.load(f), _core.in_artifact())
             f.read(17)  # the raw bytes between the pickles
@@ -125,7 +125,7 @@ def test_artifact_pins_in_code(run_py, tmp_path: Path):
         except pickleguard.NoPickleError as e:
             print(e.code, e.kind)
         try:
-            _core.admit_artifact(data + b"!", source="model.bin", loader="test")
+            _core.verify_artifact(data + b"!", source="model.bin", loader="test")
         except pickleguard.NoPickleError as e:
             print(e.code, e.kind, "[[artifact]]" in e.entry, "read by test" in str(e))
         """
@@ -145,7 +145,7 @@ def test_an_admitted_artifact_block_is_entered_once(run_py):
         import pickleguard
         from pickleguard import _core
         pickleguard.activate(None, mode="warn")
-        scope = _core.admit_artifact(b"weights")
+        scope = _core.verify_artifact(b"weights")
         with scope:
             pass
         try:

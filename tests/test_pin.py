@@ -71,7 +71,7 @@ def test_files_become_artifact_entries_with_the_sha256sum_of_the_file(tmp_path, 
 def test_identity_blake3_writes_blake3_entries(tmp_path, files):
     proc = cli("pin", "m.toml", "--identity", "blake3", "weights.bin", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    digest = _core.sha256(files["weights.bin"], algorithm="blake3")
+    digest = _core.hexdigest(files["weights.bin"], algorithm="blake3")
     assert entries(tmp_path / "m.toml") == [("artifact", [f"blake3:{digest}"], None)]
     assert f'blake3 = "{digest}"' in (tmp_path / "m.toml").read_text()
 
@@ -352,12 +352,12 @@ def test_a_name_with_a_newline_cannot_inject_an_entry(tmp_path):
 
 
 def test_a_pinned_artifact_is_admitted_and_another_file_is_refused(tmp_path, files, run_py):
-    """The in-process API the torch and joblib adapters use: admit_artifact checks the
+    """The in-process API the torch and joblib adapters use: verify_artifact checks the
     whole file against [[artifact]] entries written by `pin`, from a file, a sums line
     (no file read) and a bare BLAKE3 hash."""
     (tmp_path / "other.bin").write_bytes(files["weights.bin"][:-1] + b"!")
     (tmp_path / "sums").write_text(f"{hashlib.sha256(files['config.pkl']).hexdigest()}  c\n")
-    blake3 = _core.sha256(files["two.pkl"], algorithm="blake3")
+    blake3 = _core.hexdigest(files["two.pkl"], algorithm="blake3")
     for args in (
         ["weights.bin"],
         ["--sha256sum", "sums"],
@@ -374,20 +374,20 @@ def test_a_pinned_artifact_is_admitted_and_another_file_is_refused(tmp_path, fil
         def read(name):
             with open(name, "rb") as f:
                 return f.read()
-        with _core.admit_artifact(read("weights.bin"), source="weights.bin", loader="test"):
+        with _core.verify_artifact(read("weights.bin"), source="weights.bin", loader="test"):
             pass
         # Inside the admitted artifact, its pickles load (a torch checkpoint's data.pkl).
-        with _core.admit_artifact(read("config.pkl"), source="config.pkl", loader="test"):
+        with _core.verify_artifact(read("config.pkl"), source="config.pkl", loader="test"):
             assert pickle.loads(read("config.pkl")) == {"lr": 0.001, "epochs": 10}
-        with _core.admit_artifact(read("two.pkl"), source="two.pkl", loader="test"):
+        with _core.verify_artifact(read("two.pkl"), source="two.pkl", loader="test"):
             assert pickle.loads(read("two.pkl")) == {"a": 1}
         try:
-            _core.admit_artifact(read("other.bin"), source="other.bin", loader="test")
+            _core.verify_artifact(read("other.bin"), source="other.bin", loader="test")
         except pickleguard.NoPickleError as e:
             assert e.code == "not-listed", e.code
         else:
             raise AssertionError("a file that is not pinned was admitted")
-        try:  # an artifact pin is not a stream pin: outside admit_artifact, refused
+        try:  # an artifact pin is not a stream pin: outside verify_artifact, refused
             pickle.loads(read("config.pkl"))
         except pickleguard.NoPickleError:
             pass

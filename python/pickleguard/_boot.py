@@ -11,6 +11,8 @@ Variables:
 * ``PICKLEGUARD_MODE``: ``enforce`` (default) or ``warn``. Set without a manifest,
   it activates "nopickle": nothing loads.
 * ``PICKLEGUARD_LOG``: also append each warn report and denial as a JSON line here.
+* ``PICKLEGUARD_WARN_STDERR``: ``auto`` (default) or ``off``: what warn mode prints
+  on stderr (see docs/deployment.md).
 * ``PICKLEGUARD_RECORD``: a journal directory; every load is allowed and
   journaled (set by ``pickleguard record``).
 * ``PICKLEGUARD_RECORD_IDENTITY``: ``sha256`` (default) or ``blake3``, the hash
@@ -41,6 +43,17 @@ VARIABLES = (
 
 class BootError(Exception):
     """The environment asks for pickleguard but does not say how to guard."""
+
+
+def _check_readable(manifest: str, variable: str) -> None:
+    """Stop the start on a manifest that is missing or cannot be read: otherwise the
+    process would run until its first load and only then refuse."""
+    try:
+        with open(manifest, "rb"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise BootError(f"{variable} names {manifest!r}, which cannot be read: {reason}") from e
 
 
 def _activate(core: Any, manifest: Optional[str], mode: str) -> None:
@@ -75,11 +88,20 @@ def boot() -> None:
             raise BootError("PICKLEGUARD_MANIFEST is set but empty")
         # Children may start in another directory: give them the absolute path.
         manifest = env["PICKLEGUARD_MANIFEST"] = os.path.abspath(manifest)
+        _check_readable(manifest, "PICKLEGUARD_MANIFEST")
+    for _, layer_manifest in inherited:
+        if layer_manifest is not None:
+            _check_readable(layer_manifest, "PICKLEGUARD_LAYERS")
+    log = env.get("PICKLEGUARD_LOG")
+    if log is not None and not log.strip():
+        raise BootError("PICKLEGUARD_LOG is set but empty")
     _gate.install()
     # A forked child has no manifest-reading thread to wait for: finish reading first.
     os.register_at_fork(before=_core.settle_manifests)
-    if env.get("PICKLEGUARD_LOG"):
-        _core.set_audit_log(env["PICKLEGUARD_LOG"])
+    if log is not None:
+        _core.set_audit_log(log)
+    if env.get("PICKLEGUARD_WARN_STDERR") is not None:
+        _core.set_warn_stderr(env["PICKLEGUARD_WARN_STDERR"])
     if env.get("PICKLEGUARD_RECORD"):
         identity = env.get("PICKLEGUARD_RECORD_IDENTITY") or "sha256"
         if identity not in ("sha256", "blake3"):

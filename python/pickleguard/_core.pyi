@@ -1,17 +1,15 @@
-"""Type stubs for pickleguard's native core (built from src/python.rs)."""
+"""Type stubs for pickleguard's native core (built from src/py/, the PyO3 binding)."""
 
 __all__ = [
-    "AdmittedBytes",
     "ArtifactScope",
     "Feed",
     "Grant",
     "Token",
     "UnpicklerSource",
+    "VerifiedBytes",
     "VerifiedFile",
     "activate",
     "activate_deferred",
-    "admit_artifact",
-    "admit_stream",
     "allow_pickles",
     "bind_gate",
     "channel_callers",
@@ -21,6 +19,7 @@ __all__ = [
     "delimit",
     "dry_run_safe",
     "enforcing",
+    "hexdigest",
     "identify",
     "in_artifact",
     "journaling",
@@ -40,11 +39,13 @@ __all__ = [
     "seal_type",
     "settle_manifests",
     "set_audit_log",
-    "sha256",
+    "set_warn_stderr",
     "start_journal",
     "unpickler_find_class",
     "unpickler_load",
     "verified_copy",
+    "verify_artifact",
+    "verify_stream",
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
@@ -71,7 +72,7 @@ class Grant:
 
 @final
 class ArtifactScope:
-    """The with-block of an admitted artifact, returned by ``admit_artifact``."""
+    """The with-block of a verified artifact, returned by ``verify_artifact``."""
 
     def __enter__(self) -> ArtifactScope: ...
     def __exit__(self, *args: object) -> bool: ...
@@ -89,7 +90,7 @@ class VerifiedFile:
     def __exit__(self, *args: object) -> bool: ...
 
 def verified_copy(fd: int) -> Optional[VerifiedFile]: ...
-def admit_artifact(
+def verify_artifact(
     data: Any,
     source: Optional[str] = None,
     loader: Optional[str] = None,
@@ -125,14 +126,14 @@ def py_unpickler_load(unpickler: Any) -> Any: ...
 def install_backstop() -> None: ...
 
 @final
-class AdmittedBytes:
-    """Admitted pickle bytes read from a stream, lent read-only as a buffer."""
+class VerifiedBytes:
+    """Verified pickle bytes read from a stream, lent read-only as a buffer."""
 
     def __len__(self) -> int: ...
 
 @final
 class Feed:
-    """A private file holding only admitted bytes."""
+    """A private file holding only verified bytes."""
 
     def __init__(self) -> None: ...
     def read(self, n: Optional[int] = ...) -> bytes: ...
@@ -155,7 +156,7 @@ class UnpicklerSource:
     @property
     def feed(self) -> Feed: ...
 
-def admit_stream(
+def verify_stream(
     read: Callable[..., Any],
     readline: Callable[..., Any],
     buffers: Optional[Iterable[Any]] = None,
@@ -168,11 +169,16 @@ def dry_run_safe(data: Any) -> bool: ...
 def identify(
     data: Any, buffers: Optional[Iterable[Any]] = None, algorithm: str = "sha256"
 ) -> str: ...
-def sha256(data: Any, algorithm: str = "sha256") -> str: ...
+def hexdigest(data: Any, algorithm: str = "sha256") -> str: ...
 def process_layers() -> List[Tuple[str, Optional[str], int, Optional[str]]]: ...
 def check_manifest(path: str) -> int: ...
 def start_journal(directory: str, algorithm: str = "sha256") -> None: ...
 def set_audit_log(path: str) -> None: ...
+def set_warn_stderr(setting: str) -> None:
+    """What warn mode prints on stderr: "auto" (a line per distinct payload and caller,
+    or one summary line at exit when an audit log is set) or "off". Raises ValueError
+    for any other value."""
+
 def imports(data: Any) -> List[Tuple[str, bool]]: ...
 def classify_imports(names: List[str]) -> List[Tuple[str, str]]: ...
 def manifest_summary(

@@ -37,19 +37,36 @@ class _ImportRefused(BaseException):
     """Raised by the dry run when it would have to use an imported global."""
 
 
+# Set in this thread while a dry run runs. Only then does a placeholder stop what
+# touches it: outside a dry run it is an ordinary class, so code that walks every
+# module's attributes (dill.__diff, inspect, documentation tools) finds nothing that
+# raises a BaseException at it.
+_dry_run = _thread._local()
+
+
+def _in_dry_run() -> bool:
+    return getattr(_dry_run, "active", False)
+
+
 class _PlaceholderMeta(type):
-    """Using a placeholder global in any way (calling it, reading an attribute such
-    as ``__new__``) stops the dry run."""
+    """In a dry run, using a placeholder global in any way (calling it, reading an
+    attribute such as ``__new__``) stops the run."""
 
     def __getattribute__(cls, name: str) -> Any:
-        raise _ImportRefused
+        if _in_dry_run():
+            raise _ImportRefused
+        return type.__getattribute__(cls, name)
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        raise _ImportRefused
+        if _in_dry_run():
+            raise _ImportRefused
+        raise TypeError("pickleguard's dry-run placeholder cannot be instantiated")
 
 
 def _refuse_new(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    raise _ImportRefused
+    if _in_dry_run():
+        raise _ImportRefused
+    raise TypeError("pickleguard's dry-run placeholder cannot be instantiated")
 
 
 # A class, so the C unpickler's "is it a type" checks pass and the run stops at the
@@ -101,6 +118,8 @@ def _explain_undelimited(
         # EXT opcodes, or a memo index or length the input does not pay for.
         raise reader_error from None
     options = {k: v for k, v in options.items() if k != "buffers"}
+    outer = _in_dry_run()
+    _dry_run.active = True
     try:
         if flavor == "c":
             _CDryRun(io.BytesIO(data), **options).load()
@@ -110,6 +129,8 @@ def _explain_undelimited(
         pass
     except Exception as plain_error:
         raise plain_error from None
+    finally:
+        _dry_run.active = outer
     raise reader_error from None
 
 
@@ -309,10 +330,13 @@ def install() -> None:
         pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
         _rebind_captured_originals()
         _guard_early_subclasses()
-        # torch.load and joblib.load pin whole files; see _integrations.
-        from . import _integrations
+        # torch.load and joblib.load pin whole files; see adapters.
+        from . import adapters
 
-        _integrations.install()
+        replaced = adapters.install()
+        if replaced:
+            # `from torch import load` in a module imported before activation.
+            rebind_names(replaced)
         _installed = True
 
 

@@ -32,7 +32,7 @@ pub(super) fn journaling() -> bool {
     JOURNAL.get().is_some()
 }
 
-/// Whether this thread or task is inside an admitted artifact's with-block.
+/// Whether this thread or task is inside a verified artifact's with-block.
 #[pyfunction]
 pub(super) fn in_artifact(py: Python<'_>) -> Result<bool> {
     Ok(!active_scopes(py)?.artifacts.is_empty())
@@ -85,7 +85,19 @@ pub(super) fn activate(manifest: Option<std::path::PathBuf>, mode: &str) -> Resu
 pub(super) fn activate_deferred(manifest: std::path::PathBuf, mode: &str) -> Result<()> {
     let mode = Mode::parse(mode).ok_or_else(|| GuardError::BadMode(mode.to_owned()))?;
     let origin = manifest.to_string_lossy().into_owned();
-    let deferred = crate::policy::DeferredManifest::start(origin, load_manifest);
+    let deferred = crate::policy::DeferredManifest::start(origin, |origin| {
+        let loaded = load_manifest(origin);
+        if let Err(error) = &loaded {
+            // Started from the environment, the process cannot stop here (the
+            // manifest is read in the background); say it once, as the start would.
+            eprintln!(
+                "pickleguard: error: {}\npickleguard: hint: {}; until then every load is refused",
+                error.located_message(),
+                error.hint
+            );
+        }
+        loaded
+    });
     add_process_layer(ProcessLayer {
         id: next_layer_id(),
         mode,

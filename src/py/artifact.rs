@@ -1,6 +1,6 @@
 //! Verified copies of artifact files (see `crate::verified`), made with the GIL
 //! released and handed to Python as a `VerifiedFile`: the path of its sealed memory,
-//! which a loader maps or opens, and the bytes `admit_artifact` judges.
+//! which a loader maps or opens, and the bytes `verify_artifact` judges.
 
 use super::error::{GuardError, Result};
 use super::journal::JOURNAL;

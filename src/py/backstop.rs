@@ -9,20 +9,13 @@ use super::error::{GuardError, NoPickleError, Result};
 use super::frames::caller;
 use super::log::logger;
 use super::unpickler::{current_frame, current_frame_ptr};
+use crate::admission::Admission;
 use crate::names::refused_even_when_admitted;
 use crate::report::{backstop_denial, BackstopReason};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Where an admitted unpickler raises its `pickle.find_class` events: from
-/// `frame` itself, or (`code` set) from a call of that code object made by `frame`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Admission {
-    pub(super) frame: usize,
-    pub(super) code: usize,
-}
 
 thread_local! {
     /// Admissions in force on this thread, innermost last. Only the innermost one
@@ -42,7 +35,7 @@ impl Admitted {
     /// of its own (the C `loads`, the C `find_class`).
     pub(super) fn at_current_frame(py: Python<'_>) -> Self {
         let frame = current_frame_ptr(py);
-        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code: 0 }));
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission::InFrame { frame }));
         Admitted
     }
 
@@ -50,7 +43,7 @@ impl Admitted {
     pub(super) fn for_callee(py: Python<'_>, code: &Bound<'_, PyAny>) -> Self {
         let frame = current_frame_ptr(py);
         let code = code.as_ptr() as usize;
-        ADMISSIONS.with(|a| a.borrow_mut().push(Admission { frame, code }));
+        ADMISSIONS.with(|a| a.borrow_mut().push(Admission::InCallee { frame, code }));
         Admitted
     }
 }
@@ -103,14 +96,15 @@ pub(super) fn admitted_here(py: Python<'_>) -> bool {
         return false;
     };
     let frame = current_frame(py);
-    if admission.code == 0 {
-        return frame.map_or(0, |f| f.as_ptr() as usize) == admission.frame;
-    }
-    let Some(frame) = frame else { return false };
-    let code = frame.getattr(pyo3::intern!(frame.py(), "f_code")).ok();
-    let back = frame.getattr(pyo3::intern!(frame.py(), "f_back")).ok();
-    code.is_some_and(|c| c.as_ptr() as usize == admission.code)
-        && back.is_some_and(|b| b.as_ptr() as usize == admission.frame)
+    let address = |object: &Bound<'_, PyAny>| object.as_ptr() as usize;
+    admission.admits(frame.as_ref().map(address), || {
+        let Some(frame) = &frame else {
+            return (None, None);
+        };
+        let code = frame.getattr(pyo3::intern!(py, "f_code")).ok();
+        let back = frame.getattr(pyo3::intern!(py, "f_back")).ok();
+        (code.as_ref().map(address), back.as_ref().map(address))
+    })
 }
 
 pub(super) static EXTENSION_CACHE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();

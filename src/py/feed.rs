@@ -1,32 +1,40 @@
-//! The private file the real unpickler reads: admitted bytes only, settable from
+//! The private file the real unpickler reads: verified bytes only, settable from
 //! Rust only, so no Python-visible function runs an original unpickler on bytes
-//! that were not admitted.
+//! that were not verified.
 
 use super::error::{GuardError, Result};
-use super::stream::AdmittedBytes;
+use super::stream::VerifiedBytes;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-/// A private file holding only admitted bytes: the input of the real unpickler.
-/// Its contents can be set from Rust only. It holds the admitted `bytes` object
+/// A private file holding only verified bytes: the input of the real unpickler.
+/// Its contents can be set from Rust only. It holds the verified `bytes` object
 /// itself, not a copy: a 1 GB pickle is not held twice while it loads.
 #[pyclass(frozen, module = "pickleguard._core")]
 pub(super) struct Feed {
-    pub(super) state: Mutex<(Option<FeedData>, usize)>,
+    pub(super) state: Mutex<FeedState>,
 }
 
-/// What a feed holds: admitted bytes that no one can change.
+/// A feed's contents (none before the first load and after each) and how much of
+/// them has been read.
+#[derive(Default)]
+pub(super) struct FeedState {
+    pub(super) data: Option<FeedData>,
+    pub(super) position: usize,
+}
+
+/// What a feed holds: verified bytes that no one can change.
 pub(super) enum FeedData {
     Bytes(Py<PyBytes>),
-    Admitted(Py<AdmittedBytes>),
+    Verified(Py<VerifiedBytes>),
 }
 
 impl FeedData {
     pub(super) fn as_bytes<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
         match self {
             FeedData::Bytes(b) => b.bind(py).as_bytes(),
-            FeedData::Admitted(a) => &a.get().data,
+            FeedData::Verified(v) => &v.get().data,
         }
     }
 }
@@ -35,10 +43,10 @@ impl Feed {
     /// The unread part of the contents, and the position, under the lock.
     pub(super) fn with_rest<R>(&self, py: Python<'_>, take: impl FnOnce(&[u8]) -> (usize, R)) -> R {
         let mut state = self.state.lock();
-        let (data, pos) = &mut *state;
+        let FeedState { data, position } = &mut *state;
         let all = data.as_ref().map_or(&[][..], |d| d.as_bytes(py));
-        let (consumed, result) = take(&all[*pos..]);
-        *pos += consumed;
+        let (consumed, result) = take(&all[*position..]);
+        *position += consumed;
         result
     }
 }
@@ -48,7 +56,7 @@ impl Feed {
     #[new]
     pub(super) fn new() -> Self {
         Feed {
-            state: Mutex::new((None, 0)),
+            state: Mutex::new(FeedState::default()),
         }
     }
 
@@ -107,26 +115,29 @@ impl Feed {
 }
 
 impl Feed {
-    /// Hold `data`, a `bytes` or an `AdmittedBytes` object (anything else is
+    /// Hold `data`, a `bytes` or a `VerifiedBytes` object (anything else is
     /// held as empty: the caller only ever passes those two).
     pub(super) fn set(&self, data: Bound<'_, PyAny>) {
-        let held = match data.cast_into::<AdmittedBytes>() {
-            Ok(admitted) => Some(FeedData::Admitted(admitted.unbind())),
+        let held = match data.cast_into::<VerifiedBytes>() {
+            Ok(verified) => Some(FeedData::Verified(verified.unbind())),
             Err(e) => e
                 .into_inner()
                 .cast_into::<PyBytes>()
                 .ok()
                 .map(|b| FeedData::Bytes(b.unbind())),
         };
-        *self.state.lock() = (held, 0);
+        *self.state.lock() = FeedState {
+            data: held,
+            position: 0,
+        };
     }
 
     pub(super) fn clear(&self) {
-        *self.state.lock() = (None, 0);
+        *self.state.lock() = FeedState::default();
     }
 
     /// How much of the contents has been read.
     pub(super) fn consumed(&self) -> usize {
-        self.state.lock().1
+        self.state.lock().position
     }
 }

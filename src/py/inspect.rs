@@ -6,7 +6,7 @@ use super::error::{GuardError, Result};
 use super::journal::parse_algorithm;
 use super::judge::hash;
 use super::scopes::PROCESS_LAYERS;
-use super::source::{as_slices, buffers_for_identity, snapshot_bytes};
+use super::source::{buffers_for_identity, snapshot_bytes};
 use crate::identity::{to_hex, Id};
 use crate::manifest::Manifest;
 use crate::policy::Rules;
@@ -169,12 +169,12 @@ pub(super) fn identify(
     let bytes = snapshot_bytes(data)?;
     let extent = reader::delimit(bytes.as_bytes())
         .map_err(|e| PyErr::from(GuardError::Read(e.map_source(|never| match never {}))))?;
-    let (taken, _) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
+    let taken = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
     let digest = hash(
         py,
         algorithm,
         &bytes.as_bytes()[..extent.len],
-        &as_slices(&taken),
+        &taken.slices(),
     );
     Ok(Id { algorithm, digest }.to_string())
 }
@@ -189,8 +189,8 @@ pub(super) fn dry_run_safe(data: &Bound<'_, PyAny>) -> Result<bool> {
 /// The digest of `data` as hex (SHA-256 unless `algorithm` says "blake3"), with the
 /// GIL released for large inputs.
 #[pyfunction]
-#[pyo3(name = "sha256", signature = (data, algorithm="sha256"))]
-pub(super) fn sha256_hex(
+#[pyo3(signature = (data, algorithm="sha256"))]
+pub(super) fn hexdigest(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     algorithm: &str,

@@ -11,13 +11,25 @@ use crate::load::Load;
 use crate::policy::CallStack;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(super) fn append_line(file: &mut std::fs::File, mut line: String) {
+fn append_line(file: &mut std::fs::File, mut line: String) -> std::io::Result<()> {
     use std::io::Write as _;
     line.push('\n');
-    // Best effort by design: a full disk must not turn an allowed load into a crash.
-    let _ = file.write_all(line.as_bytes());
+    file.write_all(line.as_bytes())
+}
+
+/// Say on stderr, once per file and process, that a log could not be written. A full
+/// disk must not turn an allowed load into a crash, nor go unnoticed.
+fn report_failure_once(failed: &AtomicBool, what: &str, path: &std::path::Path, error: &str) {
+    if !failed.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "pickleguard: warning: could not write {what} {}: {error}\n\
+             pickleguard: hint: loads are still judged and denials still raise, but from \
+             now on they are missing from this file; free space or fix the path",
+            path.display()
+        );
+    }
 }
 
 pub(super) fn now() -> f64 {
@@ -34,6 +46,7 @@ pub(super) struct Journal {
     /// The identity written for each load: what `record` pins with.
     pub(super) algorithm: Algorithm,
     pub(super) file: Mutex<Option<(u32, std::fs::File)>>,
+    failed: AtomicBool,
 }
 
 pub(super) static JOURNAL: once_cell::sync::OnceCell<Journal> = once_cell::sync::OnceCell::new();
@@ -49,15 +62,25 @@ impl Journal {
                 "journal-{pid}-{}.jsonl",
                 NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed)
             ));
-            *slot = std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)
-                .ok()
-                .map(|f| (pid, f));
+                .open(&path)
+            {
+                Ok(file) => *slot = Some((pid, file)),
+                Err(error) => {
+                    *slot = None;
+                    let error = error.to_string();
+                    return report_failure_once(&self.failed, "the record journal", &path, &error);
+                }
+            }
         }
         if let Some((_, file)) = slot.as_mut() {
-            append_line(file, line);
+            if let Err(error) = append_line(file, line) {
+                let path = self.dir.clone();
+                let error = error.to_string();
+                report_failure_once(&self.failed, "the record journal in", &path, &error);
+            }
         }
     }
 }
@@ -77,6 +100,7 @@ pub(super) fn start_journal(directory: std::path::PathBuf, algorithm: &str) -> R
         dir: directory,
         algorithm,
         file: Mutex::new(None),
+        failed: AtomicBool::new(false),
     });
     Ok(())
 }
@@ -85,8 +109,14 @@ pub(super) fn parse_algorithm(name: &str) -> Result<Algorithm> {
     Algorithm::parse(name).ok_or_else(|| GuardError::BadAlgorithm(name.to_owned()))
 }
 
-pub(super) static AUDIT_LOG: once_cell::sync::OnceCell<Mutex<std::fs::File>> =
-    once_cell::sync::OnceCell::new();
+/// The audit log (`PICKLEGUARD_LOG`): every warn-mode report and denial.
+pub(super) struct AuditLog {
+    path: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+    failed: AtomicBool,
+}
+
+pub(super) static AUDIT_LOG: once_cell::sync::OnceCell<AuditLog> = once_cell::sync::OnceCell::new();
 
 /// Also write each warn-mode report and each denial as a JSON line to `path`.
 #[pyfunction]
@@ -100,14 +130,26 @@ pub(super) fn set_audit_log(path: std::path::PathBuf) -> Result<()> {
             path: path.clone(),
             error,
         })?;
-    let _ = AUDIT_LOG.set(Mutex::new(file));
+    let _ = AUDIT_LOG.set(AuditLog {
+        path,
+        file: Mutex::new(file),
+        failed: AtomicBool::new(false),
+    });
     Ok(())
+}
+
+/// The audit log's path, as given, if one is set.
+pub(super) fn audit_log_path() -> Option<String> {
+    AUDIT_LOG.get().map(|log| log.path.display().to_string())
 }
 
 /// Append a warn-mode report or a denial to the audit log, if one is set.
 pub(super) fn audit(report: &Report, event: &str, load: &Load<'_>) {
     if let Some(log) = AUDIT_LOG.get() {
         let line = journal::audit_line(report, event, load, now(), std::process::id());
-        append_line(&mut log.lock(), line);
+        if let Err(error) = append_line(&mut log.file.lock(), line) {
+            let error = error.to_string();
+            report_failure_once(&log.failed, "the audit log", &log.path, &error);
+        }
     }
 }

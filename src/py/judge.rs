@@ -1,12 +1,12 @@
 //! Judging one load: its hash, the core's decision over the layers and scopes in
-//! force, and the whole-input look that admits a large input by its hash alone.
+//! force, and the check that allows a large input by the hash of all of it.
 
 use super::error::{GuardError, Result};
 use super::frames::{call_stack, caller};
 use super::journal::{audit, JOURNAL};
-use super::log::{log_allowed, logger};
+use super::log::{log_allowed, log_denial, report_warning};
 use super::scopes::{active_scopes, PROCESS_LAYERS};
-use crate::gate::{self, Policy, WholeLook};
+use crate::gate::{self, Policy, WholeInputVerdict};
 use crate::identity::{digest_with_buffers, Algorithm, Digest, Id, Identities};
 use crate::load::Load;
 use crate::manifest::Kind;
@@ -36,7 +36,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     if let Some(pin) = pin {
         let expected = Id::parse(pin).map_err(|e| GuardError::BadArgument(format!("pin: {e}")))?;
         if let Some(denial) = gate::check_pin(load, &mut ids, &expected, &mut || caller(py)) {
-            logger(py)?.call_method1("error", ("%s", denial.message.as_str()))?;
+            log_denial(py, &denial)?;
             return Err(GuardError::Denied(Box::new(denial)));
         }
     }
@@ -46,7 +46,7 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     if layers.is_empty() && scopes.scopes.is_empty() && journal.is_none() {
         return log_allowed(py, load, &mut ids);
     }
-    // Inside an admitted artifact, a pickle is covered by its entry only if the
+    // Inside a verified artifact, a pickle is covered by its entry only if the
     // pickle's bytes are part of the artifact; anything else the loader reads (a
     // file next to it, a cache) is judged like any load.
     let covering = match load.kind {
@@ -78,31 +78,25 @@ pub(super) fn judge(py: Python<'_>, load: &Load<'_>, pin: Option<&str>) -> Resul
     }
     for warning in &verdict.warnings {
         audit(warning, "warn", load);
-        logger(py)?.call_method1(
-            "warning",
-            (
-                "warn mode, allowed anyway: %s",
-                warning.denial.message.as_str(),
-            ),
-        )?;
+        report_warning(py, &warning.denial)?;
     }
     if let Some(refusal) = verdict.denial {
         audit(&refusal, "deny", load);
-        logger(py)?.call_method1("error", ("%s", refusal.denial.message.as_str()))?;
+        log_denial(py, &refusal.denial)?;
         return Err(GuardError::Denied(Box::new(refusal.denial)));
     }
     Ok(())
 }
 
-/// Inputs at least this long get a first look by the hash of the whole input.
+/// Inputs at least this long may be allowed by the hash of the whole input.
 /// Below it, delimiting costs less than the admitted unpickler that a load
-/// admitted this way runs through (it cannot know whether the pickle names
+/// allowed this way runs through (it cannot know whether the pickle names
 /// globals without delimiting it).
-pub(super) const WHOLE_LOOK_FROM: usize = 4096;
+pub(super) const WHOLE_HASH_FROM: usize = 4096;
 
-/// A first look at `data` by the hash of the whole input (see
-/// `gate::look_at_whole_input`); an allowed input is logged as allowed.
-pub(super) fn look_at_whole_input(py: Python<'_>, data: &[u8]) -> Result<WholeLook> {
+/// Whether `data` is allowed by the hash of the whole input (see
+/// `gate::allow_whole_input_by_hash`); an allowed input is logged as allowed.
+pub(super) fn allow_whole_input_by_hash(py: Python<'_>, data: &[u8]) -> Result<WholeInputVerdict> {
     let layers = PROCESS_LAYERS.read().clone();
     let scopes = active_scopes(py)?;
     let grants = scopes.grants_for(None);
@@ -117,9 +111,9 @@ pub(super) fn look_at_whole_input(py: Python<'_>, data: &[u8]) -> Result<WholeLo
     let mut stack = || call_stack(py);
     let mut frames = LazyFrames::new(&mut stack);
     let in_artifact = !scopes.artifacts.is_empty();
-    let look = gate::look_at_whole_input(&mut ids, &mut frames, &policy, in_artifact);
-    if look == WholeLook::Allowed {
+    let verdict = gate::allow_whole_input_by_hash(&mut ids, &mut frames, &policy, in_artifact);
+    if verdict == WholeInputVerdict::Allowed {
         log_allowed(py, &Load::pickle(data, &[], None), &mut ids)?;
     }
-    Ok(look)
+    Ok(verdict)
 }

@@ -1,6 +1,17 @@
 //! The PyO3 boundary, `pickleguard._core`: Python objects in, the core's
 //! decisions out. Each file holds one concern; errors become Python exceptions
 //! only in [`error`]. This file only declares the module.
+//!
+//! - [`entry`]: the guarded `loads`/`load` (pinned or not) and the originals they run.
+//! - [`stream`], [`source`]: verifying a pickle read from a file or given as bytes.
+//! - [`judge`]: hashing a load and judging it under the layers and scopes in force.
+//! - [`feed`], [`unpickler`]: the private feed and the guarded unpickler classes.
+//! - [`backstop`]: the audit hook that admits only the gate's own imports.
+//! - [`scopes`], [`tokens`], [`activation`]: layers, deny scopes, grants, tokens,
+//!   verified artifacts, and activation.
+//! - [`artifact`]: a whole file's verified copy in sealed memory (`VerifiedFile`).
+//! - [`frames`], [`log`], [`journal`]: call stacks, the logger, the journal and audit log.
+//! - [`inspect`]: answers for the CLI that decide nothing; [`error`]: the one error type.
 
 mod activation;
 mod artifact;
@@ -39,15 +50,17 @@ mod core_module {
     use super::feed::Feed;
     #[pymodule_export]
     use super::inspect::{
-        channel_callers, channel_rules, classify_imports, delimit, dry_run_safe, identify, imports,
-        manifest_summary, pattern_matches, process_layers, seal_type, sha256_hex,
+        channel_callers, channel_rules, classify_imports, delimit, dry_run_safe, hexdigest,
+        identify, imports, manifest_summary, pattern_matches, process_layers, seal_type,
     };
     #[pymodule_export]
     use super::journal::{set_audit_log, start_journal};
     #[pymodule_export]
-    use super::stream::{admit_stream, AdmittedBytes};
+    use super::log::set_warn_stderr;
     #[pymodule_export]
-    use super::tokens::{admit_artifact, allow_pickles, ArtifactScope, Grant, Token};
+    use super::stream::{verify_stream, VerifiedBytes};
+    #[pymodule_export]
+    use super::tokens::{allow_pickles, verify_artifact, ArtifactScope, Grant, Token};
     #[pymodule_export]
     use super::unpickler::{
         py_unpickler_find_class, py_unpickler_load, unpickler_find_class, unpickler_load,

@@ -45,15 +45,15 @@ pub(super) struct GrantState {
     pub(super) only: Option<HashSet<Id>>,
     pub(super) owner: Owner,
     pub(super) active: AtomicBool,
-    /// Made by an admitted artifact for the loads inside it (see `admit_artifact`).
-    pub(super) artifact: Option<Arc<AdmittedArtifact>>,
+    /// Made by a verified artifact for the loads inside it (see `verify_artifact`).
+    pub(super) artifact: Option<Arc<VerifiedArtifact>>,
 }
 
-/// What an admitted artifact's grants cover: pickles whose bytes occur in the
+/// What a verified artifact's grants cover: pickles whose bytes occur in the
 /// artifact, and (for a loader whose pickles cannot be delimited) pure-Python
 /// unpicklers reading from the verified stream the adapter made.
 #[derive(Debug)]
-pub(super) struct AdmittedArtifact {
+pub(super) struct VerifiedArtifact {
     pub(super) data: ArtifactBytes,
     pub(super) stream: Option<Py<PyAny>>,
     /// The loader reads the file itself (memory mapping, allowed only while no
@@ -80,7 +80,7 @@ impl ArtifactBytes {
     }
 }
 
-impl AdmittedArtifact {
+impl VerifiedArtifact {
     pub(super) fn contains(&self, py: Python<'_>, pickle: &[u8]) -> bool {
         let data = match &self.data {
             ArtifactBytes::Bytes(b) => b.bind(py).as_bytes(),
@@ -256,24 +256,24 @@ pub(super) fn current_owner(py: Python<'_>) -> Result<Owner> {
 pub(super) struct ActiveScopes {
     pub(super) scopes: Vec<LayerId>,
     pub(super) grants: Vec<Arc<GrantState>>,
-    /// The admitted artifacts whose loads run in this thread or task.
-    pub(super) artifacts: Vec<Arc<AdmittedArtifact>>,
+    /// The verified artifacts whose loads run in this thread or task.
+    pub(super) artifacts: Vec<Arc<VerifiedArtifact>>,
 }
 
 impl ActiveScopes {
-    /// The admitted artifact, if any, that covers `pickle`: its bytes occur in it.
+    /// The verified artifact, if any, that covers `pickle`: its bytes occur in it.
     pub(super) fn covering_artifact(
         &self,
         py: Python<'_>,
         pickle: &[u8],
-    ) -> Option<&Arc<AdmittedArtifact>> {
+    ) -> Option<&Arc<VerifiedArtifact>> {
         self.artifacts.iter().find(|a| a.contains(py, pickle))
     }
 
     /// The grants in force for a load: artifact grants only from `covering`.
     pub(super) fn grants_for<'a>(
         &'a self,
-        covering: Option<&Arc<AdmittedArtifact>>,
+        covering: Option<&Arc<VerifiedArtifact>>,
     ) -> Vec<ActiveGrant<'a>> {
         self.grants
             .iter()

@@ -1,10 +1,10 @@
 //! Reading pickle input from Python objects: snapshots of bytes-like data,
 //! out-of-band buffers, and file objects read exactly as the C unpickler reads them.
 
-use super::entry::AdmittedInput;
+use super::entry::VerifiedInput;
 use super::error::{GuardError, Result};
-use super::judge::{judge, look_at_whole_input, WHOLE_LOOK_FROM};
-use crate::gate::WholeLook;
+use super::judge::{allow_whole_input_by_hash, judge, WHOLE_HASH_FROM};
+use crate::gate::WholeInputVerdict;
 use crate::identity::KnownDigests;
 use crate::load::Load;
 use crate::reader::{self, ReadError, Source};
@@ -28,21 +28,38 @@ pub(super) fn snapshot_bytes<'py>(data: &Bound<'py, PyAny>) -> Result<Bound<'py,
     }
 }
 
-/// Take the out-of-band buffers a pickle will consume, and the iterator to hand the
-/// unpickler in their place: the same objects, then whatever the caller had left.
+/// The out-of-band buffers that are part of a pickle's identity, and the iterator
+/// to hand the unpickler in their place.
+pub(super) struct OutOfBandBuffers<'py> {
+    /// Copies of the buffers the pickle consumes, so no other thread can change
+    /// them while they are hashed.
+    pub(super) copies: Vec<Bound<'py, PyBytes>>,
+    /// The same objects, then whatever the caller had left; `None` when the
+    /// caller passed no buffers.
+    pub(super) feed: Option<Bound<'py, PyAny>>,
+}
+
+impl OutOfBandBuffers<'_> {
+    pub(super) fn slices(&self) -> Vec<&[u8]> {
+        self.copies.iter().map(|b| b.as_bytes()).collect()
+    }
+}
+
+/// Take the `count` out-of-band buffers a pickle will consume from the caller's
+/// `buffers`.
 pub(super) fn take_buffers<'py>(
     py: Python<'py>,
     buffers: &Bound<'py, PyAny>,
     count: usize,
-) -> Result<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyAny>)> {
+) -> Result<OutOfBandBuffers<'py>> {
     let iterator = buffers.try_iter()?;
     let taken = PyList::empty(py);
-    let mut contents = Vec::with_capacity(count);
+    let mut copies = Vec::with_capacity(count);
     for _ in 0..count {
         match iterator.clone().next() {
             Some(item) => {
                 let item = item?;
-                contents.push(snapshot_bytes(&item)?);
+                copies.push(snapshot_bytes(&item)?);
                 taken.append(item)?;
             }
             None => break,
@@ -52,53 +69,50 @@ pub(super) fn take_buffers<'py>(
         .import("itertools")?
         .getattr("chain")?
         .call1((taken, iterator))?;
-    Ok((contents, chained))
+    Ok(OutOfBandBuffers {
+        copies,
+        feed: Some(chained),
+    })
 }
 
-/// The out-of-band buffers that are part of a pickle's identity (copies, so no
-/// other thread can change them while they are hashed), and the iterator to hand
-/// the unpickler.
-pub(super) type TakenBuffers<'py> = (Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyAny>>);
-
+/// The buffers a pickle that consumes `out_of_band` of them takes from the caller's.
 pub(super) fn buffers_for_identity<'py>(
     py: Python<'py>,
     out_of_band: usize,
     buffers: Option<Bound<'py, PyAny>>,
-) -> Result<TakenBuffers<'py>> {
+) -> Result<OutOfBandBuffers<'py>> {
     match buffers {
-        Some(buffers) if out_of_band > 0 => {
-            let (contents, feed) = take_buffers(py, &buffers, out_of_band)?;
-            Ok((contents, Some(feed)))
-        }
-        other => Ok((Vec::new(), other)),
+        Some(buffers) if out_of_band > 0 => take_buffers(py, &buffers, out_of_band),
+        feed => Ok(OutOfBandBuffers {
+            copies: Vec::new(),
+            feed,
+        }),
     }
 }
 
-pub(super) fn as_slices<'a>(buffers: &'a [Bound<'_, PyBytes>]) -> Vec<&'a [u8]> {
-    buffers.iter().map(|b| b.as_bytes()).collect()
-}
-
-/// Admit `data` for `loads`: returns what to pass to the real unpickler (exactly the
-/// verified bytes) and the buffers iterator to pass with it.
-pub(super) fn admit_bytes<'py>(
+/// Verify `data` for `loads`: what to pass to the real unpickler is exactly the
+/// judged bytes, with the buffers iterator to pass with them.
+pub(super) fn verify_from_bytes<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
     buffers: Option<Bound<'py, PyAny>>,
-    sha256: Option<&str>,
-) -> Result<AdmittedInput<'py>> {
+    pin: Option<&str>,
+) -> Result<VerifiedInput<'py>> {
     let bytes = snapshot_bytes(data)?;
     let raw = bytes.as_bytes();
     let mut whole = KnownDigests::NONE;
-    if raw.len() >= WHOLE_LOOK_FROM && buffers.is_none() && sha256.is_none() {
-        match look_at_whole_input(py, raw)? {
-            WholeLook::Allowed => return Ok((bytes.into_any(), None, true)),
-            WholeLook::Delimit(known) => whole = known,
+    if raw.len() >= WHOLE_HASH_FROM && buffers.is_none() && pin.is_none() {
+        match allow_whole_input_by_hash(py, raw)? {
+            WholeInputVerdict::Allowed => {
+                return Ok(VerifiedInput::new(bytes.into_any(), None, true))
+            }
+            WholeInputVerdict::Delimit(known) => whole = known,
         }
     }
     let extent = match reader::delimit(raw) {
         Ok(extent) => extent,
         // Nothing to run: let the real unpickler raise its own EOFError.
-        Err(ReadError::Empty) => return Ok((bytes.into_any(), buffers, false)),
+        Err(ReadError::Empty) => return Ok(VerifiedInput::new(bytes.into_any(), buffers, false)),
         Err(error) => {
             return Err(GuardError::Undelimited {
                 data: bytes.unbind(),
@@ -107,22 +121,18 @@ pub(super) fn admit_bytes<'py>(
         }
     };
     let pickle = &raw[..extent.len];
-    let (taken, feed_buffers) = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
-    let slices = as_slices(&taken);
+    let taken = buffers_for_identity(py, extent.out_of_band_buffers, buffers)?;
+    let slices = taken.slices();
     if extent.len < raw.len() || !slices.is_empty() {
         whole = KnownDigests::NONE;
     }
-    judge(
-        py,
-        &Load::pickle(pickle, &slices, None).knowing(whole),
-        sha256,
-    )?;
-    let feed = if extent.len == raw.len() {
+    judge(py, &Load::pickle(pickle, &slices, None).knowing(whole), pin)?;
+    let data = if extent.len == raw.len() {
         bytes.into_any()
     } else {
         PyMemoryView::from(bytes.as_any())?.get_item(PySlice::new(py, 0, extent.len as isize, 1))?
     };
-    Ok((feed, feed_buffers, extent.uses_globals))
+    Ok(VerifiedInput::new(data, taken.feed, extent.uses_globals))
 }
 
 /// A Python file's `read` and `readline`, called exactly as the C unpickler calls
@@ -277,13 +287,13 @@ impl Source for PyFileSource<'_, '_> {
     }
 }
 
-/// Files up to this size get a first look by the hash of the whole file.
-pub(super) const WHOLE_FILE_LOOK_UP_TO: usize = 64 << 20;
+/// Files up to this size may be allowed by the hash of the whole file.
+pub(super) const WHOLE_FILE_HASH_UP_TO: usize = 64 << 20;
 
 /// The whole of a file of io's own types (see `trusted_readinto`) whose position
-/// is at its start, for a first look (see `look_at_whole_input`); `None`, with the file
-/// where it was, for any other. Only at the start, so a file of many pickles
-/// costs one look that finds nothing, not one per pickle.
+/// is at its start, to be allowed by its hash (see `allow_whole_input_by_hash`);
+/// `None`, with the file where it was, for any other. Only at the start, so a file
+/// of many pickles costs one hash that allows nothing, not one per pickle.
 pub(super) fn read_whole_file<'py>(
     trusted: &TrustedFile<'py>,
     head: Option<&Bound<'py, PyBytes>>,
@@ -294,7 +304,7 @@ pub(super) fn read_whole_file<'py>(
     let py = file.py();
     let method = |name: &Bound<'py, PyString>| file.get_type().getattr(name);
     let worth_it =
-        |size: u64| (WHOLE_LOOK_FROM as u64..=WHOLE_FILE_LOOK_UP_TO as u64).contains(&size);
+        |size: u64| (WHOLE_HASH_FROM as u64..=WHOLE_FILE_HASH_UP_TO as u64).contains(&size);
     // A file that cannot tell its position (a pipe, a closed file) is read the
     // ordinary way, which raises what plain pickle raises.
     let at_start = || {
@@ -318,11 +328,11 @@ pub(super) fn read_whole_file<'py>(
         TrustedKind::Buffered => {
             // System calls are dear (tell and fstat each cost more than a small
             // load): the first frame's length, in the bytes the load reads first
-            // anyway, says whether the pickle is large enough to look at whole.
+            // anyway, says whether the pickle is large enough to hash whole.
             // Pickles of protocols before 4 have no frame and are delimited.
             let large = head.is_some_and(|h| {
                 reader::first_frame_len(h.as_bytes())
-                    .is_some_and(|len| len >= WHOLE_LOOK_FROM as u64)
+                    .is_some_and(|len| len >= WHOLE_HASH_FROM as u64)
             });
             if !large || !at_start() {
                 return Ok(None);
@@ -374,7 +384,7 @@ pub(super) fn seek_to(file: &Bound<'_, PyAny>, position: usize) -> Result<()> {
     Ok(())
 }
 
-/// A file whose whole contents were admitted at once: after the load, its
+/// A file whose whole contents were verified at once: after the load, its
 /// position goes back to right after what the unpickler read, as plain pickle
 /// leaves it.
 pub(super) struct Rewind<'py> {

@@ -1,13 +1,13 @@
 //! Tokens and grants: what lifts a layer or scope (`allow_pickles`), and the
-//! with-block of an admitted artifact.
+//! with-block of a verified artifact.
 
 use super::activation::enforcing;
 use super::artifact::VerifiedFile;
 use super::error::{GuardError, Result};
 use super::judge::judge;
 use super::scopes::{
-    active_scopes, current_nodes, current_owner, push_node, remove_node, set_nodes,
-    AdmittedArtifact, ArtifactBytes, GrantState, ScopeNode, ScopeState, PROCESS_LAYERS,
+    active_scopes, current_nodes, current_owner, push_node, remove_node, set_nodes, ArtifactBytes,
+    GrantState, ScopeNode, ScopeState, VerifiedArtifact, PROCESS_LAYERS,
 };
 use super::source::snapshot_bytes;
 use crate::identity::Id;
@@ -236,7 +236,7 @@ pub(super) fn allow_pickles(
 /// covered by the artifact's entry. Raises NoPickleError otherwise.
 #[pyfunction]
 #[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false))]
-pub(super) fn admit_artifact(
+pub(super) fn verify_artifact(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
     source: Option<String>,
@@ -285,7 +285,7 @@ pub(super) fn admit_artifact(
     })
 }
 
-/// The with-block of an admitted artifact (see `admit_artifact`). It can be
+/// The with-block of a verified artifact (see `verify_artifact`). It can be
 /// entered once: the admission covers one load.
 #[pyclass(frozen, module = "pickleguard._core")]
 pub(super) struct ArtifactScope {
@@ -313,7 +313,7 @@ impl ArtifactScope {
         layers.extend(PROCESS_LAYERS.read().iter().map(|l| l.id));
         layers.extend(active_scopes(py)?.scopes);
         let this = slf.get();
-        let artifact = Arc::new(AdmittedArtifact {
+        let artifact = Arc::new(VerifiedArtifact {
             data: this.data.clone_ref(py),
             stream: this.stream.as_ref().map(|s| s.clone_ref(py)),
             any_stream: this.any_stream,

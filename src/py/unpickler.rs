@@ -1,16 +1,16 @@
-//! The guarded unpickler classes' `load` and `find_class`: each load admits one
+//! The guarded unpickler classes' `load` and `find_class`: each load verifies one
 //! pickle and runs the original on it; each `find_class` admits an import only
 //! inside that load.
 
 use super::backstop::{clear_extension_cache, Admitted, GateLoad};
 use super::entry::{
-    explain, file_methods, gate_part, ORIGINAL_C_FIND_CLASS, ORIGINAL_C_LOAD,
-    ORIGINAL_PY_FIND_CLASS, ORIGINAL_PY_LOAD,
+    bound_by_gate, explain_undelimited, file_methods, Unpickler, ORIGINAL_C_FIND_CLASS,
+    ORIGINAL_C_LOAD, ORIGINAL_PY_FIND_CLASS, ORIGINAL_PY_LOAD,
 };
 use super::error::{GuardError, Result};
 use super::feed::Feed;
 use super::scopes::{active_scopes, PROCESS_LAYERS};
-use super::stream::{admit_stream_inner, source_name, AdmittedStream};
+use super::stream::{verify_pickle_by_pickle, VerifiedPickle};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -45,14 +45,14 @@ impl UnpicklerSource {
         buffer_feed: Option<&Bound<'_, PyAny>>,
     ) -> Result<Self> {
         let py = file.py();
-        let (read, readline) = file_methods(file)?;
+        let methods = file_methods(file)?;
         let buffers = match buffers {
             Some(b) if !b.is_none() => Some(b.try_iter()?.into_any().unbind()),
             _ => None,
         };
         Ok(UnpicklerSource {
-            read: read.unbind(),
-            readline: readline.unbind(),
+            read: methods.read.unbind(),
+            readline: methods.readline.unbind(),
             file: file.clone().unbind(),
             feed: Py::new(py, Feed::new())?,
             buffers,
@@ -77,7 +77,7 @@ pub(super) fn init_not_called(unpickler: &Bound<'_, PyAny>) -> GuardError {
     ))
 }
 
-/// `load()` of the guarded `pickle.Unpickler`: admit one pickle from the source,
+/// `load()` of the guarded `pickle.Unpickler`: verify one pickle from the source,
 /// put it in the private feed, and run the C unpickler's `load` on it.
 #[pyfunction]
 pub(super) fn unpickler_load<'py>(
@@ -88,29 +88,31 @@ pub(super) fn unpickler_load<'py>(
         return Err(init_not_called(unpickler));
     };
     let source = source.cast::<UnpicklerSource>().map_err(PyErr::from)?.get();
-    let (read, readline, file) = (
-        source.read.bind(py),
-        source.readline.bind(py),
-        source.file.bind(py),
-    );
     let buffers = source.buffers.as_ref().map(|b| b.bind(py).clone());
+    let (read, readline) = (source.read.bind(py), source.readline.bind(py));
     let feed = source.feed.bind(py);
-    let name = source_name(file);
-    // No whole look here: this unpickler lives on, and the C unpickler keeps in
-    // its own buffer any part of a frame that it read past STOP, which its next
-    // load would run unjudged. Delimiting refuses such a frame.
-    match admit_stream_inner(py, read, readline, Some(file), buffers, None, name, false) {
-        Ok(admitted) => {
-            feed.get().set(admitted.data.into_any());
-            if let (Some(b), Some(buffer_feed)) = (admitted.buffers, &source.buffer_feed) {
+    // Never the whole file at once: this unpickler lives on, and the C unpickler
+    // keeps in its own buffer any part of a frame that it read past STOP, which
+    // its next load would run unjudged. Delimiting refuses such a frame.
+    match verify_pickle_by_pickle(
+        py,
+        read,
+        readline,
+        Some(source.file.bind(py)),
+        buffers,
+        None,
+    ) {
+        Ok(verified) => {
+            feed.get().set(verified.data.into_any());
+            if let (Some(b), Some(buffer_feed)) = (verified.buffers, &source.buffer_feed) {
                 buffer_feed.bind(py).setattr("current", b)?;
             }
             // Its globals are admitted one by one, in the class's find_class.
             let result = {
                 let _load = GateLoad::enter(unpickler);
-                gate_part(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
+                bound_by_gate(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
             };
-            // The load consumed exactly the admitted bytes; do not keep them alive.
+            // The load consumed exactly the verified bytes; do not keep them alive.
             feed.get().clear();
             clear_extension_cache(py);
             Ok(result?)
@@ -120,16 +122,16 @@ pub(super) fn unpickler_load<'py>(
             options.set_item("fix_imports", &source.fix_imports)?;
             options.set_item("encoding", &source.encoding)?;
             options.set_item("errors", &source.errors)?;
-            Err(explain(py, e, "c", &options))
+            Err(explain_undelimited(py, e, Unpickler::C, &options))
         }
     }
 }
 
 /// Whether this pure-Python load reads (through `read`, perhaps via a decompressor)
-/// the verified stream of an admitted artifact whose grants still lift every
+/// the verified stream of a verified artifact whose grants still lift every
 /// layer and deny scope in force: nothing was added inside the block that the
-/// artifact's admission did not see.
-pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> Result<bool> {
+/// artifact's verification did not see.
+pub(super) fn reads_verified_artifact(py: Python<'_>, read: &Bound<'_, PyAny>) -> Result<bool> {
     let scopes = active_scopes(py)?;
     if scopes.artifacts.is_empty() {
         return Ok(false);
@@ -145,14 +147,26 @@ pub(super) fn reads_admitted_stream(py: Python<'_>, read: &Bound<'_, PyAny>) -> 
     }))
 }
 
-/// `pickle._Unpickler.load`, patched on the class: admit one pickle from the
+/// Verify the next pickle a pure-Python unpickler would read through `read` and
+/// `readline`, with its out-of-band `buffers`.
+fn verify_py_unpickler_input<'py>(
+    py: Python<'py>,
+    read: &Bound<'py, PyAny>,
+    readline: &Bound<'py, PyAny>,
+    buffers: Option<Bound<'py, PyAny>>,
+) -> Result<VerifiedPickle<'py>> {
+    let file = read.getattr(pyo3::intern!(py, "__self__")).ok();
+    verify_pickle_by_pickle(py, read, readline, file.as_ref(), buffers, None)
+}
+
+/// `pickle._Unpickler.load`, patched on the class: verify one pickle from the
 /// instance's file, swap in a private feed holding it, run the original `load`.
 #[pyfunction]
 pub(super) fn py_unpickler_load<'py>(
     py: Python<'py>,
     unpickler: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
-    let original = gate_part(py, &ORIGINAL_PY_LOAD)?;
+    let original = bound_by_gate(py, &ORIGINAL_PY_LOAD)?;
     let (Ok(read), Ok(readline)) = (
         unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_read")),
         unpickler.getattr(pyo3::intern!(unpickler.py(), "_file_readline")),
@@ -160,8 +174,8 @@ pub(super) fn py_unpickler_load<'py>(
         // Not initialised: the original raises its own error, reading nothing.
         return Ok(original.call1((unpickler,))?);
     };
-    if reads_admitted_stream(py, &read)? {
-        // A pickle inside an admitted artifact, which its entry covers: joblib
+    if reads_verified_artifact(py, &read)? {
+        // A pickle inside a verified artifact, which its entry covers: joblib
         // interleaves raw array bytes with the opcodes, so it cannot be delimited.
         let result = {
             let _load = GateLoad::enter(unpickler);
@@ -170,31 +184,19 @@ pub(super) fn py_unpickler_load<'py>(
         clear_extension_cache(py);
         return Ok(result?);
     }
-    let buffers = Some(unpickler.getattr(pyo3::intern!(unpickler.py(), "_buffers"))?)
-        .filter(|b| !b.is_none());
-    let file = read.getattr(pyo3::intern!(read.py(), "__self__")).ok();
-    let name = file.as_ref().and_then(source_name);
-    let AdmittedStream {
+    let buffers = Some(unpickler.getattr(pyo3::intern!(py, "_buffers"))?).filter(|b| !b.is_none());
+    let VerifiedPickle {
         data,
         buffers: feed_buffers,
         ..
-    } = match admit_stream_inner(
-        py,
-        &read,
-        &readline,
-        file.as_ref(),
-        buffers,
-        None,
-        name,
-        false,
-    ) {
-        Ok(found) => found,
+    } = match verify_py_unpickler_input(py, &read, &readline, buffers) {
+        Ok(verified) => verified,
         Err(e) => {
             let options = PyDict::new(py);
             for key in ["fix_imports", "encoding", "errors"] {
                 options.set_item(key, unpickler.getattr(key)?)?;
             }
-            return Err(explain(py, e, "py", &options));
+            return Err(explain_undelimited(py, e, Unpickler::Python, &options));
         }
     };
     let feed = Bound::new(py, Feed::new())?;
@@ -235,7 +237,7 @@ pub(super) fn unpickler_find_class<'py>(
     module: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
-    let original = gate_part(py, &ORIGINAL_C_FIND_CLASS)?;
+    let original = bound_by_gate(py, &ORIGINAL_C_FIND_CLASS)?;
     if !GateLoad::is_innermost(unpickler) {
         return Ok(original.call1((unpickler, module, name))?);
     }
@@ -255,7 +257,7 @@ pub(super) fn py_unpickler_find_class<'py>(
     module: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
-    let original = gate_part(py, &ORIGINAL_PY_FIND_CLASS)?;
+    let original = bound_by_gate(py, &ORIGINAL_PY_FIND_CLASS)?;
     if !GateLoad::is_innermost(unpickler) {
         return Ok(original.call1((unpickler, module, name))?);
     }
@@ -277,6 +279,7 @@ pub(super) fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
     }
 }
 
-pub(super) fn current_frame_ptr(py: Python<'_>) -> usize {
-    current_frame(py).map_or(0, |f| f.as_ptr() as usize)
+/// The address of the running frame, `None` when no Python frame runs.
+pub(super) fn current_frame_ptr(py: Python<'_>) -> Option<usize> {
+    current_frame(py).map(|f| f.as_ptr() as usize)
 }

@@ -64,7 +64,7 @@ if os.environ.get("APP_MANIFEST"):  # in-code activation, after joblib is import
 if os.environ.get("APP_SWAP"):  # a file that changes on disk right after its check
     from pickleguard import _core
     target, replacement = os.environ["APP_SWAP"].split(os.pathsep)
-    admit = _core.admit_artifact
+    admit = _core.verify_artifact
 
     def admit_then_swap(data, *args, **kwargs):
         scope = admit(data, *args, **kwargs)
@@ -72,7 +72,7 @@ if os.environ.get("APP_SWAP"):  # a file that changes on disk right after its ch
             os.replace(replacement, target)
         return scope
 
-    _core.admit_artifact = admit_then_swap
+    _core.verify_artifact = admit_then_swap
 
 def load_model(path, how):
     if how == "file":

@@ -22,7 +22,7 @@ import pytest
 
 import pickleguard
 from conftest import assert_fires, hostile
-from pickleguard._record import known_rules
+from pickleguard.cli._manifest import known_rules
 
 from ._harness import (
     assert_all_exited,

@@ -214,7 +214,7 @@ def test_writable_shared_mappings_are_refused_with_what_to_do(project):
 # lets the load go on: renamed over by a hostile file, or rewritten in place.
 SWAP = """
 import json, os, shutil, sys
-import pickleguard._verified as verified
+import pickleguard.adapters._verified as verified
 
 how = sys.argv[1]
 made = verified.copy_of

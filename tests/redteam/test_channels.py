@@ -27,7 +27,7 @@ import pytest
 
 import pickleguard
 from conftest import OLD_MULTIPROCESSING_RULE
-from pickleguard._record import known_rules
+from pickleguard.cli._manifest import known_rules
 
 from ._harness import (
     _CONTROL,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 
-from . import _core
+from .. import _core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import sys
@@ -15,21 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import _core
-from . import _record as recording
-from ._cli_common import (
-    EXIT_FINDING,
-    EXIT_OK,
-    EXIT_USAGE,
-    is_zip,
-    pickle_members,
-    pickles_in,
+from .. import _core
+from .._pickles import is_zip, pickle_members, pickles_in
+from ..errors import ManifestError
+from . import _manifest
+from ._common import (
+    add_identity_option,
+    add_json_option,
+    message_and_hint,
     plural,
+    print_error,
+    print_json,
 )
-from ._record import clean_text as _clean
-from ._record import quoted as _quoted
-from ._record import shown as _shown
-from .errors import ManifestError
+from ._manifest import clean_text as _clean
+from ._manifest import quoted as _quoted
+from ._manifest import shown as _shown
+from ._status import ExitStatus
 
 _SUMS_FORMAT = (
     'sha256sum lines look like "<64 hex digits>  <name>" or "<64 hex digits> *<name>", '
@@ -43,6 +43,54 @@ _BSD_LINE = re.compile(r"(\\?)([A-Za-z0-9-]+) ?\((.*)\) ?= ?([0-9A-Fa-f]*)", re.
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 _DIGEST_NAMES = {32: "MD5", 40: "SHA-1", 56: "SHA-224", 96: "SHA-384", 128: "SHA-512"}
 _MAX_BAD_LINES = 10  # per sums file: a file that is no sums file at all says so quickly
+
+HELP = "add entries for files, sha256sum lines or bare hashes to a manifest"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", metavar="MANIFEST", help="created if it does not exist")
+    parser.add_argument("files", nargs="*", metavar="FILE", help="pin the whole file (default)")
+    parser.add_argument(
+        "--sha256sum",
+        dest="sums",
+        action="append",
+        default=[],
+        metavar="SUMS",
+        help="pin each file a sha256sum listing names, without reading it ('-': standard input)",
+    )
+    parser.add_argument(
+        "--hash",
+        dest="hashes",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="pin a bare hash: 64 hex digits, optionally prefixed sha256: or blake3:",
+    )
+    parser.add_argument(
+        "--pickle",
+        action="store_true",
+        help="pin each pickle in FILE (as `pickleguard hash` shows them) as a [[pickle]] entry, "
+        "instead of the whole file as an [[artifact]]",
+    )
+    add_identity_option(
+        parser,
+        "hash FILE with SHA-256 (default) or BLAKE3; bare --hash values are taken as this",
+        default=None,  # not given: a bare --hash value is taken as its prefix says
+    )
+    parser.add_argument(
+        "--stack",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="allow only callers matching PATTERN (repeat for several, outermost first)",
+    )
+    parser.add_argument("--note", metavar="TEXT", help="a note for reviewers in every new entry")
+    parser.add_argument(
+        "--source",
+        metavar="NAME",
+        help="the source of every new entry (default: the path, or the name in the sums line)",
+    )
+    add_json_option(parser, "machine-readable summary")
 
 
 @dataclass
@@ -63,7 +111,7 @@ class _Pin:
 class _PinError(Exception):
     """An input that cannot be pinned; nothing is written when there is one."""
 
-    def __init__(self, message: str, hint: str, status: int = EXIT_FINDING) -> None:
+    def __init__(self, message: str, hint: str, status: ExitStatus = ExitStatus.FINDING) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -79,11 +127,11 @@ def _stack_problem(patterns: Sequence[str]) -> Optional[Tuple[str, str]]:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(
                 f'version = 1\n[[pickle]]\nsha256 = "{"0" * 64}"\n'
-                f"stack = {recording._toml_list([_clean(p) for p in patterns])}\n"
+                f"stack = {_manifest.toml_list([_clean(p) for p in patterns])}\n"
             )
         _core.check_manifest(temp)
     except ManifestError as e:
-        message, _, hint = str(e).partition("\nhint: ")
+        message, hint = message_and_hint(e)
         if message.startswith(temp + ":"):  # drop the scratch file's path and position
             message = re.sub(r"^\d+:\d+: ", "", message[len(temp) + 1 :])
         return message, hint
@@ -105,10 +153,10 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
                 hexdigest = digest.hexdigest()
             else:
                 data = f.read()
-                size, hexdigest = len(data), _core.sha256(data, algorithm)
+                size, hexdigest = len(data), _core.hexdigest(data, algorithm)
     except OSError as e:
         raise _PinError(
-            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", EXIT_USAGE
+            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
         ) from None
     if size == 0:
         raise _PinError(
@@ -179,10 +227,10 @@ def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]
             data = f.read()
     except OSError as e:
         raise _PinError(
-            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", EXIT_USAGE
+            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
         ) from None
     name = _shown(path)
-    members, damaged = pickle_members(path, data)
+    members, damaged = pickle_members(data)
     if damaged:
         raise _PinError(f"{name}: {damaged}", "the file is damaged; check it or download it again")
     if is_zip(data) and not members:
@@ -206,7 +254,7 @@ def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]
         for p in pickles:
             offset, size = p["offset"], p["size"]
             stream = memoryview(blob)[offset : offset + size]
-            hexdigest = p["sha256"] if algorithm == "sha256" else _core.sha256(stream, algorithm)
+            hexdigest = p["sha256"] if algorithm == "sha256" else _core.hexdigest(stream, algorithm)
             found = _core.imports(stream)
             in_member = f", member {_quoted(member)}" if member else ""
             pins.append(
@@ -293,7 +341,7 @@ def _sums_pins(path: str) -> Tuple[List[_Pin], List[_PinError]]:
         error = _PinError(
             f"could not read {label}: {e.strerror or e}",
             "give a file that `sha256sum` wrote, or '-' for standard input",
-            EXIT_USAGE,
+            ExitStatus.ERROR,
         )
         return [], [error]
     pins: List[_Pin] = []
@@ -349,13 +397,13 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
             raise _PinError(
                 f"--hash {_quoted(value)}: unknown hash algorithm {_quoted(prefix)}",
                 "write 64 hex digits, optionally prefixed sha256: or blake3:",
-                EXIT_USAGE,
+                ExitStatus.ERROR,
             )
         if identity is not None and identity != algorithm:
             raise _PinError(
                 f"--hash {_quoted(value)} is a {algorithm} hash, and --identity says {identity}",
                 "drop --identity, or the prefix",
-                EXIT_USAGE,
+                ExitStatus.ERROR,
             )
     else:
         algorithm, digest = identity or "sha256", text
@@ -368,7 +416,7 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
         raise _PinError(
             f"--hash {_quoted(value)}: expected 64 hex digits, got {problem}",
             "copy the digest whole, as `sha256sum` or the model's publisher prints it",
-            EXIT_USAGE,
+            ExitStatus.ERROR,
         )
     return _Pin(
         kind=kind,
@@ -381,16 +429,16 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
 
 def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
-    lines += recording.review_comments(pin.kind, pin.imports, pin.risky)
+    lines += _manifest.review_comments(pin.kind, pin.imports, pin.risky)
     algorithm, _, digest = pin.identity.partition(":")
     lines.append(f"[[{pin.kind}]]")
-    lines.append(f"{algorithm} = {recording._toml_string(digest)}")
+    lines.append(f"{algorithm} = {_manifest.toml_string(digest)}")
     if args.stack:
-        lines.append(f"stack = {recording._toml_list([_clean(p) for p in args.stack])}")
+        lines.append(f"stack = {_manifest.toml_list([_clean(p) for p in args.stack])}")
     if args.note is not None:
-        lines.append(f"note = {recording._toml_string(_clean(args.note))}")
+        lines.append(f"note = {_manifest.toml_string(_clean(args.note))}")
     if pin.source is not None:
-        lines.append(f"source = {recording._toml_string(pin.source)}")
+        lines.append(f"source = {_manifest.toml_string(pin.source)}")
     return "\n".join(lines) + "\n"
 
 
@@ -405,7 +453,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
             _PinError(
                 "nothing to pin",
                 "give FILE..., --sha256sum SUMS or --hash HEX (see pickleguard pin --help)",
-                EXIT_USAGE,
+                ExitStatus.ERROR,
             )
         )
     if args.sums and args.pickle:
@@ -413,7 +461,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
             _PinError(
                 "--sha256sum lines hash whole files; they cannot be pinned with --pickle",
                 "pin sums lines without --pickle, as [[artifact]] entries",
-                EXIT_USAGE,
+                ExitStatus.ERROR,
             )
         )
     if args.sums and args.identity == "blake3":
@@ -421,12 +469,12 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
             _PinError(
                 "--sha256sum lines are SHA-256 digests, and --identity says blake3",
                 "drop --identity blake3 (it applies to FILE and bare --hash values)",
-                EXIT_USAGE,
+                ExitStatus.ERROR,
             )
         )
     stack_problem = _stack_problem(args.stack)
     if stack_problem:
-        errors.append(_PinError(f"--stack: {stack_problem[0]}", stack_problem[1], EXIT_USAGE))
+        errors.append(_PinError(f"--stack: {stack_problem[0]}", stack_problem[1], ExitStatus.ERROR))
     algorithm = args.identity or "sha256"
     for path in args.files:
         try:
@@ -470,13 +518,13 @@ def _pinned_already(manifest: Path) -> Tuple[Optional[str], _Have]:
         raise _PinError(
             f"could not read {shown}: {e.strerror or e}",
             "give the path of a manifest file; it is created if it does not exist",
-            EXIT_USAGE,
+            ExitStatus.ERROR,
         ) from None
     try:
         _core.check_manifest(str(manifest))
         entries, _ = _core.manifest_summary(str(manifest))
     except ManifestError as e:
-        message, _, hint = str(e).partition("\nhint: ")
+        message, hint = message_and_hint(e)
         raise _PinError(f"cannot add to {shown}: {message}", hint) from None
     have: _Have = set()
     for table, identities, stack in entries:
@@ -485,9 +533,8 @@ def _pinned_already(manifest: Path) -> Tuple[Optional[str], _Have]:
     return raw.decode("utf-8"), have
 
 
-def pin(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> ExitStatus:
     manifest = Path(args.manifest)
-    shown = _shown(args.manifest)
     existing: Optional[str] = None
     have: _Have = set()
     manifest_errors: List[_PinError] = []
@@ -497,31 +544,87 @@ def pin(args: argparse.Namespace) -> int:
         manifest_errors.append(e)
     pins, warnings, errors = _pin_inputs(args)
     errors = manifest_errors + errors
+    if errors:  # all or nothing: one bad input, and nothing is written
+        return _refuse(args, errors)
+    added, skipped = _new_pins(pins, have, args)
+    status = ExitStatus.OK
+    problem = None
+    if added:
+        problem = _write(manifest, existing, added, args)
+        if problem is not None:
+            status = problem.status
+            if not args.json:
+                print_error(problem.message, problem.hint)
+    written = bool(added) and problem is None
+    if args.json:
+        summary = _summary(args, status, added if written else [], skipped, warnings)
+        summary["created"] = written and existing is None
+        summary["written"] = written
+        if problem is not None:
+            summary["errors"].append({"error": problem.message, "hint": problem.hint})
+        print_json(summary)
+    elif written or not added:
+        _print_pinned(args, added, skipped, warnings, created=written and existing is None)
+    return status
 
-    status = max([problem.status for problem in errors], default=EXIT_OK)
-    summary: Dict[str, Any] = {
-        "status": status,
-        "manifest": shown,
+
+def _summary(
+    args: argparse.Namespace,
+    status: ExitStatus,
+    added: List[_Pin],
+    skipped: List[Tuple[_Pin, str]],
+    warnings: List[str],
+    errors: Sequence[_PinError] = (),
+) -> Dict[str, Any]:
+    """The --json document; ``added`` holds what was written."""
+    return {
+        "status": int(status),
+        "manifest": _shown(args.manifest),
         "created": False,
         "written": False,
-        "added": [],
-        "skipped": [],
-        "risky": [],
-        "warnings": [],
+        "added": [_described(pin) for pin in added],
+        "skipped": [dict(_described(pin), reason=why) for pin, why in skipped],
+        "risky": [
+            {"identity": pin.identity, "input": pin.label, "imports": pin.risky}
+            for pin in added
+            if pin.risky
+        ],
+        "warnings": warnings,
         "errors": [{"error": problem.message, "hint": problem.hint} for problem in errors],
     }
-    if errors:  # all or nothing: one bad input, and nothing is written
-        if args.json:
-            json.dump(summary, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            for problem in errors:
-                print(f"error: {problem.message}", file=sys.stderr)
-                print(f"hint: {problem.hint}", file=sys.stderr)
-            state = "is unchanged" if manifest.exists() else "was not created"
-            print(f"nothing was pinned: {shown} {state}", file=sys.stderr)
-        return status
 
+
+def _described(pin: _Pin) -> Dict[str, Any]:
+    return {
+        "kind": pin.kind,
+        "identity": pin.identity,
+        "source": pin.source,
+        "input": pin.label,
+        "size": pin.size,
+        "offset": pin.offset,
+    }
+
+
+def _refuse(args: argparse.Namespace, errors: List[_PinError]) -> ExitStatus:
+    """Report every problem of the inputs; nothing is written."""
+    status = max(problem.status for problem in errors)
+    if args.json:
+        print_json(_summary(args, status, [], [], [], errors))
+        return status
+    for problem in errors:
+        print_error(problem.message, problem.hint)
+    shown = _shown(args.manifest)
+    state = "is unchanged" if Path(args.manifest).exists() else "was not created"
+    print(f"nothing was pinned: {shown} {state}", file=sys.stderr)
+    return status
+
+
+def _new_pins(
+    pins: List[_Pin], have: _Have, args: argparse.Namespace
+) -> Tuple[List[_Pin], List[Tuple[_Pin, str]]]:
+    """The pins to add, and those skipped with why: already in the manifest, or the
+    same as another input's."""
+    shown = _shown(args.manifest)
     wanted = tuple(_clean(p) for p in args.stack) or None
     seen: Dict[Tuple[str, str], _Pin] = {}
     added: List[_Pin] = []
@@ -537,68 +640,55 @@ def pin(args: argparse.Namespace) -> int:
         else:
             seen[key] = pin
             added.append(pin)
+    return added, skipped
 
+
+def _write(
+    manifest: Path, existing: Optional[str], added: List[_Pin], args: argparse.Namespace
+) -> Optional[_PinError]:
+    """Append the new entries to the manifest (create it if ``existing`` is None);
+    the problem if it could not be written."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if added:
-        if existing is None:
-            text = (
-                "# Pickles and files this program may load. Written by `pickleguard pin`; "
-                "review it.\nversion = 1\n"
-            )
-        else:
-            text = existing if existing.endswith("\n") else existing + "\n"
-        text += "\n" + "\n".join(_pin_block(pin, stamp, args) for pin in added)
-        try:
-            recording.write_atomically(manifest, text)
-        except (OSError, ManifestError) as e:
-            if isinstance(e, OSError):
-                status = EXIT_USAGE
-                message = f"could not write {shown}: {e.strerror or e}"
-                hint = "check that its directory exists and is writable"
-            else:  # not expected: every input was checked
-                status = EXIT_FINDING
-                message = "the new manifest would not parse: " + str(e).partition("\nhint: ")[0]
-                hint = f"{shown} is unchanged; please report this"
-            summary["errors"].append({"error": message, "hint": hint})
-            if not args.json:
-                print(f"error: {message}", file=sys.stderr)
-                print(f"hint: {hint}", file=sys.stderr)
-        else:
-            summary["written"] = True
-            summary["created"] = existing is None
+    if existing is None:
+        text = (
+            "# Pickles and files this program may load. Written by `pickleguard pin`; "
+            "review it.\nversion = 1\n"
+        )
+    else:
+        text = existing if existing.endswith("\n") else existing + "\n"
+    text += "\n" + "\n".join(_pin_block(pin, stamp, args) for pin in added)
+    shown = _shown(args.manifest)
+    try:
+        _manifest.write_atomically(manifest, text)
+    except OSError as e:
+        return _PinError(
+            f"could not write {shown}: {e.strerror or e}",
+            "check that its directory exists and is writable",
+            ExitStatus.ERROR,
+        )
+    except ManifestError as e:  # not expected: every input was checked
+        return _PinError(
+            "the new manifest would not parse: " + message_and_hint(e)[0],
+            f"{shown} is unchanged; please report this",
+        )
+    return None
 
-    def described(pin: _Pin) -> Dict[str, Any]:
-        return {
-            "kind": pin.kind,
-            "identity": pin.identity,
-            "source": pin.source,
-            "input": pin.label,
-            "size": pin.size,
-            "offset": pin.offset,
-        }
 
-    written = bool(summary["written"])
-    summary["status"] = status
-    summary["added"] = [described(pin) for pin in added] if written else []
-    summary["skipped"] = [dict(described(pin), reason=why) for pin, why in skipped]
-    summary["risky"] = [
-        {"identity": pin.identity, "input": pin.label, "imports": pin.risky}
-        for pin in added
-        if pin.risky and written
-    ]
-    summary["warnings"] = warnings
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return status
-    if added and not written:
-        return status
+def _print_pinned(
+    args: argparse.Namespace,
+    added: List[_Pin],
+    skipped: List[Tuple[_Pin, str]],
+    warnings: List[str],
+    created: bool,
+) -> None:
+    """What was pinned and skipped, for humans; ``added`` was written."""
+    shown = _shown(args.manifest)
     for pin in added:
         print(f"pinned [[{pin.kind}]] {pin.identity} ({pin.label})")
     for pin, why in skipped:
         print(f"skipped [[{pin.kind}]] {pin.identity} ({pin.label}): {why}")
-    if written:
-        verb = "created" if summary["created"] else "wrote"
+    if added:
+        verb = "created" if created else "wrote"
         new = f"{len(added)} new {'entry' if len(added) == 1 else 'entries'}"
         present = f", {len(skipped)} skipped" if skipped else ""
         print(f"{verb} {shown}: {new}{present}")
@@ -615,4 +705,3 @@ def pin(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
         print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
-    return status

@@ -1,5 +1,6 @@
-"""``pickleguard record``: read the journals a recorded run left, and merge them into a
-manifest without losing anything already there.
+"""Writing manifests for ``record`` and ``pin``: read the journals a recorded run
+left, merge them into a manifest without losing anything already there, and the
+TOML text and reviewers' comments both commands write.
 
 Journals are JSON lines, one file per process (see ``_core.start_journal``). A
 process killed mid-write can leave a partial last line; it is reported and skipped,
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-from . import _core
-from .errors import ManifestError
+from .. import _core
 
 
 @dataclass
@@ -110,7 +110,7 @@ def known_rules(name: str) -> List[Tuple[List[str], List[str]]]:
     ]
 
 
-def _toml_string(text: str) -> str:
+def toml_string(text: str) -> str:
     # A JSON string is a valid TOML basic string: same quotes, same escapes. Except
     # for DEL, which JSON leaves raw and TOML requires escaped, and lone surrogates
     # (undecodable bytes of a file name), which neither TOML nor UTF-8 can hold:
@@ -130,7 +130,7 @@ def clean_text(text: str) -> str:
 
 def quoted(text: str) -> str:
     """``text`` quoted, with control characters escaped: safe in a TOML comment."""
-    return _toml_string(clean_text(text))
+    return toml_string(clean_text(text))
 
 
 def shown(text: str) -> str:
@@ -158,11 +158,11 @@ def review_comments(kind: str, imports: List[str], risky: List[str]) -> List[str
     return lines
 
 
-def _toml_list(items: List[str]) -> str:
+def toml_list(items: List[str]) -> str:
     if len(items) <= 2:
-        return "[" + ", ".join(_toml_string(i) for i in items) + "]"
+        return "[" + ", ".join(toml_string(i) for i in items) + "]"
     # One item a line, so a reviewer reads (and diffs) them one by one.
-    return "[\n" + "".join(f"    {_toml_string(i)},\n" for i in items) + "]"
+    return "[\n" + "".join(f"    {toml_string(i)},\n" for i in items) + "]"
 
 
 @dataclass
@@ -172,6 +172,31 @@ class Merge:
     channels_added: Dict[str, List[str]]
 
 
+# A manifest's channel rule: (callers, called_from or None for any).
+_Rule = Tuple[List[str], Optional[List[str]]]
+
+
+@dataclass
+class _Existing:
+    """What the manifest being merged into already allows."""
+
+    pins: Set[Tuple[str, str, Optional[Tuple[str, ...]]]] = field(default_factory=set)
+    callers: Dict[str, Set[str]] = field(default_factory=dict)
+    rules: List[_Rule] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: str) -> _Existing:
+        existing = cls()
+        entries, channels = _core.manifest_summary(path)
+        for table, identities, stack in entries:
+            for identity in identities:
+                existing.pins.add((table, identity, None if stack is None else tuple(stack)))
+        for name, callers, called_from in channels:
+            existing.callers.setdefault(name, set()).update(callers)
+            existing.rules.append((callers, called_from))
+        return existing
+
+
 def merge(existing_text: Optional[str], existing_path: str, journal: Journal) -> Merge:
     """The manifest text with the journal's new entries appended to it.
 
@@ -179,83 +204,21 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     the end. A payload already allowed for that caller (or for every caller) is
     not added again.
     """
-    have_pins: Set[Tuple[str, str, Optional[Tuple[str, ...]]]] = set()
-    have_callers: Dict[str, Set[str]] = {}
-    # The manifest's own channel rules: (callers, called_from or None for any).
-    have_rules: List[Tuple[List[str], Optional[List[str]]]] = []
-    if existing_text is not None:
-        entries, channels = _core.manifest_summary(existing_path)
-        for table, identities, stack in entries:
-            for identity in identities:
-                have_pins.add((table, identity, None if stack is None else tuple(stack)))
-        for name, callers, called_from in channels:
-            have_callers.setdefault(name, set()).update(callers)
-            have_rules.append((callers, called_from))
+    existing = _Existing() if existing_text is None else _Existing.read(existing_path)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    blocks: List[str] = []
+    channels_added, blocks = _channel_blocks(journal, existing, stamp)
     added: List[Recorded] = []
-    channels_added: Dict[str, List[str]] = {}
-    for name in sorted(journal.channels):
-        # Every rule of the channel, and every function each loads through, not
-        # only those this run used: another start method (spawn, forkserver) or
-        # kind of worker uses others.
-        for callers, called_from in known_rules(name):
-            new = sorted(set(callers) - have_callers.get(name, set()))
-            if not new:
-                continue
-            channels_added.setdefault(name, []).extend(new)
-            block = (
-                f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
-                "# every run; they are allowed only when loaded directly by these callers"
-            )
-            block += (
-                ",\n# and only when a function matching called_from calls them.\n"
-                if called_from
-                else ".\n"
-            )
-            block += f"[[channel]]\nname = {_toml_string(name)}\ncallers = {_toml_list(new)}\n"
-            if called_from:
-                block += f"called_from = {_toml_list(called_from)}\n"
-            blocks.append(block)
-
-    def rule_admits(rule: Tuple[List[str], Optional[List[str]]], caller: str, outer: Optional[str]):
-        callers, called_from = rule
-        return any(_core.pattern_matches(p, caller) for p in callers) and (
-            called_from is None or any(_core.pattern_matches(p, outer or "") for p in called_from)
-        )
-
-    def channel_allows(rec: Recorded) -> bool:
-        """Whether every load of it is allowed by a channel rule: one the manifest
-        had (written by hand, or by an earlier record) or one written now."""
-        return all(
-            (channel is not None and rec.caller in channels_added.get(channel, ()))
-            or any(rule_admits(rule, rec.caller, outer) for rule in have_rules)
-            for outer, channel in rec.called_from.items()
-        )
-
     for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
-        if rec.kind == "pickle" and channel_allows(rec):
+        if rec.kind == "pickle" and _channel_allows(rec, existing, channels_added):
             continue
-        if (rec.kind, rec.identity, None) in have_pins or (
+        if (rec.kind, rec.identity, None) in existing.pins or (
             rec.kind,
             rec.identity,
             (rec.caller,),
-        ) in have_pins:
+        ) in existing.pins:
             continue
         added.append(rec)
-        where = f" from {shown(rec.source)}" if rec.source else ""
-        if rec.loader:
-            where += f", read by {shown(rec.loader)}"
-        lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {shown(rec.caller)}"]
-        lines += review_comments(rec.kind, rec.imports, rec.risky)
-        algorithm, _, digest = rec.identity.partition(":")
-        lines.append(f"[[{rec.kind}]]")
-        lines.append(f"{algorithm} = {_toml_string(digest)}")
-        if rec.caller:
-            lines.append(f"stack = {_toml_list([rec.caller])}")
-        if rec.source:
-            lines.append(f"source = {_toml_string(rec.source)}")
-        blocks.append("\n".join(lines) + "\n")
+        blocks.append(_recorded_block(rec, stamp))
     if existing_text is None:
         text = (
             "# Pickles this program may load. Written by `pickleguard record`; review it.\n"
@@ -268,6 +231,74 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
             text += "\n"
         text += "\n" + "\n".join(blocks)
     return Merge(text=text, added=added, channels_added=channels_added)
+
+
+def _channel_blocks(
+    journal: Journal, existing: _Existing, stamp: str
+) -> Tuple[Dict[str, List[str]], List[str]]:
+    """The callers added to each channel the run used, and the [[channel]] rules
+    that add them."""
+    blocks: List[str] = []
+    channels_added: Dict[str, List[str]] = {}
+    for name in sorted(journal.channels):
+        # Every rule of the channel, and every function each loads through, not
+        # only those this run used: another start method (spawn, forkserver) or
+        # kind of worker uses others.
+        for callers, called_from in known_rules(name):
+            new = sorted(set(callers) - existing.callers.get(name, set()))
+            if not new:
+                continue
+            channels_added.setdefault(name, []).extend(new)
+            block = (
+                f"# recorded {stamp}: {name}'s own messages carry pickles that change on\n"
+                "# every run; they are allowed only when loaded directly by these callers"
+            )
+            block += (
+                ",\n# and only when a function matching called_from calls them.\n"
+                if called_from
+                else ".\n"
+            )
+            block += f"[[channel]]\nname = {toml_string(name)}\ncallers = {toml_list(new)}\n"
+            if called_from:
+                block += f"called_from = {toml_list(called_from)}\n"
+            blocks.append(block)
+    return channels_added, blocks
+
+
+def _rule_admits(rule: _Rule, caller: str, outer: Optional[str]) -> bool:
+    callers, called_from = rule
+    return any(_core.pattern_matches(p, caller) for p in callers) and (
+        called_from is None or any(_core.pattern_matches(p, outer or "") for p in called_from)
+    )
+
+
+def _channel_allows(
+    rec: Recorded, existing: _Existing, channels_added: Dict[str, List[str]]
+) -> bool:
+    """Whether every load of it is allowed by a channel rule: one the manifest
+    had (written by hand, or by an earlier record) or one written now."""
+    return all(
+        (channel is not None and rec.caller in channels_added.get(channel, ()))
+        or any(_rule_admits(rule, rec.caller, outer) for rule in existing.rules)
+        for outer, channel in rec.called_from.items()
+    )
+
+
+def _recorded_block(rec: Recorded, stamp: str) -> str:
+    """The entry for one recorded load, with the comments its reviewer reads."""
+    where = f" from {shown(rec.source)}" if rec.source else ""
+    if rec.loader:
+        where += f", read by {shown(rec.loader)}"
+    lines = [f"# recorded {stamp}: {rec.size} bytes{where}, loaded by {shown(rec.caller)}"]
+    lines += review_comments(rec.kind, rec.imports, rec.risky)
+    algorithm, _, digest = rec.identity.partition(":")
+    lines.append(f"[[{rec.kind}]]")
+    lines.append(f"{algorithm} = {toml_string(digest)}")
+    if rec.caller:
+        lines.append(f"stack = {toml_list([rec.caller])}")
+    if rec.source:
+        lines.append(f"source = {toml_string(rec.source)}")
+    return "\n".join(lines) + "\n"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -296,9 +327,15 @@ def write_atomically(path: Path, text: str) -> None:
 __all__ = [
     "Journal",
     "Merge",
-    "ManifestError",
+    "Recorded",
+    "clean_text",
     "known_rules",
     "merge",
+    "quoted",
     "read_journals",
+    "review_comments",
+    "shown",
+    "toml_list",
+    "toml_string",
     "write_atomically",
 ]

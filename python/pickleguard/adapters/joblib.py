@@ -1,0 +1,291 @@
+"""The joblib adapter: ``joblib.load`` pins the whole file, which interleaves raw
+array bytes with pickle opcodes and may be compressed.
+
+joblib's old format (0.9 and earlier) keeps arrays in files next to the pickle,
+which the pickle names. Each such file is judged as an artifact of its own, found
+where plain joblib finds it, and numpy reads the verified bytes.
+
+Never imports joblib: ``patch`` is given the module once it has been imported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import os
+import sys
+import warnings
+
+from .. import _core
+from ..errors import PickleGuardError
+from . import _verified
+from ._artifact import (
+    admit,
+    disguise,
+    is_path,
+    load_artifact,
+    load_copy_mapped,
+    load_mapped,
+    read_whole,
+    refuse_writing_map,
+    replace_load,
+    unwrapped,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
+    from typing import Any, Optional, Tuple
+
+
+def patch(joblib: Any) -> None:
+    numpy_pickle = unwrapped("joblib.numpy_pickle")
+    if numpy_pickle is None:
+        return
+    original = numpy_pickle.load
+    compat: Any = sys.modules.get("joblib.numpy_pickle_compat")
+    _patch_joblib_array_files(compat)
+    zfile_unpickler = _zfile_unpickler(compat)
+
+    def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
+        mapped = mmap_mode is not None and is_path(filename)
+        if mapped and mmap_mode in ("r+", "w+") and not _joblib_compressed(filename):
+            # Its writes go to the file: a sealed copy cannot take them.
+            if _core.enforcing():
+                refuse_writing_map(
+                    "joblib.load",
+                    f"mmap_mode={mmap_mode!r}",
+                    "arrays",
+                    "use mmap_mode='c' (mapped copy-on-write from the verified copy; "
+                    "changes stay in memory) or mmap_mode='r' (read-only)",
+                )
+            return load_mapped(
+                "joblib.load",
+                f"mmap_mode={mmap_mode!r}",
+                "",
+                filename,
+                lambda: original(filename, mmap_mode, *args, **kwargs),
+            )
+        copy = _verified.copy_of(filename) if is_path(filename) else None
+        if copy is not None and mapped and not _joblib_compressed_head(copy.head(64)):
+            # joblib opens and maps the sealed copy by name; the old format's array
+            # files are still looked for next to the original path.
+            here = _JOBLIB_DIRECTORY.set((copy.path, os.path.dirname(os.fspath(filename))))
+            try:
+                return load_copy_mapped(
+                    "joblib.load",
+                    filename,
+                    copy,
+                    lambda path: original(path, mmap_mode, *args, **kwargs),
+                )
+            finally:
+                _JOBLIB_DIRECTORY.reset(here)
+        if copy is None and mapped and not _joblib_compressed(filename):
+            if not _core.enforcing():
+                return load_mapped(
+                    "joblib.load",
+                    f"mmap_mode={mmap_mode!r}",
+                    "",
+                    filename,
+                    lambda: original(filename, mmap_mode, *args, **kwargs),
+                )
+            # No sealed memory to map: the verified bytes, read into memory (joblib
+            # warns that it cannot map a file object, and reads it).
+        # Given a path, joblib looks for the old format's array files next to it.
+        # It is given the verified bytes instead, so the directory is passed on.
+        directory = os.path.dirname(os.fspath(filename)) if is_path(filename) else None
+
+        def call(verified: Any) -> Any:
+            if directory is None:
+                return original(verified, mmap_mode, *args, **kwargs)
+            if zfile_unpickler is not None and _joblib_zfile(verified):
+                return _load_joblib_zfile(zfile_unpickler, os.fspath(filename), verified)
+            here = _JOBLIB_DIRECTORY.set((verified, directory))
+            try:
+                return original(verified, mmap_mode, *args, **kwargs)
+            finally:
+                _JOBLIB_DIRECTORY.reset(here)
+
+        # joblib ignores mmap_mode, with a warning, for a file object or a compressed
+        # file: nothing is mapped, so the verified bytes can be loaded as they are.
+        return load_artifact("joblib.load", filename, call, copy)
+
+    replace_load(original, load, numpy_pickle, joblib)
+
+
+# The verified stream of the joblib.load of a path running in this thread or task,
+# and the directory of that path.
+_JOBLIB_DIRECTORY: contextvars.ContextVar[Optional[Tuple[Any, Any]]] = contextvars.ContextVar(
+    "pickleguard_joblib_directory", default=None
+)
+
+# The loader named in the messages and entries about an old-format array file.
+_ARRAY_FILE_LOADER = "joblib.load (an old-format array file)"
+
+
+def _reads_from(file: Any, stream: Any) -> bool:
+    """Whether ``file`` is ``stream``, or reads from it through a buffered reader or
+    a decompressor (joblib's compressed files) a few levels down."""
+    for _ in range(4):
+        if file is stream:
+            return True
+        inner = (getattr(file, name, None) for name in ("raw", "_fp", "fileobj"))
+        file = next((f for f in inner if f is not None), None)
+        if file is None:
+            return False
+    return False
+
+
+def _array_file(wrapper: Any, unpickler: Any) -> Tuple[Any, Any]:
+    """The directory and the path of the file an old-format array wrapper names:
+    where plain joblib looks (``unpickler._dirname``: the pickle's directory, or
+    the current one for a file object), but for the joblib.load of a path, whose
+    unpickler reads the verified bytes, the directory of that path."""
+    directory = unpickler._dirname
+    load = _JOBLIB_DIRECTORY.get()
+    handle = getattr(unpickler, "file_handle", None)
+    # The verified stream, or (a mapped load) the sealed copy joblib opened by name.
+    if load is not None and (_reads_from(handle, load[0]) or _named(handle, load[0])):
+        directory = load[1]
+    return directory, os.path.join(directory, wrapper.filename)
+
+
+def _named(file: Any, path: Any) -> bool:
+    return isinstance(path, str) and getattr(file, "name", None) == path
+
+
+class _VerifiedNumpy:
+    """numpy as an old-format array wrapper's ``read`` finds it on its unpickler:
+    ``load`` of the array file reads the bytes pickleguard judged, never the path."""
+
+    def __init__(self, numpy: Any, path: Any, verified: Any) -> None:
+        self._numpy, self._path, self._verified = numpy, path, verified
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._numpy, name)
+
+    def load(
+        self, file: Any, mmap_mode: Any = None, allow_pickle: bool = False, **kwargs: Any
+    ) -> Any:
+        if file != self._path or mmap_mode is not None:
+            raise PickleGuardError(
+                f"joblib asked numpy to load {file!r} (mmap_mode={mmap_mode!r}), not the "
+                f"array file pickleguard checked, {self._path!r}: refused.\n"
+                "hint: this joblib version reads its old format differently from the one "
+                "pickleguard knows; regenerate the file with joblib.dump"
+            )
+        return self._numpy.load(self._verified, allow_pickle=allow_pickle, **kwargs)
+
+
+def _patch_joblib_array_files(compat: Any) -> None:
+    """Judge each array file an old-format joblib pickle names as an artifact, and
+    have numpy read the verified bytes. ``NDArrayWrapper.read`` (an ``.npy`` file)
+    and ``ZNDArrayWrapper.read`` (a zlib-compressed one) are patched on the classes:
+    every unpickler of joblib's finds them there."""
+    classes = [getattr(compat, name, None) for name in ("NDArrayWrapper", "ZNDArrayWrapper")]
+    if None in classes or getattr(compat.NDArrayWrapper.read, "_pickleguard", False):
+        return  # a joblib without the old format, or already patched
+    read_npy = compat.NDArrayWrapper.read
+
+    def read(self: Any, unpickler: Any) -> Any:
+        directory, path = _array_file(self, unpickler)
+        mmap_mode = unpickler.mmap_mode if getattr(self, "allow_mmap", True) else None
+        numpy, dirname = unpickler.np, unpickler._dirname
+        unpickler._dirname = directory
+        try:
+            if mmap_mode is not None:
+                # numpy maps the file itself: refused while enforcing, as for a
+                # joblib file mapped with mmap_mode.
+                return load_mapped(
+                    "joblib.load",
+                    f"mmap_mode={mmap_mode!r}",
+                    "",
+                    path,
+                    lambda: read_npy(self, unpickler),
+                )
+            found = read_whole(path)
+            assert found is not None
+            data, source, _ = found
+            verified = io.BytesIO(data)
+            # An object array's pickle is read from `verified`: covered by the entry.
+            with admit(data, source, _ARRAY_FILE_LOADER, stream=verified):
+                unpickler.np = _VerifiedNumpy(numpy, path, verified)
+                return read_npy(self, unpickler)
+        finally:
+            unpickler.np, unpickler._dirname = numpy, dirname
+
+    def read_compressed(self: Any, unpickler: Any) -> Any:
+        # joblib's own steps (ZNDArrayWrapper.read), on the verified bytes: the array
+        # from the pickled metadata, its data from the zlib-compressed file.
+        _, path = _array_file(self, unpickler)
+        found = read_whole(path)
+        assert found is not None
+        data, source, _ = found
+        with admit(data, source, _ARRAY_FILE_LOADER):
+            array = compat._reconstruct(*self.init_args)
+            array.__setstate__(self.state + (compat.read_zfile(io.BytesIO(data)),))
+            return array
+
+    for cls, wrapper in ((compat.NDArrayWrapper, read), (compat.ZNDArrayWrapper, read_compressed)):
+        disguise(wrapper, cls.read)
+        cls.read = wrapper
+
+
+def _joblib_zfile(verified: Any) -> bool:
+    """Whether joblib sees these bytes as its old compressed format (a "Z-file")."""
+    utils = sys.modules.get("joblib.numpy_pickle_utils")
+    detect = getattr(utils, "_detect_compressor", None)
+    if detect is None:
+        return False
+    return bool(detect(verified) == "compat")  # it reads the head, then seeks back
+
+
+def _load_joblib_zfile(unpickler_class: Any, path: Any, verified: Any) -> Any:
+    """What joblib.load does for a file in its old compressed format (it hands the
+    path to ``load_compatibility``, which opens it again), on the verified bytes."""
+    warnings.warn(
+        f"The file '{path}' has been generated with a joblib version less than 0.10. "
+        "Please regenerate this pickle file.",
+        DeprecationWarning,
+        stacklevel=2,  # as joblib's: not shown by default
+    )
+    unpickler = unpickler_class(path, file_handle=verified)
+    try:
+        return unpickler.load()
+    finally:
+        unpickler.file_handle.close()
+
+
+def _zfile_unpickler(compat: Any) -> Any:
+    """joblib's unpickler of its old compressed format, with the decompressed pickle
+    linked to the verified stream it comes from (as a decompressor's ``fileobj``
+    is), so that the gate sees it inside the artifact's bytes."""
+    if getattr(compat, "ZipNumpyUnpickler", None) is None:
+        return None
+
+    class VerifiedZipNumpyUnpickler(compat.ZipNumpyUnpickler):
+        def _open_pickle(self, file_handle: Any) -> Any:
+            stream = super()._open_pickle(file_handle)
+            stream.fileobj = file_handle
+            return stream
+
+    return VerifiedZipNumpyUnpickler
+
+
+def _joblib_compressed(path: Any) -> bool:
+    """Whether joblib sees the file at ``path`` as compressed (by its magic bytes).
+    Only to choose how to load: what loads is judged apart."""
+    try:
+        with open(path, "rb") as f:
+            return _joblib_compressed_head(f.read(64))
+    except (OSError, ValueError):
+        return False
+
+
+def _joblib_compressed_head(head: bytes) -> bool:
+    """Whether joblib sees a file starting with ``head`` as compressed."""
+    # Imported with joblib.numpy_pickle, whose load this wraps.
+    utils = sys.modules.get("joblib.numpy_pickle_utils")
+    detect = getattr(utils, "_detect_compressor", None)
+    if detect is None:
+        return False
+    return bool(detect(io.BytesIO(head)) != "not-compressed")
