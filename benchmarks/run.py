@@ -2,13 +2,15 @@
 
     python benchmarks/run.py [--quick] [NAME ...]
 
-NAME is any of loads, startup, backstop, memory (default: all, in that order).
-Run it with the interpreter of an environment where pickleguard is installed from
-its wheel (startup needs its .pth file), with fickling and numpy installed for the
-comparisons they take part in. Each benchmark is also a script of its own; this
+NAME is any of loads, startup, backstop, memory, artifacts (default: all, in that
+order). Run it with the interpreter of an environment where pickleguard is
+installed from its wheel (startup needs its .pth file), with fickling and numpy
+installed for the comparisons they take part in, and torch and joblib for
+artifacts. Each benchmark is also a script of its own; this
 runs them one after the other with the arguments below and prints the machine
-they ran on. --quick takes a few minutes, with fewer rounds and a 256 MiB pickle
-for the memory benchmark instead of 1 GiB.
+they ran on. --quick takes a few minutes, with fewer rounds, a 256 MiB pickle
+for the memory benchmark instead of 1 GiB, and 64 MiB checkpoints for artifacts
+instead of 256 MiB.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ SUITE = {
     "startup": ([], ["--runs", "40"]),
     "backstop": ([], ["--rounds", "5"]),
     "memory": ([], ["--size", "256M", "--rounds", "1"]),
+    "artifacts": ([], ["--quick"]),
 }
 
 
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}")
     print(
         f"python {platform.python_version()} ({sys.executable}); pickleguard "
-        f"{version('pickleguard-runtime')}, fickling {version('fickling')}, numpy {version('numpy')}"
+        f"{version('pickleguard-runtime')}, fickling {version('fickling')}, "
+        f"numpy {version('numpy')}, torch {version('torch')}"
     )
     failed = []
     for name in names:
