@@ -96,7 +96,7 @@ def test_head_of_a_long_listing_keeps_the_finding(files):
 def test_version_is_the_package_version(tmp_path):
     result = cli("--version", cwd=tmp_path)
     assert result.returncode == 0
-    version = importlib.metadata.version("pickleguard")
+    version = importlib.metadata.version("pickleguard-runtime")
     assert result.stdout == f"pickleguard {version}\n"
     in_module = subprocess.run(
         [sys.executable, "-c", "import pickleguard; print(pickleguard.__version__)"],
