@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import _core
-from .._pickles import is_zip, pickle_members, pickles_in
+from .._pickles import is_zip, pickle_members, pickles_in, walk
 from ..errors import ManifestError
 from . import _manifest
 from ._common import (
@@ -90,6 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the source of every new entry (default: the path, or the name in the sums line)",
     )
+    parser.add_argument(
+        "--allow-risky",
+        action="store_true",
+        help="write the entries even if what they pin imports RISKY globals (listed either way)",
+    )
+    parser.add_argument(
+        "--from-log",
+        dest="logs",
+        action="append",
+        default=[],
+        metavar="LOG",
+        help="pin each distinct load a warn-mode audit log (PICKLEGUARD_LOG) reported",
+    )
     add_json_option(parser, "machine-readable summary")
 
 
@@ -106,6 +119,9 @@ class _Pin:
     offset: Optional[int] = None  # of a stream pin in its file (or archive member)
     imports: List[str] = field(default_factory=list)
     risky: List[str] = field(default_factory=list)
+    # Why its imports were not reviewed (no bytes to scan), for its comment.
+    unscanned: Optional[str] = None
+    stack: Optional[List[str]] = None  # its own stack patterns, instead of --stack
 
 
 class _PinError(Exception):
@@ -171,6 +187,34 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
         origin=f"from the file {_quoted(path)}, {plural(size, 'byte')}",
         size=size,
     )
+
+
+def _file_pins(path: str, algorithm: str) -> List[_Pin]:
+    """The entries a whole file needs: an [[artifact]] (torch.load, joblib.load),
+    and, for a file that is exactly one pickle, a [[pickle]] with the same hash
+    (pickle.load of the file checks that one). Both carry what its pickles
+    import, walked as its loader reads it."""
+    pin = _file_artifact(path, algorithm)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _PinError(
+            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
+        ) from None
+    found = walk(data)
+    imports = found.imports
+    if found.problem and found.form != "none":
+        # What the rest of the file imports is not known: as risky as it gets.
+        imports.append((f"<not read: {found.problem}>", True))
+    pin.imports = [name for name, _ in imports]
+    pin.risky = [name for name, risky in imports if risky]
+    pins = [pin]
+    if found.one_pickle and _core.delimit(data)[1] == 0:  # no out-of-band buffers
+        twin = _Pin(**{**pin.__dict__, "kind": "pickle"})
+        twin.origin += ": the file is one pickle, which pickle.load reads"
+        pins.append(twin)
+    return pins
 
 
 # joblib 0.9 and earlier saved each array of NAME in a file of its own next to it,
@@ -368,6 +412,7 @@ def _sums_pins(path: str) -> Tuple[List[_Pin], List[_PinError]]:
                 source=_clean(name),
                 label=f"{label} line {number}: {_shown(name)}",
                 origin=f"from {_quoted(label)} line {number}, without reading the file",
+                unscanned="pinned from a sums line, without the file's bytes",
             )
         )
     if bad > _MAX_BAD_LINES:
@@ -424,17 +469,21 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
         source=None,
         label="--hash",
         origin="from a hash given on the command line, without reading a file",
+        unscanned="pinned from a bare hash, without the file's bytes",
     )
 
 
 def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
     lines += _manifest.review_comments(pin.kind, pin.imports, pin.risky)
+    if pin.unscanned:
+        lines.append(f"# imports not reviewed: {_shown(pin.unscanned)}")
     algorithm, _, digest = pin.identity.partition(":")
     lines.append(f"[[{pin.kind}]]")
     lines.append(f"{algorithm} = {_manifest.toml_string(digest)}")
-    if args.stack:
-        lines.append(f"stack = {_manifest.toml_list([_clean(p) for p in args.stack])}")
+    stack = pin.stack if pin.stack is not None else [_clean(p) for p in args.stack]
+    if stack:
+        lines.append(f"stack = {_manifest.toml_list(stack)}")
     if args.note is not None:
         lines.append(f"note = {_manifest.toml_string(_clean(args.note))}")
     if pin.source is not None:
@@ -484,7 +533,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
                 if warning:
                     warnings.append(warning)
             else:
-                pins.append(_file_artifact(path, algorithm))
+                pins += _file_pins(path, algorithm)
                 pins += _joblib_array_pins(path, algorithm)
         except _PinError as e:
             errors.append(e)
@@ -547,6 +596,9 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if errors:  # all or nothing: one bad input, and nothing is written
         return _refuse(args, errors)
     added, skipped = _new_pins(pins, have, args)
+    risky = _risky_refusals(added, args)
+    if risky:
+        return _refuse(args, risky)
     status = ExitStatus.OK
     problem = None
     if added:
@@ -566,6 +618,23 @@ def run(args: argparse.Namespace) -> ExitStatus:
     elif written or not added:
         _print_pinned(args, added, skipped, warnings, created=written and existing is None)
     return status
+
+
+def _risky_refusals(added: List[_Pin], args: argparse.Namespace) -> List[_PinError]:
+    """A refusal for each new entry whose pickles import RISKY globals, unless
+    --allow-risky says the reviewer has looked; the same file's two entries are
+    named once."""
+    if args.allow_risky:
+        return []
+    refusals: Dict[Tuple[str, Optional[str]], _PinError] = {}
+    for pin in added:
+        if pin.risky and (pin.identity, pin.source) not in refusals:
+            refusals[(pin.identity, pin.source)] = _PinError(
+                f"{pin.label} imports RISKY globals: {', '.join(map(_shown, pin.risky))}",
+                "loading it can run code: review it with `pickleguard inspect`; "
+                "if you trust it, pin it with --allow-risky",
+            )
+    return list(refusals.values())
 
 
 def _summary(
@@ -602,6 +671,9 @@ def _described(pin: _Pin) -> Dict[str, Any]:
         "input": pin.label,
         "size": pin.size,
         "offset": pin.offset,
+        "imports": pin.imports,
+        "risky": pin.risky,
+        "scanned": pin.unscanned is None,
     }
 
 
@@ -625,20 +697,21 @@ def _new_pins(
     """The pins to add, and those skipped with why: already in the manifest, or the
     same as another input's."""
     shown = _shown(args.manifest)
-    wanted = tuple(_clean(p) for p in args.stack) or None
-    seen: Dict[Tuple[str, str], _Pin] = {}
+    given = tuple(_clean(p) for p in args.stack) or None
+    seen: Dict[Tuple[str, str, Optional[Tuple[str, ...]]], _Pin] = {}
     added: List[_Pin] = []
     skipped: List[Tuple[_Pin, str]] = []
     for pin in pins:
+        wanted = given if pin.stack is None else (tuple(pin.stack) or None)
         key = (pin.kind, pin.identity)
         if key + (wanted,) in have:
             skipped.append((pin, f"already in {shown}"))
         elif key + (None,) in have:
             skipped.append((pin, f"already allowed for every caller by {shown}"))
-        elif key in seen:
-            skipped.append((pin, f"the same as {seen[key].label}"))
+        elif key + (wanted,) in seen:
+            skipped.append((pin, f"the same as {seen[key + (wanted,)].label}"))
         else:
-            seen[key] = pin
+            seen[key + (wanted,)] = pin
             added.append(pin)
     return added, skipped
 
@@ -702,6 +775,13 @@ def _print_pinned(
             )
     if any(pin.risky for pin in added):
         print("hint: review the entries marked RISKY before you trust them", file=sys.stderr)
+    unscanned = [pin for pin in added if pin.unscanned]
+    if unscanned:
+        print(
+            f"note: {plural(len(unscanned), 'entry')} pinned without the files' bytes: "
+            "what their pickles import was not reviewed (pin the files themselves to scan them)",
+            file=sys.stderr,
+        )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
         print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
