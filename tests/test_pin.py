@@ -491,3 +491,114 @@ def test_hashes_and_sums_lines_say_their_imports_were_not_reviewed(tmp_path):
     assert "2 entries pinned without the files' bytes" in proc.stderr
     text = (tmp_path / "m.toml").read_text()
     assert text.count("# imports not reviewed: pinned from a") == 2
+
+
+def guarded(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter with only the given PICKLEGUARD_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+APP = """
+import pickle, sys
+def load_model(name):
+    with open(name, "rb") as f:
+        return pickle.load(f)
+for name in sys.argv[1:]:
+    print(load_model(name))
+print(pickle.loads(pickle.dumps([1, 2])))
+"""
+
+
+def test_from_log_turns_a_warn_mode_audit_log_into_entries(tmp_path, wheel_installed):
+    """Warn, review, pin from the log, enforce: one entry per distinct load, with
+    the caller as its stack and the source; already pinned loads are skipped; the
+    manifest then lets the program run enforced."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"w": [1.5]}))
+    (tmp_path / "m.toml").write_text("version = 1\n")
+    warn = {"PICKLEGUARD_MANIFEST": "m.toml", "PICKLEGUARD_MODE": "warn"}
+    for _ in range(2):  # the same loads twice: the same entries
+        proc = guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_LOG="audit.log", **warn)
+        assert proc.returncode == 0, proc.stderr
+    assert guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml").returncode
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote m.toml: 2 new entries" in proc.stdout
+    digest = sha256((tmp_path / "model.pkl").read_bytes())
+    listed = entries(tmp_path / "m.toml")
+    assert ("pickle", [digest], ["__main__:load_model"]) in listed and len(listed) == 2
+    text = (tmp_path / "m.toml").read_text()
+    assert 'source = "model.pkl"' in text
+    # The pickle made in memory has no file to scan: its comment says so.
+    assert "# imports not reviewed: the audit log holds no bytes, and names no source" in text
+    assert "1 entry pinned without the files' bytes" in proc.stderr
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 0 and "m.toml is unchanged" in proc.stdout
+    proc = guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["{'w': [1.5]}", "[1, 2]"]
+
+
+def test_from_log_reviews_the_logged_source_like_pin(tmp_path, wheel_installed):
+    """A load the log names a readable source for is scanned: a RISKY import is
+    refused unless --allow-risky, as `pin FILE` does."""
+    sentinel = tmp_path / "PWNED"
+    (tmp_path / "evil.pkl").write_bytes(hostile(sentinel))
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "m.toml").write_text("version = 1\n")
+    proc = guarded(
+        "app.py", "evil.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml",
+        PICKLEGUARD_MODE="warn", PICKLEGUARD_LOG="audit.log",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sentinel.exists()  # warn mode refuses nothing: the payload ran
+    sentinel.rmdir()
+    before = (tmp_path / "m.toml").read_bytes()
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "audit.log:1" in proc.stderr and "RISKY globals: posix.mkdir" in proc.stderr
+    assert (tmp_path / "m.toml").read_bytes() == before
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", "--allow-risky", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "# RISKY imports, review before trusting: posix.mkdir" in (tmp_path / "m.toml").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("not json", "not a JSON line"),
+        ("[1]", "not a JSON object"),
+        ('{"event": "warn", "code": "not-listed", "kind": "pickle"}', 'no "identity" field'),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "pickle", "identity": 1, '
+            '"caller": ""}',
+            '"identity" is int, not a string',
+        ),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "table", "identity": "", '
+            '"caller": ""}',
+            'unknown kind "table"',
+        ),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "pickle", "identity": "sha256:ab", '
+            '"caller": ""}',
+            'identity "sha256:ab" is not sha256:<64 hex digits>',
+        ),
+    ],
+)
+def test_a_malformed_log_line_names_the_file_and_line_and_writes_nothing(tmp_path, line, problem):
+    good = json.dumps(
+        {"event": "warn", "code": "not-listed", "kind": "pickle", "identity": "sha256:" + "a" * 64,
+         "caller": "app:load", "source": None, "size": 3}
+    )  # fmt: skip
+    (tmp_path / "audit.log").write_text(f"{good}\n{line}\n")
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"error: audit.log:2: {problem}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m.toml").exists()

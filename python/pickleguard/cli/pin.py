@@ -473,6 +473,166 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
     )
 
 
+# The denials a manifest entry can turn into an allowed load; the others (a
+# call-site pin that does not match, a no_pickles() scope, the backstop) are
+# decided in code, and an entry would change nothing.
+_PINNABLE_CODES = ("not-listed", "stack-mismatch", "no-manifest", "broken-manifest")
+_LOG_HINT = (
+    "give an audit log that PICKLEGUARD_LOG wrote: one JSON object a line, with "
+    "event, code, kind, identity, caller and source"
+)
+
+
+def _log_pins(path: str) -> Tuple[List[_Pin], List[str]]:
+    """An entry for each distinct (kind, identity, caller) an audit log reported,
+    with the caller as its stack and the logged source, and notes on the lines
+    that cannot become entries. _PinError for a malformed line: nothing is pinned
+    from a log that is not what pickleguard wrote."""
+    shown = _shown(path)
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except OSError as e:
+        raise _PinError(
+            f"could not read {shown}: {e.strerror or e}",
+            "give the path PICKLEGUARD_LOG named",
+            ExitStatus.ERROR,
+        ) from None
+    pins: Dict[Tuple[str, str, str], _Pin] = {}
+    notes: List[str] = []
+    for number, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{shown}:{number}"
+        line = _log_line(raw, where)
+        kind, identity, caller = line["kind"], line["identity"], line["caller"]
+        if line["code"] not in _PINNABLE_CODES or not identity:
+            notes.append(
+                f"{where}: a {line['event']} with code {_quoted(line['code'])} is decided in "
+                "code (a call-site pin, a no_pickles() scope, the backstop): no entry changes it"
+            )
+            continue
+        if (kind, identity, caller) in pins:
+            continue
+        if caller:
+            problem = _stack_problem([caller])
+            if problem:
+                raise _PinError(f"{where}: caller {_quoted(caller)}: {problem[0]}", _LOG_HINT)
+        source = line["source"]
+        pin = _Pin(
+            kind=kind,
+            identity=identity,
+            source=_clean(source) if source is not None else None,
+            label=f"{where}: {kind} {identity[:23]}...",
+            origin=f"from the audit log {_quoted(path)} line {number}: {line['event']} "
+            f"({line['code']}), loaded by {_quoted(caller or '<no Python caller>')}",
+            size=line["size"],
+            stack=[caller] if caller else [],
+        )
+        _review_logged(pin)
+        pins[(kind, identity, caller)] = pin
+    return list(pins.values()), notes
+
+
+def _log_line(raw: bytes, where: str) -> Dict[str, Any]:
+    """The fields of one audit-log line, checked; _PinError naming the line if not."""
+    import json
+
+    try:
+        line = json.loads(raw)
+    except ValueError as e:
+        raise _PinError(f"{where}: not a JSON line: {e}", _LOG_HINT, ExitStatus.ERROR) from None
+    if not isinstance(line, dict):
+        raise _PinError(f"{where}: not a JSON object", _LOG_HINT, ExitStatus.ERROR)
+    checked: Dict[str, Any] = {}
+    for name, types in (
+        ("event", str),
+        ("code", str),
+        ("kind", str),
+        ("identity", str),
+        ("caller", str),
+        ("source", (str, type(None))),
+        ("size", int),
+    ):
+        if name not in line:
+            if name in ("source", "size"):  # optional
+                line[name] = None if name == "source" else 0
+            else:
+                raise _PinError(f"{where}: no {_quoted(name)} field", _LOG_HINT, ExitStatus.ERROR)
+        if not isinstance(line[name], types) or isinstance(line[name], bool):
+            raise _PinError(
+                f"{where}: {_quoted(name)} is {type(line[name]).__name__}, not "
+                f"{'a string' if types is str else 'as expected'}",
+                _LOG_HINT,
+                ExitStatus.ERROR,
+            )
+        checked[name] = line[name]
+    if checked["event"] not in ("warn", "deny"):
+        raise _PinError(
+            f"{where}: unknown event {_quoted(checked['event'])}, expected warn or deny",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    if checked["kind"] not in ("pickle", "artifact"):
+        raise _PinError(
+            f"{where}: unknown kind {_quoted(checked['kind'])}, expected pickle or artifact",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    identity = checked["identity"]
+    algorithm, _, digest = identity.partition(":")
+    if identity and not (algorithm in ("sha256", "blake3") and _HEX64.fullmatch(digest)):
+        raise _PinError(
+            f"{where}: identity {_quoted(identity)} is not sha256:<64 hex digits> "
+            "or blake3:<64 hex digits>",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    checked["identity"] = identity.lower()
+    return checked
+
+
+def _review_logged(pin: _Pin) -> None:
+    """The log holds no bytes: scan the file it names as the source, if that file
+    still has the logged hash; otherwise say that nothing was reviewed."""
+    if pin.source is None:
+        pin.unscanned = "the audit log holds no bytes, and names no source file"
+        return
+    try:
+        with open(pin.source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        pin.unscanned = (
+            f"the audit log holds no bytes, and its source {pin.source} cannot be read "
+            f"({e.strerror or e})"
+        )
+        return
+    algorithm, _, digest = pin.identity.partition(":")
+    found = walk(data)
+    if pin.kind == "artifact" and _core.hexdigest(data, algorithm) == digest:
+        imports = found.imports
+        if found.problem and found.form != "none":
+            imports.append((f"<not read: {found.problem}>", True))
+    else:
+        view = memoryview(data)
+        matching = [
+            p
+            for p in found.pickles
+            if pin.kind == "pickle"
+            and p.standalone
+            and _core.hexdigest(view[p.offset : p.offset + p.size], algorithm) == digest
+        ]
+        if not matching:
+            pin.unscanned = (
+                f"the audit log holds no bytes, and its source {pin.source} "
+                "no longer holds them (another hash)"
+            )
+            return
+        imports = matching[0].imports
+    pin.imports = [name for name, _ in imports]
+    pin.risky = [name for name, risky in imports if risky]
+
+
 def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
     lines += _manifest.review_comments(pin.kind, pin.imports, pin.risky)
@@ -497,11 +657,12 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     errors: List[_PinError] = []
     warnings: List[str] = []
     pins: List[_Pin] = []
-    if not (args.files or args.sums or args.hashes):
+    if not (args.files or args.sums or args.hashes or args.logs):
         errors.append(
             _PinError(
                 "nothing to pin",
-                "give FILE..., --sha256sum SUMS or --hash HEX (see pickleguard pin --help)",
+                "give FILE..., --sha256sum SUMS, --hash HEX or --from-log LOG "
+                "(see pickleguard pin --help)",
                 ExitStatus.ERROR,
             )
         )
@@ -544,6 +705,13 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     for value in args.hashes:
         try:
             pins.append(_hash_pin(value, "pickle" if args.pickle else "artifact", args.identity))
+        except _PinError as e:
+            errors.append(e)
+    for path in args.logs:
+        try:
+            found, notes = _log_pins(path)
+            pins += found
+            warnings += notes
         except _PinError as e:
             errors.append(e)
     if args.source is not None:
@@ -784,4 +952,5 @@ def _print_pinned(
         )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-        print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
+        if " is a zip archive: " in warning:
+            print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
