@@ -602,3 +602,18 @@ def test_a_malformed_log_line_names_the_file_and_line_and_writes_nothing(tmp_pat
     assert proc.returncode == 2
     assert f"error: audit.log:2: {problem}" in proc.stderr, proc.stderr
     assert not (tmp_path / "m.toml").exists()
+
+
+def test_a_joblib_pickle_the_walk_cannot_follow_is_refused_not_guessed(tmp_path):
+    """A NumpyArrayWrapper whose array size the walk cannot know: where its raw data
+    ends (and the opcodes go on) is not known, so nothing after it was reviewed."""
+    payload = (
+        b"\x80\x04cjoblib.numpy_pickle\nNumpyArrayWrapper\n)\x81}(\x8c\x05shape"
+        b"K\x02\x85\x8c\x05dtypecbuiltins\nstr\nu" + b"b" + b"\x00" * 16 + b"."
+    )
+    (tmp_path / "odd.pkl").write_bytes(payload)
+    proc = cli("inspect", "odd.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "cannot be walked" in proc.stderr, proc.stderr
+    proc = cli("pin", "m.toml", "odd.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "<not read: the joblib pickle" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m.toml").exists()

@@ -798,7 +798,7 @@ def _risky_refusals(added: List[_Pin], args: argparse.Namespace) -> List[_PinErr
     for pin in added:
         if pin.risky and (pin.identity, pin.source) not in refusals:
             refusals[(pin.identity, pin.source)] = _PinError(
-                f"{pin.label} imports RISKY globals: {', '.join(map(_shown, pin.risky))}",
+                f"{pin.label}: imports RISKY globals: {', '.join(map(_shown, pin.risky))}",
                 "loading it can run code: review it with `pickleguard inspect`; "
                 "if you trust it, pin it with --allow-risky",
             )
