@@ -195,6 +195,7 @@ _COMPRESSED = (
     (b"]\x00\x00", "lzma"),
     (b"\x04\x22\x4d\x18", "lz4"),
     (b"x", "zlib"),
+    (b"ZF", "zfile"),
 )
 
 
@@ -212,6 +213,7 @@ def _walk_compressed(data: bytes, compression: str) -> Walk:
         "xz": lzma.decompress,
         "lzma": lzma.decompress,
         "zlib": zlib.decompress,
+        "zfile": _zfile_decompress,
     }
     decompress = decompressors.get(compression)
     if decompress is None:
@@ -227,6 +229,16 @@ def _walk_compressed(data: bytes, compression: str) -> Walk:
         return result
     result.form = f"{compression}-compressed {result.form}"
     return result
+
+
+def _zfile_decompress(data: bytes) -> bytes:
+    """The pickle in joblib 0.9's "Z-file": "ZF", the length in hex padded to 19
+    characters, maybe a space, then zlib data (joblib/numpy_pickle_compat.py)."""
+    import zlib
+
+    length = int(data[2:21], 16)
+    start = 22 if data[21:22] == b" " else 21
+    return zlib.decompress(data[start:], 15, length)
 
 
 def _walk_plain(result: Walk, blob: bytes, offset: int, member: str) -> None:
