@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}")
     print(
         f"python {platform.python_version()} ({sys.executable}); pickleguard "
-        f"{version('pickleguard')}, fickling {version('fickling')}, numpy {version('numpy')}"
+        f"{version('pickleguard-runtime')}, fickling {version('fickling')}, numpy {version('numpy')}"
     )
     failed = []
     for name in names:

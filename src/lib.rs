@@ -23,6 +23,7 @@
 //!   whole input is allowed by its hash alone.
 //! - [`report`]: the text, stable code and ready-to-paste entry of a denial.
 //! - [`journal`]: the JSON lines of `record`'s journal and of the audit log.
+//! - [`stderr`]: what warn-mode reports and caught denials print on stderr, and when.
 //! - [`names`]: pickleguard's own and pickle's modules, and imports refused always.
 //! - [`admission`]: where an admitted unpickler's `pickle.find_class` events must
 //!   come from for the backstop to let them through.

@@ -80,6 +80,16 @@ def wheel_installed() -> None:
         )
 
 
+def fresh_python(cwd: Path, code: str, **settings: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter in `cwd`, with no PICKLEGUARD_ variable but
+    `settings`: activation at interpreter start sees exactly these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.fixture
 def run_py(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run a Python snippet in a fresh interpreter, in tmp_path; return the result."""

@@ -4,31 +4,14 @@ and an audit log that cannot be written is said once, without changing a decisio
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
-from typing import Dict
 
 import pytest
 
+from conftest import fresh_python as fresh
 from conftest import write_manifest
 
 pytestmark = pytest.mark.usefixtures("wheel_installed")
-
-
-def fresh(tmp_path: Path, code: str, **settings: str) -> subprocess.CompletedProcess:
-    env: Dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
-    env.update(settings)
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_missing_manifest_stops_the_start(tmp_path):

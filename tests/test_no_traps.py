@@ -7,11 +7,9 @@ The dry run's placeholder class used to raise one on any attribute access.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+
+from conftest import fresh_python
 
 pytestmark = pytest.mark.usefixtures("wheel_installed")
 
@@ -50,16 +48,7 @@ except TypeError as e:
 
 
 def test_walking_every_module_meets_no_trap(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
-    env["PICKLEGUARD_MODE"] = "warn"
-    proc = subprocess.run(
-        [sys.executable, "-c", WALK],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = fresh_python(tmp_path, WALK, PICKLEGUARD_MODE="warn")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "dry run: UnpicklingError",

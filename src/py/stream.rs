@@ -294,6 +294,29 @@ impl VerifiedBytes {
     }
 }
 
+/// Verify the next pickle of a stream read pickle by pickle, as an unpickler class
+/// reads it (never a whole file at once): `file` is the object `read` belongs to.
+pub(super) fn verify_pickle_by_pickle<'py>(
+    py: Python<'py>,
+    read: &Bound<'py, PyAny>,
+    readline: &Bound<'py, PyAny>,
+    file: Option<&Bound<'py, PyAny>>,
+    buffers: Option<Bound<'py, PyAny>>,
+    pin: Option<&str>,
+) -> Result<VerifiedPickle<'py>> {
+    let stream = Stream {
+        read,
+        readline,
+        file,
+    };
+    let request = LoadRequest {
+        buffers,
+        pin,
+        source_name: file.and_then(source_name),
+    };
+    verify_from_stream(py, &stream, request, WholeFile::PickleByPickle)
+}
+
 /// `verify_from_stream` for the Python-level unpickler classes: raises
 /// `_UndelimitedPickle` for input that cannot be delimited, which the caller explains.
 #[pyfunction]
@@ -306,17 +329,7 @@ pub(super) fn verify_stream<'py>(
     sha256: Option<&str>,
     file: Option<Bound<'py, PyAny>>,
 ) -> Result<(Bound<'py, PyBytes>, Option<Bound<'py, PyAny>>)> {
-    let stream = Stream {
-        read,
-        readline,
-        file: file.as_ref(),
-    };
-    let request = LoadRequest {
-        buffers,
-        pin: sha256,
-        source_name: file.as_ref().and_then(source_name),
-    };
-    let verified = verify_from_stream(py, &stream, request, WholeFile::PickleByPickle)?;
+    let verified = verify_pickle_by_pickle(py, read, readline, file.as_ref(), buffers, sha256)?;
     let data = PyBytes::new(py, &verified.data.get().data);
     Ok((data, verified.buffers))
 }

@@ -10,9 +10,7 @@ use super::entry::{
 use super::error::{GuardError, Result};
 use super::feed::Feed;
 use super::scopes::{active_scopes, PROCESS_LAYERS};
-use super::stream::{
-    source_name, verify_from_stream, LoadRequest, Stream, VerifiedPickle, WholeFile,
-};
+use super::stream::{verify_pickle_by_pickle, VerifiedPickle};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -90,22 +88,20 @@ pub(super) fn unpickler_load<'py>(
         return Err(init_not_called(unpickler));
     };
     let source = source.cast::<UnpicklerSource>().map_err(PyErr::from)?.get();
-    let file = source.file.bind(py);
-    let stream = Stream {
-        read: source.read.bind(py),
-        readline: source.readline.bind(py),
-        file: Some(file),
-    };
-    let request = LoadRequest {
-        buffers: source.buffers.as_ref().map(|b| b.bind(py).clone()),
-        pin: None,
-        source_name: source_name(file),
-    };
+    let buffers = source.buffers.as_ref().map(|b| b.bind(py).clone());
+    let (read, readline) = (source.read.bind(py), source.readline.bind(py));
     let feed = source.feed.bind(py);
     // Never the whole file at once: this unpickler lives on, and the C unpickler
     // keeps in its own buffer any part of a frame that it read past STOP, which
     // its next load would run unjudged. Delimiting refuses such a frame.
-    match verify_from_stream(py, &stream, request, WholeFile::PickleByPickle) {
+    match verify_pickle_by_pickle(
+        py,
+        read,
+        readline,
+        Some(source.file.bind(py)),
+        buffers,
+        None,
+    ) {
         Ok(verified) => {
             feed.get().set(verified.data.into_any());
             if let (Some(b), Some(buffer_feed)) = (verified.buffers, &source.buffer_feed) {
@@ -160,17 +156,7 @@ fn verify_py_unpickler_input<'py>(
     buffers: Option<Bound<'py, PyAny>>,
 ) -> Result<VerifiedPickle<'py>> {
     let file = read.getattr(pyo3::intern!(py, "__self__")).ok();
-    let stream = Stream {
-        read,
-        readline,
-        file: file.as_ref(),
-    };
-    let request = LoadRequest {
-        buffers,
-        pin: None,
-        source_name: file.as_ref().and_then(source_name),
-    };
-    verify_from_stream(py, &stream, request, WholeFile::PickleByPickle)
+    verify_pickle_by_pickle(py, read, readline, file.as_ref(), buffers, None)
 }
 
 /// `pickle._Unpickler.load`, patched on the class: verify one pickle from the

@@ -4,14 +4,10 @@ raises at it (issue: the dry run's placeholder raised a BaseException on any acc
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from conftest import fresh_python
 
 
 def test_import_dill_diff_under_warn_mode(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
-    env["PICKLEGUARD_MODE"] = "warn"
     code = (
         "import sys, pickleguard._gate\n"
         "assert 'pickleguard._gate' in sys.modules\n"
@@ -20,13 +16,6 @@ def test_import_dill_diff_under_warn_mode(tmp_path):
         "diff.memorise(json)\n"
         "print('memorised', len(diff.memo) > 100)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = fresh_python(tmp_path, code, PICKLEGUARD_MODE="warn")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "memorised True", proc.stdout + proc.stderr

@@ -16,7 +16,9 @@ HELP = "print the identities pickleguard sees in files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="a pickle, a torch checkpoint or another file"
+    )
     add_json_option(parser, "machine-readable output")
     add_identity_option(parser, "print SHA-256 (default) or BLAKE3 digests")
 

@@ -16,7 +16,9 @@ _MARKS = {"risky": "RISKY ", "review": "REVIEW "}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="a pickle, a torch checkpoint or another file"
+    )
     add_json_option(parser, "machine-readable output")
 
 

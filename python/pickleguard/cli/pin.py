@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from .. import _core
 from .._pickles import is_zip, pickle_members, pickles_in, walk
 from ..errors import ManifestError
-from . import _manifest
+from . import _manifest, _writes
 from ._common import (
     add_identity_option,
     add_json_option,
@@ -49,7 +49,10 @@ HELP = "add entries for files, sha256sum lines or bare hashes to a manifest"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", help="created if it does not exist")
-    parser.add_argument("files", nargs="*", metavar="FILE", help="pin the whole file (default)")
+    # default=[]: without a default, argparse before 3.13 calls FILE required in usage errors.
+    parser.add_argument(
+        "files", nargs="*", default=[], metavar="FILE", help="pin the whole file (default)"
+    )
     parser.add_argument(
         "--sha256sum",
         dest="sums",
@@ -769,9 +772,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
         return _refuse(args, risky)
     status = ExitStatus.OK
     problem = None
-    if added:
-        problem = _write(manifest, existing, added, args)
-        if problem is not None:
+    if added:  # what is new is decided again under the lock, on what is there then
+        try:
+            existing, added, skipped = _add_locked(manifest, pins, args)
+        except _PinError as e:
+            problem = e
             status = problem.status
             if not args.json:
                 print_error(problem.message, problem.hint)
@@ -884,11 +889,50 @@ def _new_pins(
     return added, skipped
 
 
+def _add_locked(
+    manifest: Path, pins: List[_Pin], args: argparse.Namespace
+) -> Tuple[Optional[str], List[_Pin], List[Tuple[_Pin, str]]]:
+    """Add the pins that are new, with the manifest locked: it is read again under
+    the lock, so that what another writer added since it was first read is kept
+    and not added twice. The text it had (None: it did not exist) and the pins
+    added and skipped; _PinError if it could not be written."""
+    shown = _shown(args.manifest)
+    try:
+        with _writes.locked(manifest) as target:
+            existing, have = _pinned_already(target)
+            added, skipped = _new_pins(pins, have, args)
+            # An entry removed since the first read is new again: reviewed again.
+            refusals = _risky_refusals(added, args)
+            if refusals:
+                raise refusals[0]
+            if added:
+                _write(target, existing, added, args)
+            return existing, added, skipped
+    except _writes.LockTimeout as e:
+        raise _PinError(
+            f"could not lock {shown}: {e}",
+            "another `pickleguard pin` or `record` is writing it, or is stuck; "
+            f"try again once it is done (the lock file is {_shown(str(e.lock))})",
+            ExitStatus.ERROR,
+        ) from None
+    except OSError as e:
+        raise _PinError(
+            f"could not write {shown}: {e.strerror or e}",
+            "check that its directory exists and is writable",
+            ExitStatus.ERROR,
+        ) from None
+    except ManifestError as e:  # not expected: every input was checked
+        raise _PinError(
+            "the new manifest would not parse: " + message_and_hint(e)[0],
+            f"{shown} is unchanged; please report this",
+        ) from None
+
+
 def _write(
-    manifest: Path, existing: Optional[str], added: List[_Pin], args: argparse.Namespace
-) -> Optional[_PinError]:
-    """Append the new entries to the manifest (create it if ``existing`` is None);
-    the problem if it could not be written."""
+    target: Path, existing: Optional[str], added: List[_Pin], args: argparse.Namespace
+) -> None:
+    """Append the new entries to the manifest (create it if ``existing`` is None).
+    ``target`` is the real path, and its lock is held."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if existing is None:
         text = (
@@ -898,21 +942,7 @@ def _write(
     else:
         text = existing if existing.endswith("\n") else existing + "\n"
     text += "\n" + "\n".join(_pin_block(pin, stamp, args) for pin in added)
-    shown = _shown(args.manifest)
-    try:
-        _manifest.write_atomically(manifest, text)
-    except OSError as e:
-        return _PinError(
-            f"could not write {shown}: {e.strerror or e}",
-            "check that its directory exists and is writable",
-            ExitStatus.ERROR,
-        )
-    except ManifestError as e:  # not expected: every input was checked
-        return _PinError(
-            "the new manifest would not parse: " + message_and_hint(e)[0],
-            f"{shown} is unchanged; please report this",
-        )
-    return None
+    _writes.replace(target, text)
 
 
 def _print_pinned(
