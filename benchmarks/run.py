@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}")
     print(
-        f"python {platform.python_version()} ({sys.executable}); pickleguard "
-        f"{version('pickleguard-runtime')}, fickling {version('fickling')}, "
+        f"python {platform.python_version()} ({sys.executable}); "
+        f"pickleguard {version('pickleguard-runtime')}, fickling {version('fickling')}, "
         f"numpy {version('numpy')}, torch {version('torch')}"
     )
     failed = []

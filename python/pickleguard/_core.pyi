@@ -6,6 +6,7 @@ __all__ = [
     "Grant",
     "Token",
     "UnpicklerSource",
+    "VERSION",
     "VerifiedBytes",
     "VerifiedFile",
     "activate",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
+
+VERSION: str
 
 @final
 class Token:
