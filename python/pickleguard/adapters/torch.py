@@ -10,7 +10,14 @@ import io
 import sys
 
 from .. import _core
-from ._artifact import is_path, load_artifact, load_mapped, replace_load, unwrapped
+from ._artifact import (
+    _artifact_imports,
+    is_path,
+    load_artifact,
+    load_mapped,
+    replace_load,
+    unwrapped,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
@@ -33,10 +40,41 @@ def patch(torch: Any) -> None:
                 lambda: original(f, *args, **kwargs),
             )
         # (torch itself refuses mmap=True for a file object.)
+        if in_memory(f):
+            return load_buffer(f, lambda verified: original(verified, *args, **kwargs))
         return load_artifact("torch.load", f, lambda verified: original(verified, *args, **kwargs))
 
     replace_load(original, load, serialization, torch)
     _gate_weights_only_unpickler()
+
+
+def in_memory(f: Any) -> bool:
+    """Whether torch.load reads a buffer the program holds in memory (a plain
+    ``io.BytesIO``: torch.distributed's objects decoded with ``weights_only=True``)
+    rather than a file. A subclass may read from anywhere, so it is a file."""
+    return type(f) is io.BytesIO
+
+
+def load_buffer(f: io.BytesIO, call: Any) -> Any:
+    """torch.load of an in-memory buffer: the rest of the buffer is admitted as an
+    artifact read from memory, which an ``[[artifact]]`` entry with its hash
+    covers, and so does a ``[[channel]]`` rule for the code that called
+    torch.load (an engine decoding its own message), as for a pickle."""
+    start = f.tell()
+    data = f.read()
+    verified = io.BytesIO(data)
+    scope = _core.verify_artifact(
+        data,
+        loader="torch.load",
+        imports=_artifact_imports(data),
+        stream=verified,
+        in_memory=True,
+    )
+    with scope:
+        try:
+            return call(verified)
+        finally:
+            f.seek(start + verified.tell())
 
 
 def _maps(mmap: Any) -> bool:
