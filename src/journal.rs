@@ -37,6 +37,7 @@ pub fn load_line(load: &Load<'_>, id: &str, stack: &CallStack, time: f64, pid: u
         "source": load.source,
         "loader": load.loader,
         "channel": channel,
+        "uses": crate::channels::channels_used_by(imports.iter().map(|(name, _)| name.as_str())),
         "imports": imports.iter().map(|(name, _)| name).collect::<Vec<_>>(),
         "risky": imports.iter().filter(|(_, risky)| *risky).map(|(name, _)| name).collect::<Vec<_>>(),
     })
@@ -147,6 +148,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(line["channel"], "multiprocessing");
+        assert_eq!(line["uses"], serde_json::json!([]));
     }
 
     #[test]

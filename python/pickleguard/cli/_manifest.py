@@ -75,6 +75,10 @@ def read_journals(directory: Path) -> Journal:
                     )
                     continue
                 journal.loads += 1
+                # Transports the pickle shows in use, whose messages this run may
+                # never have loaded (torch's spawn error reports).
+                for used in entry.get("uses", []):
+                    journal.channels.setdefault(str(used), set())
                 channel = entry.get("channel")
                 if channel:
                     journal.channels.setdefault(str(channel), set()).add(caller)
