@@ -9,7 +9,7 @@
 //! has just pickled. Never list a function that runs user code before it loads
 //! (a task body, a user callback), nor a loader users call on their own files.
 //!
-//! # Adding an engine (Ray, for instance)
+//! # Adding an engine (Celery, for instance)
 //!
 //! 1. Run a small workload of the engine under `pickleguard record -o m.toml
 //!    --journal DIR -- CMD`, with every kind of worker the engine has, and read the
