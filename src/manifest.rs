@@ -429,7 +429,7 @@ impl Manifest {
             origin: path.to_owned(),
             line: 0,
             column: 0,
-            message: format!("could not read the manifest: {e}"),
+            message: format!("could not read the manifest: {}", io_reason(&e)),
             hint: "check the path given to activate()".into(),
         })?;
         Manifest::parse(&text, path)
@@ -492,9 +492,45 @@ impl Manifest {
     }
 }
 
+/// Why a file could not be read, in the words of the system's error message and
+/// without Rust's decoration: "No such file or directory", not "... (os error 2)";
+/// "the file is not UTF-8 text", not "stream did not contain valid UTF-8".
+fn io_reason(error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::InvalidData {
+        return "the file is not UTF-8 text".into();
+    }
+    let text = error.to_string();
+    match error.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&text)
+            .to_owned(),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_errors_are_said_without_rust_decoration() {
+        let dir = std::env::temp_dir().join(format!("pickleguard-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        let latin1 = dir.join("latin1.toml");
+        std::fs::write(&latin1, b"version = 1\n# caf\xe9\n").unwrap();
+        let error = |path: &std::path::Path| Manifest::load(path.to_str().unwrap()).unwrap_err();
+        assert_eq!(
+            error(&missing).message,
+            "could not read the manifest: No such file or directory"
+        );
+        assert_eq!(
+            error(&latin1).message,
+            "could not read the manifest: the file is not UTF-8 text"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -15,6 +15,7 @@ from typing import Optional
 import pytest
 
 import pickleguard
+from conftest import assert_fires, hostile
 from pickleguard import _core
 
 
@@ -108,7 +109,12 @@ def test_pickle_of_a_file_with_no_pickle_says_to_drop_the_flag(tmp_path, files):
 
 def test_pickle_notes_the_imports_and_marks_risky_ones(tmp_path):
     (tmp_path / "cwd.pkl").write_bytes(pickle.dumps(os.getcwd))
+    # A RISKY import is refused until the reviewer says --allow-risky.
     proc = cli("pin", "m.toml", "--pickle", "cwd.pkl", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "imports RISKY globals: posix.getcwd" in proc.stderr and "--allow-risky" in proc.stderr
+    assert not (tmp_path / "m.toml").exists()
+    proc = cli("pin", "m.toml", "--pickle", "--allow-risky", "cwd.pkl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "m.toml").read_text()
     assert "# imports: posix.getcwd\n" in text
@@ -210,13 +216,14 @@ def test_entries_already_present_are_skipped_and_said_so(tmp_path, files):
     proc = cli("pin", "m.toml", "copy.bin", "config.pkl", "config.pkl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "already in m.toml" in proc.stdout and "the same as config.pkl" in proc.stdout
-    assert len(entries(tmp_path / "m.toml")) == 2
+    # config.pkl is one pickle: an [[artifact]] and a [[pickle]] entry.
+    assert len(entries(tmp_path / "m.toml")) == 3
     # Another stack is another entry; one for every caller already covers a stack.
-    proc = cli("pin", "m.toml", "--pickle", "--stack", "app:load", "config.pkl", cwd=tmp_path)
-    assert proc.returncode == 0 and "1 new entry" in proc.stdout
+    proc = cli("pin", "m.toml", "--pickle", "--stack", "app:load", "two.pkl", cwd=tmp_path)
+    assert proc.returncode == 0 and "2 new entries" in proc.stdout
     proc = cli("pin", "m.toml", "--stack", "app:load", "config.pkl", cwd=tmp_path)
     assert "already allowed for every caller" in proc.stdout
-    assert len(entries(tmp_path / "m.toml")) == 3
+    assert len(entries(tmp_path / "m.toml")) == 5
 
 
 def test_existing_text_is_kept_byte_for_byte(tmp_path, files):
@@ -299,7 +306,7 @@ def test_bad_stack_patterns_and_conflicting_options_are_usage_errors(tmp_path, f
 def test_options_may_come_before_the_files(tmp_path, files):
     proc = cli("pin", "m.toml", "--note", "n", "weights.bin", "config.pkl", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert len(entries(tmp_path / "m.toml")) == 2
+    assert len(entries(tmp_path / "m.toml")) == 3  # config.pkl: [[artifact]] and [[pickle]]
 
 
 def test_json_summary(tmp_path, files):
@@ -418,3 +425,195 @@ def test_pickle_pins_let_the_gate_load_each_stream(tmp_path, files, run_py):
             raise AssertionError("the stack was not enforced")
         """
     )
+
+
+def readme_snippet(language: str) -> str:
+    """The README's "From code" snippet in ``language`` ("sh" or "python")."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("From code:", 1)[1]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_from_code_snippet_works_as_written(tmp_path, run_py):
+    """`pin` of a plain pickle writes the entries its loaders need: `pickle.load`
+    checks a [[pickle]] entry, so a file that is one pickle gets one, and an
+    [[artifact]] with the same hash for `joblib.load`."""
+    model = {"weights": [0.5, 0.25], "name": "ranker"}
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    command = readme_snippet("sh").split("#", 1)[0].split()
+    assert command[:2] == ["pickleguard", "pin"]
+    proc = cli(*command[1:], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    digest = sha256((tmp_path / "model.pkl").read_bytes())
+    assert sorted(entries(tmp_path / "manifest.toml")) == [
+        ("artifact", [digest], None),
+        ("pickle", [digest], None),
+    ]
+    assert (
+        "the file is one pickle, which pickle.load reads"
+        in (tmp_path / "manifest.toml").read_text()
+    )
+    snippet = readme_snippet("python")
+    result = run_py(snippet + "\nprint(repr(model))\n")
+    assert result.stdout.strip() == repr(model)
+    # A file with another hash is still refused.
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(dict(model, name="other")))
+    refused = run_py(snippet, check=False)
+    assert refused.returncode != 0 and "NoPickleError" in refused.stderr
+
+
+def test_pin_refuses_a_file_that_imports_risky_globals(tmp_path):
+    """The whole file is scanned before it is pinned: a RISKY import is listed and
+    nothing is written unless --allow-risky is given; the reviewer's comments say
+    what it imports."""
+    sentinel = tmp_path / "PWNED"
+    payload = hostile(sentinel)
+    assert_fires(payload, sentinel)
+    (tmp_path / "evil.pkl").write_bytes(payload)
+    proc = cli("pin", "m.toml", "evil.pkl", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "evil.pkl" in proc.stderr and "RISKY globals: posix.mkdir" in proc.stderr
+    assert proc.stderr.count("imports RISKY") == 1  # its two entries are named once
+    assert not (tmp_path / "m.toml").exists()
+    proc = cli("pin", "m.toml", "--json", "evil.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["written"] is False
+    proc = cli("pin", "m.toml", "--allow-risky", "evil.pkl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "m.toml").read_text()
+    assert text.count("# RISKY imports, review before trusting: posix.mkdir\n") == 2
+    assert not sentinel.exists()
+
+
+def test_hashes_and_sums_lines_say_their_imports_were_not_reviewed(tmp_path):
+    (tmp_path / "sums").write_text(f"{'ab' * 32}  model.pt\n")
+    proc = cli("pin", "m.toml", "--sha256sum", "sums", "--hash", "cd" * 32, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 entries pinned without the files' bytes" in proc.stderr
+    text = (tmp_path / "m.toml").read_text()
+    assert text.count("# imports not reviewed: pinned from a") == 2
+
+
+def guarded(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter with only the given PICKLEGUARD_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICKLEGUARD_")}
+    env.update(settings)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+APP = """
+import pickle, sys
+def load_model(name):
+    with open(name, "rb") as f:
+        return pickle.load(f)
+for name in sys.argv[1:]:
+    print(load_model(name))
+print(pickle.loads(pickle.dumps([1, 2])))
+"""
+
+
+def test_from_log_turns_a_warn_mode_audit_log_into_entries(tmp_path, wheel_installed):
+    """Warn, review, pin from the log, enforce: one entry per distinct load, with
+    the caller as its stack and the source; already pinned loads are skipped; the
+    manifest then lets the program run enforced."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"w": [1.5]}))
+    (tmp_path / "m.toml").write_text("version = 1\n")
+    warn = {"PICKLEGUARD_MANIFEST": "m.toml", "PICKLEGUARD_MODE": "warn"}
+    for _ in range(2):  # the same loads twice: the same entries
+        proc = guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_LOG="audit.log", **warn)
+        assert proc.returncode == 0, proc.stderr
+    assert guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml").returncode
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote m.toml: 2 new entries" in proc.stdout
+    digest = sha256((tmp_path / "model.pkl").read_bytes())
+    listed = entries(tmp_path / "m.toml")
+    assert ("pickle", [digest], ["__main__:load_model"]) in listed and len(listed) == 2
+    text = (tmp_path / "m.toml").read_text()
+    assert 'source = "model.pkl"' in text
+    # The pickle made in memory has no file to scan: its comment says so.
+    assert "# imports not reviewed: the audit log holds no bytes, and names no source" in text
+    assert "1 entry pinned without the files' bytes" in proc.stderr
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 0 and "m.toml is unchanged" in proc.stdout
+    proc = guarded("app.py", "model.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["{'w': [1.5]}", "[1, 2]"]
+
+
+def test_from_log_reviews_the_logged_source_like_pin(tmp_path, wheel_installed):
+    """A load the log names a readable source for is scanned: a RISKY import is
+    refused unless --allow-risky, as `pin FILE` does."""
+    sentinel = tmp_path / "PWNED"
+    (tmp_path / "evil.pkl").write_bytes(hostile(sentinel))
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "m.toml").write_text("version = 1\n")
+    proc = guarded(
+        "app.py", "evil.pkl", cwd=tmp_path, PICKLEGUARD_MANIFEST="m.toml",
+        PICKLEGUARD_MODE="warn", PICKLEGUARD_LOG="audit.log",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sentinel.exists()  # warn mode refuses nothing: the payload ran
+    sentinel.rmdir()
+    before = (tmp_path / "m.toml").read_bytes()
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "audit.log:1" in proc.stderr and "RISKY globals: posix.mkdir" in proc.stderr
+    assert (tmp_path / "m.toml").read_bytes() == before
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", "--allow-risky", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "# RISKY imports, review before trusting: posix.mkdir" in (tmp_path / "m.toml").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("not json", "not a JSON line"),
+        ("[1]", "not a JSON object"),
+        ('{"event": "warn", "code": "not-listed", "kind": "pickle"}', 'no "identity" field'),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "pickle", "identity": 1, '
+            '"caller": ""}',
+            '"identity" is int, not a string',
+        ),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "table", "identity": "", '
+            '"caller": ""}',
+            'unknown kind "table"',
+        ),
+        (
+            '{"event": "warn", "code": "not-listed", "kind": "pickle", "identity": "sha256:ab", '
+            '"caller": ""}',
+            'identity "sha256:ab" is not sha256:<64 hex digits>',
+        ),
+    ],
+)
+def test_a_malformed_log_line_names_the_file_and_line_and_writes_nothing(tmp_path, line, problem):
+    good = json.dumps(
+        {"event": "warn", "code": "not-listed", "kind": "pickle", "identity": "sha256:" + "a" * 64,
+         "caller": "app:load", "source": None, "size": 3}
+    )  # fmt: skip
+    (tmp_path / "audit.log").write_text(f"{good}\n{line}\n")
+    proc = cli("pin", "m.toml", "--from-log", "audit.log", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"error: audit.log:2: {problem}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m.toml").exists()
+
+
+def test_a_joblib_pickle_the_walk_cannot_follow_is_refused_not_guessed(tmp_path):
+    """A NumpyArrayWrapper whose array size the walk cannot know: where its raw data
+    ends (and the opcodes go on) is not known, so nothing after it was reviewed."""
+    payload = (
+        b"\x80\x04cjoblib.numpy_pickle\nNumpyArrayWrapper\n)\x81}(\x8c\x05shape"
+        b"K\x02\x85\x8c\x05dtypecbuiltins\nstr\nu" + b"b" + b"\x00" * 16 + b"."
+    )
+    (tmp_path / "odd.pkl").write_bytes(payload)
+    proc = cli("inspect", "odd.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "cannot be walked" in proc.stderr, proc.stderr
+    proc = cli("pin", "m.toml", "odd.pkl", cwd=tmp_path)
+    assert proc.returncode == 1 and "<not read: the joblib pickle" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m.toml").exists()

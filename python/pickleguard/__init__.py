@@ -31,6 +31,8 @@ __all__ = [
     "no_pickles",
 ]
 
+__version__: str = _core.VERSION
+
 
 def activate(
     manifest: Optional[Union[str, "os.PathLike[str]"]] = None, mode: str = "enforce"

@@ -6,6 +6,7 @@ __all__ = [
     "Grant",
     "Token",
     "UnpicklerSource",
+    "VERSION",
     "VerifiedBytes",
     "activate",
     "activate_deferred",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, final
+
+VERSION: str
 
 @final
 class Token:

@@ -33,6 +33,10 @@ use pyo3::prelude::*;
 #[pymodule]
 #[pyo3(name = "_core")]
 mod core_module {
+    /// The package's version, `pickleguard.__version__`: Cargo.toml is its one
+    /// source, and maturin writes the same into the wheel's metadata.
+    #[pymodule_export]
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
     #[pymodule_export]
     use super::activation::{
         activate, activate_deferred, check_manifest, enforcing, in_artifact, journaling,

@@ -248,8 +248,13 @@ def test_record_pins_each_array_file_and_the_guarded_load_is_the_same(project, a
 
 def test_pin_pins_the_array_files_of_an_old_format_file(project):
     """`pickleguard pin` of the pickle also pins the array files next to it, so
-    the pinned file loads under enforcement."""
-    pinned = pg("pin", str(project.manifest), str(project.main), cwd=project.root)
+    the pinned file loads under enforcement. The old format's wrappers name the
+    file joblib reads (RISKY: an import that reads files), so the reviewer has to
+    say --allow-risky."""
+    refused = pg("pin", str(project.manifest), str(project.main), cwd=project.root)
+    assert refused.returncode == 1 and "NDArrayWrapper" in refused.stderr, refused.stderr
+    assert not project.manifest.exists()
+    pinned = pg("pin", "--allow-risky", str(project.manifest), str(project.main), cwd=project.root)
     assert pinned.returncode == 0, pinned.stderr
     manifest = project.manifest.read_text()
     assert manifest.count("[[artifact]]") == 1 + len(project.arrays)

@@ -48,30 +48,19 @@ def _start_of(file: Any) -> Optional[int]:
 
 def _artifact_imports(data: bytes) -> Optional[List[Tuple[str, bool]]]:
     """The globals the pickles of an artifact import, found without running them,
-    for ``record`` to flag risky ones: each ``.pkl`` member of a zip archive (torch's
-    format), or the leading run of concatenated pickles (torch's legacy format).
-    Only while recording; None for a file whose pickles cannot be delimited
-    (joblib interleaves raw array bytes with the opcodes)."""
+    for ``record`` to flag risky ones: walked as its loader reads it (a zip
+    archive's .pkl members, torch's legacy format, a joblib file's pickles around
+    its array data). Only while recording; a file whose walk stops early also
+    lists why, as a risky import: what the rest imports is not known."""
     if not _core.journaling():
         return None
     from .. import _pickles  # only while recording: not on the start-up path
 
-    found: List[Tuple[str, bool]] = []
-    if _pickles.is_zip(data):
-        try:
-            for _, member in _pickles.zip_pickles(data):
-                found += _core.imports(member)
-        except Exception:  # a damaged or unusual archive: the loader will say so
-            return None
-    else:
-        # The walk stops at the raw data after the pickles.
-        spans, _ = _pickles.delimited(data)
-        if not spans:
-            return None
-        view = memoryview(data)
-        for offset, length in spans:
-            found += _core.imports(view[offset : offset + length])
-    return list(dict.fromkeys(found))
+    walked = _pickles.walk(data)
+    found = walked.imports
+    if walked.problem and walked.form != "none":
+        found.append((f"<not read: {walked.problem}>", True))
+    return found
 
 
 def admit(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO
 
+from .. import __version__
 from . import check, inspect, pin, record, run
 from . import hash as hash_
 from ._status import ExitStatus
@@ -35,15 +36,28 @@ def _parser() -> argparse.ArgumentParser:
         prog="pickleguard",
         description="Allow only the pickles an explicit manifest lists.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _COMMANDS.items():
-        command = commands.add_parser(name, help=module.HELP)
+        # The one-line summary is also the description its own --help starts with.
+        description = module.HELP[0].upper() + module.HELP[1:] + "."
+        command = commands.add_parser(name, help=module.HELP, description=description)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    stdout, sys.stdout = sys.stdout, _PipeOutput(sys.stdout)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -59,9 +73,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print("error: a command is required\nhint: pickleguard --help", file=sys.stderr)
         return ExitStatus.ERROR
-    try:
-        return int(args.run(args))
-    except BrokenPipeError:
-        # A closed pipe (`| head`) is not an error; keep the interpreter quiet on exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitStatus.OK
+    return int(args.run(args))
+
+
+class _PipeOutput:
+    """Standard output that survives its reader going away (``| head -1``): the
+    rest of the output is dropped and the command runs on, so that its exit status
+    is still its own (a finding stays 1), and nothing is printed about the pipe."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self._gone = True
+        # The interpreter flushes what is left in the buffer at exit; send it to
+        # /dev/null, or that flush fails and prints "Exception ignored ...".
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

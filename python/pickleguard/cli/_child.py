@@ -11,8 +11,8 @@ from typing import Dict, List, Optional
 from ._common import print_error
 
 
-def add_command_line(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+def add_command_line(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD ...", help=help)
 
 
 def command_line(args: argparse.Namespace) -> Optional[List[str]]:

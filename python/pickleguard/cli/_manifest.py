@@ -1,6 +1,6 @@
-"""Writing manifests for ``record`` and ``pin``: read the journals a recorded run
+"""The manifests ``record`` and ``pin`` write: read the journals a recorded run
 left, merge them into a manifest without losing anything already there, and the
-TOML text and reviewers' comments both commands write.
+TOML text and reviewers' comments both commands write (``_writes`` writes it).
 
 Journals are JSON lines, one file per process (see ``_core.start_journal``). A
 process killed mid-write can leave a partial last line; it is reported and skipped,
@@ -10,8 +10,6 @@ and every complete line before it still counts.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,29 +307,6 @@ def _recorded_block(rec: Recorded, stamp: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step, after checking the new manifest."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(temp, os.stat(path).st_mode & 0o7777)
-        except FileNotFoundError:
-            os.chmod(temp, 0o644)
-        _core.check_manifest(temp)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 __all__ = [
     "Journal",
     "Merge",
@@ -345,5 +320,4 @@ __all__ = [
     "shown",
     "toml_list",
     "toml_string",
-    "write_atomically",
 ]

@@ -17,7 +17,9 @@ HELP = "validate manifests"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    parser.add_argument(
+        "manifests", nargs="+", metavar="MANIFEST", help="a manifest TOML file to parse"
+    )
     add_json_option(parser, "machine-readable output")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .. import _core
-from .._pickles import pickle_members, pickles_in
+from .._pickles import Found, walk
 from ._common import Report, add_json_option, readable
 from ._status import ExitStatus
 
@@ -16,7 +16,9 @@ _MARKS = {"risky": "RISKY ", "review": "REVIEW "}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="a pickle, a torch checkpoint or another file"
+    )
     add_json_option(parser, "machine-readable output")
 
 
@@ -24,47 +26,48 @@ def run(args: argparse.Namespace) -> ExitStatus:
     report = Report(args.json)
     status = ExitStatus.OK
     for path, data in readable(args.files, report):
-        members, damaged = pickle_members(data)
-        if damaged:
-            report.error(
-                {"file": path, "error": damaged}, f"{path}: {damaged}", "the file is damaged"
+        found = walk(data)
+        for p in found.pickles:
+            status = max(status, _inspect_pickle(report, path, p))
+        if found.raw_bytes:
+            reader = "torch" if found.form == "torch-legacy" else "numpy"
+            report.add(
+                {"file": path, "format": found.form, "raw_bytes": found.raw_bytes},
+                f"{path}: {found.raw_bytes} bytes of raw tensor or array data, "
+                f"read by {reader}, not unpickled",
             )
-            status = max(status, ExitStatus.FINDING)
-        for name, blob in members:
-            status = max(status, _inspect_member(report, path, name, blob))
+        if found.problem:
+            report.error(
+                {"file": path, "error": found.problem},
+                f"{path}: {found.problem}",
+                "the file is damaged"
+                if found.form == "zip"
+                else "the file is not a pickle, or it is damaged",
+            )
+            status = ExitStatus.FINDING
     return report.finish(status)
 
 
-def _inspect_member(report: Report, path: str, name: str, blob: bytes) -> ExitStatus:
-    """Report each pickle of one member of the file (or of the file, named "")."""
-    status = ExitStatus.OK
-    pickles, problem = pickles_in(blob)
-    label = f"{path}:{name}" if name else path
-    for p in pickles:
-        offset = p["offset"]
-        found = _core.imports(blob[offset : offset + p["size"]])
-        classes = _core.classify_imports([g for g, _ in found])
-        risky = [g for g, c in classes if c == "risky"]
-        item = {
-            "file": path,
-            "member": name or None,
-            "offset": offset,
-            "sha256": p["sha256"],
-            "imports": [g for g, _ in found],
-            "risky": risky,
-            "review": [g for g, c in classes if c == "review"],
-            "classes": dict(classes),
-        }
-        lines = [f"{label} pickle at {offset} (sha256:{p['sha256']}):"]
-        lines += [f"  {_MARKS.get(c, '')}{g}" for g, c in classes] or ["  (no imports)"]
-        report.add(item, "\n".join(lines))
-        if risky:
-            status = ExitStatus.FINDING
-    if problem:
-        report.error(
-            {"file": path, "member": name or None, "error": problem},
-            f"{label}: {problem}",
-            "the file is not a pickle, or it is damaged",
-        )
-        status = ExitStatus.FINDING
-    return status
+def _inspect_pickle(report: Report, path: str, p: Found) -> ExitStatus:
+    """Report one pickle of the file (or of a zip member)."""
+    names = [g for g, _ in p.imports]
+    classes = _core.classify_imports(names)
+    risky = [g for g, c in classes if c == "risky"]
+    label = f"{path}:{p.member}" if p.member else path
+    role = f" ({p.role})" if p.role else ""
+    item = {
+        "file": path,
+        "member": p.member or None,
+        "offset": p.offset,
+        "size": p.size,
+        "role": p.role or None,
+        "sha256": p.sha256,
+        "imports": names,
+        "risky": risky,
+        "review": [g for g, c in classes if c == "review"],
+        "classes": dict(classes),
+    }
+    lines = [f"{label} pickle at {p.offset}{role} (sha256:{p.sha256}):"]
+    lines += [f"  {_MARKS.get(c, '')}{g}" for g, c in classes] or ["  (no imports)"]
+    report.add(item, "\n".join(lines))
+    return ExitStatus.FINDING if risky else ExitStatus.OK

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import _core
-from .._pickles import is_zip, pickle_members, pickles_in
+from .._pickles import is_zip, pickle_members, pickles_in, walk
 from ..errors import ManifestError
-from . import _manifest
+from . import _manifest, _writes
 from ._common import (
     add_identity_option,
     add_json_option,
@@ -49,7 +49,10 @@ HELP = "add entries for files, sha256sum lines or bare hashes to a manifest"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", help="created if it does not exist")
-    parser.add_argument("files", nargs="*", metavar="FILE", help="pin the whole file (default)")
+    # default=[]: without a default, argparse before 3.13 calls FILE required in usage errors.
+    parser.add_argument(
+        "files", nargs="*", default=[], metavar="FILE", help="pin the whole file (default)"
+    )
     parser.add_argument(
         "--sha256sum",
         dest="sums",
@@ -90,6 +93,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the source of every new entry (default: the path, or the name in the sums line)",
     )
+    parser.add_argument(
+        "--allow-risky",
+        action="store_true",
+        help="write the entries even if what they pin imports RISKY globals (listed either way)",
+    )
+    parser.add_argument(
+        "--from-log",
+        dest="logs",
+        action="append",
+        default=[],
+        metavar="LOG",
+        help="pin each distinct load a warn-mode audit log (PICKLEGUARD_LOG) reported",
+    )
     add_json_option(parser, "machine-readable summary")
 
 
@@ -106,6 +122,9 @@ class _Pin:
     offset: Optional[int] = None  # of a stream pin in its file (or archive member)
     imports: List[str] = field(default_factory=list)
     risky: List[str] = field(default_factory=list)
+    # Why its imports were not reviewed (no bytes to scan), for its comment.
+    unscanned: Optional[str] = None
+    stack: Optional[List[str]] = None  # its own stack patterns, instead of --stack
 
 
 class _PinError(Exception):
@@ -171,6 +190,34 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
         origin=f"from the file {_quoted(path)}, {plural(size, 'byte')}",
         size=size,
     )
+
+
+def _file_pins(path: str, algorithm: str) -> List[_Pin]:
+    """The entries a whole file needs: an [[artifact]] (torch.load, joblib.load),
+    and, for a file that is exactly one pickle, a [[pickle]] with the same hash
+    (pickle.load of the file checks that one). Both carry what its pickles
+    import, walked as its loader reads it."""
+    pin = _file_artifact(path, algorithm)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _PinError(
+            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
+        ) from None
+    found = walk(data)
+    imports = found.imports
+    if found.problem and found.form != "none":
+        # What the rest of the file imports is not known: as risky as it gets.
+        imports.append((f"<not read: {found.problem}>", True))
+    pin.imports = [name for name, _ in imports]
+    pin.risky = [name for name, risky in imports if risky]
+    pins = [pin]
+    if found.one_pickle and _core.delimit(data)[1] == 0:  # no out-of-band buffers
+        twin = _Pin(**{**pin.__dict__, "kind": "pickle"})
+        twin.origin += ": the file is one pickle, which pickle.load reads"
+        pins.append(twin)
+    return pins
 
 
 # joblib 0.9 and earlier saved each array of NAME in a file of its own next to it,
@@ -368,6 +415,7 @@ def _sums_pins(path: str) -> Tuple[List[_Pin], List[_PinError]]:
                 source=_clean(name),
                 label=f"{label} line {number}: {_shown(name)}",
                 origin=f"from {_quoted(label)} line {number}, without reading the file",
+                unscanned="pinned from a sums line, without the file's bytes",
             )
         )
     if bad > _MAX_BAD_LINES:
@@ -424,17 +472,181 @@ def _hash_pin(value: str, kind: str, identity: Optional[str]) -> _Pin:
         source=None,
         label="--hash",
         origin="from a hash given on the command line, without reading a file",
+        unscanned="pinned from a bare hash, without the file's bytes",
     )
+
+
+# The denials a manifest entry can turn into an allowed load; the others (a
+# call-site pin that does not match, a no_pickles() scope, the backstop) are
+# decided in code, and an entry would change nothing.
+_PINNABLE_CODES = ("not-listed", "stack-mismatch", "no-manifest", "broken-manifest")
+_LOG_HINT = (
+    "give an audit log that PICKLEGUARD_LOG wrote: one JSON object a line, with "
+    "event, code, kind, identity, caller and source"
+)
+
+
+def _log_pins(path: str) -> Tuple[List[_Pin], List[str]]:
+    """An entry for each distinct (kind, identity, caller) an audit log reported,
+    with the caller as its stack and the logged source, and notes on the lines
+    that cannot become entries. _PinError for a malformed line: nothing is pinned
+    from a log that is not what pickleguard wrote."""
+    shown = _shown(path)
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()
+    except OSError as e:
+        raise _PinError(
+            f"could not read {shown}: {e.strerror or e}",
+            "give the path PICKLEGUARD_LOG named",
+            ExitStatus.ERROR,
+        ) from None
+    pins: Dict[Tuple[str, str, str], _Pin] = {}
+    notes: List[str] = []
+    for number, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{shown}:{number}"
+        line = _log_line(raw, where)
+        kind, identity, caller = line["kind"], line["identity"], line["caller"]
+        if line["code"] not in _PINNABLE_CODES or not identity:
+            notes.append(
+                f"{where}: a {line['event']} with code {_quoted(line['code'])} is decided in "
+                "code (a call-site pin, a no_pickles() scope, the backstop): no entry changes it"
+            )
+            continue
+        if (kind, identity, caller) in pins:
+            continue
+        if caller:
+            problem = _stack_problem([caller])
+            if problem:
+                raise _PinError(f"{where}: caller {_quoted(caller)}: {problem[0]}", _LOG_HINT)
+        source = line["source"]
+        pin = _Pin(
+            kind=kind,
+            identity=identity,
+            source=_clean(source) if source is not None else None,
+            label=f"{where}: {kind} {identity[:23]}...",
+            origin=f"from the audit log {_quoted(path)} line {number}: {line['event']} "
+            f"({line['code']}), loaded by {_quoted(caller or '<no Python caller>')}",
+            size=line["size"],
+            stack=[caller] if caller else [],
+        )
+        _review_logged(pin)
+        pins[(kind, identity, caller)] = pin
+    return list(pins.values()), notes
+
+
+def _log_line(raw: bytes, where: str) -> Dict[str, Any]:
+    """The fields of one audit-log line, checked; _PinError naming the line if not."""
+    import json
+
+    try:
+        line = json.loads(raw)
+    except ValueError as e:
+        raise _PinError(f"{where}: not a JSON line: {e}", _LOG_HINT, ExitStatus.ERROR) from None
+    if not isinstance(line, dict):
+        raise _PinError(f"{where}: not a JSON object", _LOG_HINT, ExitStatus.ERROR)
+    checked: Dict[str, Any] = {}
+    for name, types in (
+        ("event", str),
+        ("code", str),
+        ("kind", str),
+        ("identity", str),
+        ("caller", str),
+        ("source", (str, type(None))),
+        ("size", int),
+    ):
+        if name not in line:
+            if name in ("source", "size"):  # optional
+                line[name] = None if name == "source" else 0
+            else:
+                raise _PinError(f"{where}: no {_quoted(name)} field", _LOG_HINT, ExitStatus.ERROR)
+        if not isinstance(line[name], types) or isinstance(line[name], bool):
+            raise _PinError(
+                f"{where}: {_quoted(name)} is {type(line[name]).__name__}, not "
+                f"{'a string' if types is str else 'as expected'}",
+                _LOG_HINT,
+                ExitStatus.ERROR,
+            )
+        checked[name] = line[name]
+    if checked["event"] not in ("warn", "deny"):
+        raise _PinError(
+            f"{where}: unknown event {_quoted(checked['event'])}, expected warn or deny",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    if checked["kind"] not in ("pickle", "artifact"):
+        raise _PinError(
+            f"{where}: unknown kind {_quoted(checked['kind'])}, expected pickle or artifact",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    identity = checked["identity"]
+    algorithm, _, digest = identity.partition(":")
+    if identity and not (algorithm in ("sha256", "blake3") and _HEX64.fullmatch(digest)):
+        raise _PinError(
+            f"{where}: identity {_quoted(identity)} is not sha256:<64 hex digits> "
+            "or blake3:<64 hex digits>",
+            _LOG_HINT,
+            ExitStatus.ERROR,
+        )
+    checked["identity"] = identity.lower()
+    return checked
+
+
+def _review_logged(pin: _Pin) -> None:
+    """The log holds no bytes: scan the file it names as the source, if that file
+    still has the logged hash; otherwise say that nothing was reviewed."""
+    if pin.source is None:
+        pin.unscanned = "the audit log holds no bytes, and names no source file"
+        return
+    try:
+        with open(pin.source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        pin.unscanned = (
+            f"the audit log holds no bytes, and its source {pin.source} cannot be read "
+            f"({e.strerror or e})"
+        )
+        return
+    algorithm, _, digest = pin.identity.partition(":")
+    found = walk(data)
+    if pin.kind == "artifact" and _core.hexdigest(data, algorithm) == digest:
+        imports = found.imports
+        if found.problem and found.form != "none":
+            imports.append((f"<not read: {found.problem}>", True))
+    else:
+        view = memoryview(data)
+        matching = [
+            p
+            for p in found.pickles
+            if pin.kind == "pickle"
+            and p.standalone
+            and _core.hexdigest(view[p.offset : p.offset + p.size], algorithm) == digest
+        ]
+        if not matching:
+            pin.unscanned = (
+                f"the audit log holds no bytes, and its source {pin.source} "
+                "no longer holds them (another hash)"
+            )
+            return
+        imports = matching[0].imports
+    pin.imports = [name for name, _ in imports]
+    pin.risky = [name for name, risky in imports if risky]
 
 
 def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     lines = [f"# pinned {stamp} {pin.origin}"]
     lines += _manifest.review_comments(pin.kind, pin.imports, pin.risky)
+    if pin.unscanned:
+        lines.append(f"# imports not reviewed: {_shown(pin.unscanned)}")
     algorithm, _, digest = pin.identity.partition(":")
     lines.append(f"[[{pin.kind}]]")
     lines.append(f"{algorithm} = {_manifest.toml_string(digest)}")
-    if args.stack:
-        lines.append(f"stack = {_manifest.toml_list([_clean(p) for p in args.stack])}")
+    stack = pin.stack if pin.stack is not None else [_clean(p) for p in args.stack]
+    if stack:
+        lines.append(f"stack = {_manifest.toml_list(stack)}")
     if args.note is not None:
         lines.append(f"note = {_manifest.toml_string(_clean(args.note))}")
     if pin.source is not None:
@@ -448,11 +660,12 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     errors: List[_PinError] = []
     warnings: List[str] = []
     pins: List[_Pin] = []
-    if not (args.files or args.sums or args.hashes):
+    if not (args.files or args.sums or args.hashes or args.logs):
         errors.append(
             _PinError(
                 "nothing to pin",
-                "give FILE..., --sha256sum SUMS or --hash HEX (see pickleguard pin --help)",
+                "give FILE..., --sha256sum SUMS, --hash HEX or --from-log LOG "
+                "(see pickleguard pin --help)",
                 ExitStatus.ERROR,
             )
         )
@@ -484,7 +697,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
                 if warning:
                     warnings.append(warning)
             else:
-                pins.append(_file_artifact(path, algorithm))
+                pins += _file_pins(path, algorithm)
                 pins += _joblib_array_pins(path, algorithm)
         except _PinError as e:
             errors.append(e)
@@ -495,6 +708,13 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     for value in args.hashes:
         try:
             pins.append(_hash_pin(value, "pickle" if args.pickle else "artifact", args.identity))
+        except _PinError as e:
+            errors.append(e)
+    for path in args.logs:
+        try:
+            found, notes = _log_pins(path)
+            pins += found
+            warnings += notes
         except _PinError as e:
             errors.append(e)
     if args.source is not None:
@@ -547,11 +767,16 @@ def run(args: argparse.Namespace) -> ExitStatus:
     if errors:  # all or nothing: one bad input, and nothing is written
         return _refuse(args, errors)
     added, skipped = _new_pins(pins, have, args)
+    risky = _risky_refusals(added, args)
+    if risky:
+        return _refuse(args, risky)
     status = ExitStatus.OK
     problem = None
-    if added:
-        problem = _write(manifest, existing, added, args)
-        if problem is not None:
+    if added:  # what is new is decided again under the lock, on what is there then
+        try:
+            existing, added, skipped = _add_locked(manifest, pins, args)
+        except _PinError as e:
+            problem = e
             status = problem.status
             if not args.json:
                 print_error(problem.message, problem.hint)
@@ -566,6 +791,23 @@ def run(args: argparse.Namespace) -> ExitStatus:
     elif written or not added:
         _print_pinned(args, added, skipped, warnings, created=written and existing is None)
     return status
+
+
+def _risky_refusals(added: List[_Pin], args: argparse.Namespace) -> List[_PinError]:
+    """A refusal for each new entry whose pickles import RISKY globals, unless
+    --allow-risky says the reviewer has looked; the same file's two entries are
+    named once."""
+    if args.allow_risky:
+        return []
+    refusals: Dict[Tuple[str, Optional[str]], _PinError] = {}
+    for pin in added:
+        if pin.risky and (pin.identity, pin.source) not in refusals:
+            refusals[(pin.identity, pin.source)] = _PinError(
+                f"{pin.label}: imports RISKY globals: {', '.join(map(_shown, pin.risky))}",
+                "loading it can run code: review it with `pickleguard inspect`; "
+                "if you trust it, pin it with --allow-risky",
+            )
+    return list(refusals.values())
 
 
 def _summary(
@@ -602,6 +844,9 @@ def _described(pin: _Pin) -> Dict[str, Any]:
         "input": pin.label,
         "size": pin.size,
         "offset": pin.offset,
+        "imports": pin.imports,
+        "risky": pin.risky,
+        "scanned": pin.unscanned is None,
     }
 
 
@@ -625,29 +870,69 @@ def _new_pins(
     """The pins to add, and those skipped with why: already in the manifest, or the
     same as another input's."""
     shown = _shown(args.manifest)
-    wanted = tuple(_clean(p) for p in args.stack) or None
-    seen: Dict[Tuple[str, str], _Pin] = {}
+    given = tuple(_clean(p) for p in args.stack) or None
+    seen: Dict[Tuple[str, str, Optional[Tuple[str, ...]]], _Pin] = {}
     added: List[_Pin] = []
     skipped: List[Tuple[_Pin, str]] = []
     for pin in pins:
+        wanted = given if pin.stack is None else (tuple(pin.stack) or None)
         key = (pin.kind, pin.identity)
         if key + (wanted,) in have:
             skipped.append((pin, f"already in {shown}"))
         elif key + (None,) in have:
             skipped.append((pin, f"already allowed for every caller by {shown}"))
-        elif key in seen:
-            skipped.append((pin, f"the same as {seen[key].label}"))
+        elif key + (wanted,) in seen:
+            skipped.append((pin, f"the same as {seen[key + (wanted,)].label}"))
         else:
-            seen[key] = pin
+            seen[key + (wanted,)] = pin
             added.append(pin)
     return added, skipped
 
 
+def _add_locked(
+    manifest: Path, pins: List[_Pin], args: argparse.Namespace
+) -> Tuple[Optional[str], List[_Pin], List[Tuple[_Pin, str]]]:
+    """Add the pins that are new, with the manifest locked: it is read again under
+    the lock, so that what another writer added since it was first read is kept
+    and not added twice. The text it had (None: it did not exist) and the pins
+    added and skipped; _PinError if it could not be written."""
+    shown = _shown(args.manifest)
+    try:
+        with _writes.locked(manifest) as target:
+            existing, have = _pinned_already(target)
+            added, skipped = _new_pins(pins, have, args)
+            # An entry removed since the first read is new again: reviewed again.
+            refusals = _risky_refusals(added, args)
+            if refusals:
+                raise refusals[0]
+            if added:
+                _write(target, existing, added, args)
+            return existing, added, skipped
+    except _writes.LockTimeout as e:
+        raise _PinError(
+            f"could not lock {shown}: {e}",
+            "another `pickleguard pin` or `record` is writing it, or is stuck; "
+            f"try again once it is done (the lock file is {_shown(str(e.lock))})",
+            ExitStatus.ERROR,
+        ) from None
+    except OSError as e:
+        raise _PinError(
+            f"could not write {shown}: {e.strerror or e}",
+            "check that its directory exists and is writable",
+            ExitStatus.ERROR,
+        ) from None
+    except ManifestError as e:  # not expected: every input was checked
+        raise _PinError(
+            "the new manifest would not parse: " + message_and_hint(e)[0],
+            f"{shown} is unchanged; please report this",
+        ) from None
+
+
 def _write(
-    manifest: Path, existing: Optional[str], added: List[_Pin], args: argparse.Namespace
-) -> Optional[_PinError]:
-    """Append the new entries to the manifest (create it if ``existing`` is None);
-    the problem if it could not be written."""
+    target: Path, existing: Optional[str], added: List[_Pin], args: argparse.Namespace
+) -> None:
+    """Append the new entries to the manifest (create it if ``existing`` is None).
+    ``target`` is the real path, and its lock is held."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if existing is None:
         text = (
@@ -657,21 +942,7 @@ def _write(
     else:
         text = existing if existing.endswith("\n") else existing + "\n"
     text += "\n" + "\n".join(_pin_block(pin, stamp, args) for pin in added)
-    shown = _shown(args.manifest)
-    try:
-        _manifest.write_atomically(manifest, text)
-    except OSError as e:
-        return _PinError(
-            f"could not write {shown}: {e.strerror or e}",
-            "check that its directory exists and is writable",
-            ExitStatus.ERROR,
-        )
-    except ManifestError as e:  # not expected: every input was checked
-        return _PinError(
-            "the new manifest would not parse: " + message_and_hint(e)[0],
-            f"{shown} is unchanged; please report this",
-        )
-    return None
+    _writes.replace(target, text)
 
 
 def _print_pinned(
@@ -702,6 +973,14 @@ def _print_pinned(
             )
     if any(pin.risky for pin in added):
         print("hint: review the entries marked RISKY before you trust them", file=sys.stderr)
+    unscanned = [pin for pin in added if pin.unscanned]
+    if unscanned:
+        print(
+            f"note: {plural(len(unscanned), 'entry')} pinned without the files' bytes: "
+            "what their pickles import was not reviewed (pin the files themselves to scan them)",
+            file=sys.stderr,
+        )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-        print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)
+        if " is a zip archive: " in warning:
+            print("hint: for torch.load, pin the whole file: drop --pickle", file=sys.stderr)

@@ -12,6 +12,7 @@ from .. import _core
 from ..errors import ManifestError
 from ._child import add_command_line, child_env, command_line
 from ._common import message_and_hint, print_error
+from ._manifest import shown
 from ._status import ExitStatus
 
 HELP = "run a command with the manifest enforced"
@@ -21,11 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", metavar="MANIFEST", help="default: $PICKLEGUARD_MANIFEST or pickleguard.toml"
     )
-    parser.add_argument("--mode", choices=("enforce", "warn"), default="enforce")
+    parser.add_argument(
+        "--mode",
+        choices=("enforce", "warn"),
+        default="enforce",
+        help="enforce (default) refuses unlisted loads; warn allows them and reports each",
+    )
     parser.add_argument(
         "--log", metavar="FILE", help="append warn reports and denials here as JSON lines"
     )
-    add_command_line(parser)
+    add_command_line(parser, "the command to run, after --")
 
 
 def run(args: argparse.Namespace) -> ExitStatus:
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> ExitStatus:
     except ManifestError as e:
         print_error(*message_and_hint(e))
         return ExitStatus.FINDING
+    if args.log is not None and not _log_writable(args.log):
+        return ExitStatus.ERROR
     env = child_env(
         PICKLEGUARD_MANIFEST=os.path.abspath(manifest),
         PICKLEGUARD_MODE=args.mode,
@@ -64,3 +72,18 @@ def run(args: argparse.Namespace) -> ExitStatus:
     sys.stderr.flush()
     os.execve(executable, command, env)
     return ExitStatus.ERROR  # not reached
+
+
+def _log_writable(path: str) -> bool:
+    """Whether the audit log can be appended to (it is created if missing), said
+    before the command runs rather than found out by its first denial."""
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        print_error(
+            f"cannot write the audit log {shown(path)}: {e.strerror or e}",
+            "give --log a file in a directory you can write; the command was not run",
+        )
+        return False
+    return True
