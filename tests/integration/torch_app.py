@@ -62,7 +62,9 @@ def collectives(rank: int, seed: int, weights_only: bool) -> str:
 
 
 def rank_main(rank: int, port: int, workdir: str, seed: int, decoders: list, options: dict):
-    print(f"pid ranks {os.getpid()}", flush=True)
+    # One write, so the two ranks' lines never interleave.
+    sys.stdout.write(f"pid ranks {os.getpid()}\n")
+    sys.stdout.flush()
     model = load_model(os.path.join(workdir, "model.pkl"))
     # Rank 1 fails, if asked to, before the group forms: rank 0 then waits to be
     # stopped, and the parent reports rank 1's own error, not one it caused.
