@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date: {datetime.date.today().isoformat()}")
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}")
     print(
-        f"python {platform.python_version()} ({sys.executable}); pickleguard "
-        f"{version('pickleguard-runtime')}, fickling {version('fickling')}, numpy {version('numpy')}"
+        f"python {platform.python_version()} ({sys.executable}); "
+        f"pickleguard {version('pickleguard-runtime')}, fickling {version('fickling')}, "
+        f"numpy {version('numpy')}"
     )
     failed = []
     for name in names:

@@ -4,7 +4,7 @@
 #   bash examples/pipeline/run.sh [WORKDIR]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-work="${1:-$(mktemp -d)}"
+work="${1:-pickleguard-demo}"
 python="${PYTHON:-python}"
 mkdir -p "$work" && cd "$work"
 
@@ -32,4 +32,5 @@ if [ -e artifacts/PWNED ]; then
     exit 1
 fi
 echo "the tampered shard was refused in the worker that loaded it; its payload never ran"
+echo "the manifest is in $work/pickleguard.toml"
 [ "$status" -ne 0 ]

@@ -214,11 +214,13 @@ ACTIVATIONS = pytest.mark.parametrize("activation", ["code", "env"])
 
 
 def assert_refused_array_file(result: Dict[str, Any], path: Path) -> None:
-    """Refused as an old-format array file whose hash is not pinned."""
+    """Refused as an old-format array file whose hash is not pinned: the manifest
+    names this file as an entry's source, so the denial says it changed."""
     assert result["error"] == "NoPickleError" and result["code"] == "not-listed", result
     assert f"artifact sha256:{sha256sum(path)} " in result["message"], result
     assert f"file {path}, read by joblib.load (an old-format array file)" in result["message"]
-    assert "hint: if this artifact is trusted, add this entry" in result["message"]
+    assert f"{path} was pinned with another hash" in result["message"], result["message"]
+    assert "hint: the file changed since it was pinned" in result["message"]
 
 
 def test_plain_joblib_reads_the_hand_written_old_format(project):
