@@ -9,7 +9,7 @@
 //! has just pickled. Never list a function that runs user code before it loads
 //! (a task body, a user callback), nor a loader users call on their own files.
 //!
-//! # Adding an engine (Ray, for instance)
+//! # Adding an engine (Celery, for instance)
 //!
 //! 1. Run a small workload of the engine under `pickleguard record -o m.toml
 //!    --journal DIR -- CMD`, with every kind of worker the engine has, and read the
@@ -130,7 +130,131 @@ pub const KNOWN_CHANNELS: &[KnownChannel] = &[
         // on any bytes: only dask's own code calling it is the transport.
         called_from: &["distributed.*:*", "dask.*:*"],
     },
+    // torch.distributed's object collectives: every rank pickles its objects into
+    // a byte tensor, and the ranks that receive one decode it in
+    // _tensor_to_object, with pickle or, with weights_only=True, with
+    // torch.load(io.BytesIO(...), weights_only=True): a buffer in memory, which
+    // channel rules cover as they do a pickle. Only the collectives' own calls of
+    // it are the transport.
+    KnownChannel {
+        name: "torch.distributed",
+        callers: &["torch.distributed.distributed_c10d:_tensor_to_object"],
+        called_from: &[
+            "torch.distributed.distributed_c10d:all_gather_object",
+            "torch.distributed.distributed_c10d:gather_object",
+            "torch.distributed.distributed_c10d:broadcast_object_list",
+            "torch.distributed.distributed_c10d:scatter_object_list",
+            "torch.distributed.distributed_c10d:recv_object_list",
+        ],
+    },
+    // torch.multiprocessing.spawn: a child that raises pickles its traceback (a
+    // string) into an error file the parent created, and the parent's
+    // ProcessContext.join loads it to raise ProcessRaisedException. Only while
+    // spawn() or start_processes() joins: a program that joins itself
+    // (join=False) names its own function in a rule.
+    KnownChannel {
+        name: "torch.multiprocessing",
+        callers: &[
+            "torch.multiprocessing.spawn:ProcessContext.join",
+            "torch.multiprocessing.spawn:join",
+        ],
+        called_from: &["torch.multiprocessing.spawn:start_processes"],
+    },
+    // Ray: a driver, and the worker processes its raylet starts. Every object
+    // (task arguments, results, the object store's values, with their
+    // out-of-band buffers) is decoded by _deserialize_pickle5_data, which only
+    // the serialization context's own msgpack decoder calls.
+    KnownChannel {
+        name: "ray",
+        callers: &[
+            "ray._private.serialization:SerializationContext._deserialize_pickle5_data",
+            "ray._private.serialization:_deserialize_pickle5_data",
+        ],
+        called_from: &[
+            "ray._private.serialization:SerializationContext._deserialize_msgpack_data",
+            "ray._private.serialization:_deserialize_msgpack_data",
+        ],
+    },
+    // A task's or an actor's exception, pickled by the worker that raised it
+    // (a NoPickleError among them), as the driver or the caller decodes the
+    // error Ray sends back. RayError.from_bytes is public: a task calling it
+    // on bytes of its own is not told apart from Ray's own calls.
+    KnownChannel {
+        name: "ray",
+        callers: &[
+            "ray.exceptions:RayError.from_ray_exception",
+            "ray.exceptions:from_ray_exception",
+        ],
+        called_from: &[
+            "ray.exceptions:RayError.from_bytes",
+            "ray.exceptions:from_bytes",
+            "ray._private.serialization:SerializationContext._deserialize_actor_died_error",
+            "ray._private.serialization:_deserialize_actor_died_error",
+        ],
+    },
+    // Remote functions and actor classes: the driver exports each, pickled by
+    // cloudpickle (so with a new hash on every run), to the cluster's key-value
+    // store, and a worker loads it before running it. The table entry
+    // (fetch_registered_method), the function in it, the actor class entry and
+    // the class in it, each only as Ray's function manager (and its worker
+    // setup hook) fetches them.
+    KnownChannel {
+        name: "ray",
+        callers: &[
+            "ray._private.function_manager:FunctionActorManager.fetch_registered_method",
+            "ray._private.function_manager:fetch_registered_method",
+        ],
+        called_from: &[
+            "ray._private.function_manager:FunctionActorManager.fetch_and_register_remote_function",
+            "ray._private.function_manager:fetch_and_register_remote_function",
+            "ray._private.runtime_env.setup_hook:load_and_execute_setup_hook_func",
+        ],
+    },
+    KnownChannel {
+        name: "ray",
+        callers: &[
+            "ray._private.function_manager:FunctionActorManager.fetch_and_register_remote_function",
+            "ray._private.function_manager:fetch_and_register_remote_function",
+        ],
+        called_from: &[
+            "ray._private.function_manager:FunctionActorManager._wait_for_function",
+            "ray._private.function_manager:_wait_for_function",
+        ],
+    },
+    KnownChannel {
+        name: "ray",
+        callers: &[
+            "ray._private.function_manager:FunctionActorManager._load_actor_class_from_gcs",
+            "ray._private.function_manager:_load_actor_class_from_gcs",
+        ],
+        called_from: &[
+            "ray._private.function_manager:FunctionActorManager.load_actor_class",
+            "ray._private.function_manager:load_actor_class",
+        ],
+    },
 ];
+
+/// Globals whose import by a recorded pickle shows that the program uses a
+/// transport, for one whose messages a run may never load: torch's spawn parent
+/// loads an error report only when a child fails, but every child it starts loads
+/// its process object, which names torch's `_wrap`. `record` writes that
+/// transport's rules too.
+pub const USED_WHEN_IMPORTED: &[(&str, &str)] =
+    &[("torch.multiprocessing.spawn._wrap", "torch.multiprocessing")];
+
+/// The known transports that a pickle importing `imports` (as `module.name`)
+/// shows in use.
+pub fn channels_used_by<'a>(imports: impl IntoIterator<Item = &'a str>) -> Vec<&'static str> {
+    let mut found: Vec<&'static str> = Vec::new();
+    for import in imports {
+        for (global, name) in USED_WHEN_IMPORTED {
+            if import == *global && !found.contains(name) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
 
 /// The rules `record` writes for the transport `name`, in the order above; none
 /// for a name it does not know.
@@ -303,7 +427,7 @@ mod tests {
             KNOWN_CHANNELS[0].callers.len() + KNOWN_CHANNELS[1].callers.len()
         );
         assert_eq!(known_callers("dask"), KNOWN_CHANNELS[2].callers);
-        for missing in ["multiprocessing/2", "ray", ""] {
+        for missing in ["multiprocessing/2", "celery", "torch", ""] {
             assert_eq!(known_rules(missing).count(), 0, "{missing}");
         }
     }
@@ -342,6 +466,90 @@ mod tests {
         );
         assert_eq!(
             known_channel("dask.array.core:from_npy_stack", serialize),
+            None
+        );
+    }
+
+    #[test]
+    fn recognises_torchs_collectives_and_spawn_but_not_user_calls() {
+        let decode = "torch.distributed.distributed_c10d:_tensor_to_object";
+        for collective in [
+            "broadcast_object_list",
+            "all_gather_object",
+            "gather_object",
+            "scatter_object_list",
+            "recv_object_list",
+        ] {
+            let outer = format!("torch.distributed.distributed_c10d:{collective}");
+            assert_eq!(
+                known_channel(decode, Some(&outer)),
+                Some("torch.distributed")
+            );
+        }
+        // The decoder called on a program's own bytes, or by another part of torch.
+        for outer in [
+            Some("app:decode"),
+            Some("torch.distributed.rpc.internal:_InternalRPCPickler.deserialize"),
+            None,
+        ] {
+            assert_eq!(known_channel(decode, outer), None, "{outer:?}");
+        }
+        for join in [
+            "torch.multiprocessing.spawn:ProcessContext.join",
+            "torch.multiprocessing.spawn:join",
+        ] {
+            assert_eq!(
+                known_channel(join, Some("torch.multiprocessing.spawn:start_processes")),
+                Some("torch.multiprocessing")
+            );
+            assert_eq!(known_channel(join, Some("app:main")), None);
+        }
+    }
+
+    #[test]
+    fn a_spawned_childs_process_object_shows_torch_spawn_in_use() {
+        let child = [
+            "multiprocessing.context.SpawnProcess",
+            "torch.multiprocessing.spawn._wrap",
+            "__main__.rank_main",
+        ];
+        assert_eq!(channels_used_by(child), ["torch.multiprocessing"]);
+        assert!(channels_used_by(["multiprocessing.context.SpawnProcess"]).is_empty());
+        for (_, name) in USED_WHEN_IMPORTED {
+            assert!(known_rules(name).count() > 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn recognises_rays_objects_functions_and_actors_but_not_tasks() {
+        let module = "ray._private.function_manager:FunctionActorManager";
+        let loads = [
+            (
+                "ray._private.serialization:SerializationContext._deserialize_pickle5_data",
+                "ray._private.serialization:SerializationContext._deserialize_msgpack_data",
+            ),
+            (
+                &format!("{module}.fetch_registered_method"),
+                &format!("{module}.fetch_and_register_remote_function"),
+            ),
+            (
+                &format!("{module}.fetch_and_register_remote_function"),
+                &format!("{module}._wait_for_function"),
+            ),
+            (
+                &format!("{module}._load_actor_class_from_gcs"),
+                &format!("{module}.load_actor_class"),
+            ),
+        ];
+        for (caller, outer) in loads {
+            assert_eq!(known_channel(caller, Some(outer)), Some("ray"), "{caller}");
+            // A task calling Ray's decoder or its function manager itself.
+            assert_eq!(known_channel(caller, Some("app:task")), None, "{caller}");
+            assert_eq!(known_channel(caller, None), None, "{caller}");
+        }
+        // A task's own loads, called from the worker's loop.
+        assert_eq!(
+            known_channel("app:unpickle", Some("ray._private.worker:Worker.main_loop")),
             None
         );
     }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use crate::identity::{Id, Identities, KnownDigests};
 use crate::load::{Caller, Load};
 use crate::manifest::Kind;
-use crate::policy::{decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Reason, Refusal};
+use crate::policy::{
+    decide, ActiveGrant, LayerId, LazyFrames, ProcessLayer, Reason, Refusal, Subject,
+};
 use crate::report::{describe, pin_mismatch, same_file, Denial, NearMiss};
 
 /// The policy in force for one load, here and now.
@@ -71,11 +73,15 @@ pub fn judge(
     covered: bool,
     caller: &mut dyn FnMut() -> Option<Caller>,
 ) -> Verdict {
+    let subject = Subject {
+        kind: load.kind,
+        channels: load.channel_rules_apply(),
+    };
     let decision = decide(
         policy.layers,
         policy.scopes,
         policy.grants,
-        load.kind,
+        subject,
         ids,
         frames,
     );
@@ -174,7 +180,7 @@ pub fn allow_whole_input_by_hash(
         policy.layers,
         policy.scopes,
         policy.grants,
-        Kind::Pickle,
+        Subject::PICKLE,
         ids,
         frames,
     );

@@ -19,9 +19,10 @@ pub fn load_line(load: &Load<'_>, id: &str, stack: &CallStack, time: f64, pid: u
         Kind::Artifact => load.artifact_imports.to_vec(),
     };
     let caller = stack.caller.as_deref().unwrap_or_default();
-    let channel = match load.kind {
-        Kind::Pickle => crate::channels::known_channel(caller, stack.called_from.as_deref()),
-        Kind::Artifact => None,
+    let channel = if load.channel_rules_apply() {
+        crate::channels::known_channel(caller, stack.called_from.as_deref())
+    } else {
+        None
     };
     serde_json::json!({
         "v": 1,
@@ -36,6 +37,7 @@ pub fn load_line(load: &Load<'_>, id: &str, stack: &CallStack, time: f64, pid: u
         "source": load.source,
         "loader": load.loader,
         "channel": channel,
+        "uses": crate::channels::channels_used_by(imports.iter().map(|(name, _)| name.as_str())),
         "imports": imports.iter().map(|(name, _)| name).collect::<Vec<_>>(),
         "risky": imports.iter().filter(|(_, risky)| *risky).map(|(name, _)| name).collect::<Vec<_>>(),
     })
@@ -126,6 +128,27 @@ mod tests {
             serde_json::json!(["torch._utils._rebuild_tensor_v2"])
         );
         assert_eq!(line["risky"], serde_json::json!([]));
+        // The same bytes decoded from memory by a channel's caller: the channel's,
+        // which a file read by that caller would not be.
+        let stack = CallStack {
+            frames: vec![],
+            caller: Some("multiprocessing.queues:Queue.get".into()),
+            called_from: Some("app:consume".into()),
+        };
+        let line: Value =
+            serde_json::from_str(&load_line(&load, "sha256:cd", &stack, 0.0, 1)).unwrap();
+        assert_eq!(line["channel"], Value::Null);
+        let in_memory = Load::artifact(b"PK\x03\x04", None, Some("torch.load"), &imports);
+        let line: Value = serde_json::from_str(&load_line(
+            &in_memory.from_memory(),
+            "sha256:cd",
+            &stack,
+            0.0,
+            1,
+        ))
+        .unwrap();
+        assert_eq!(line["channel"], "multiprocessing");
+        assert_eq!(line["uses"], serde_json::json!([]));
     }
 
     #[test]

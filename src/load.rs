@@ -19,6 +19,9 @@ pub struct Load<'a> {
     /// For artifacts: the globals its pickles import, found by the adapter, with
     /// whether each is risky (for the journal, so `record` can flag them).
     pub artifact_imports: &'a [(String, bool)],
+    /// For artifacts: the bytes are a buffer the program holds in memory (an
+    /// engine's own message that it decodes with `torch.load`), not a file.
+    pub in_memory: bool,
     /// Digests of exactly these bytes already computed by a first look.
     pub known: KnownDigests,
 }
@@ -33,6 +36,7 @@ impl<'a> Load<'a> {
             source,
             loader: None,
             artifact_imports: &[],
+            in_memory: false,
             known: KnownDigests::NONE,
         }
     }
@@ -51,6 +55,7 @@ impl<'a> Load<'a> {
             source,
             loader,
             artifact_imports: imports,
+            in_memory: false,
             known: KnownDigests::NONE,
         }
     }
@@ -59,6 +64,18 @@ impl<'a> Load<'a> {
     pub fn knowing(mut self, known: KnownDigests) -> Self {
         self.known = known;
         self
+    }
+
+    /// The same artifact, read from a buffer in memory rather than from a file.
+    pub fn from_memory(mut self) -> Self {
+        self.in_memory = self.kind == Kind::Artifact;
+        self
+    }
+
+    /// Whether `[[channel]]` rules may cover it: a pickle, or an artifact read
+    /// from memory. A file is identified by its hash alone, whoever reads it.
+    pub fn channel_rules_apply(&self) -> bool {
+        self.kind == Kind::Pickle || self.in_memory
     }
 
     pub fn size(&self) -> usize {

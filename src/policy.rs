@@ -224,7 +224,7 @@ impl<'f> LazyFrames<'f> {
 
 fn check_rules(
     rules: &Rules,
-    kind: Kind,
+    subject: Subject,
     ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
 ) -> Option<Reason> {
@@ -233,19 +233,20 @@ fn check_rules(
         Rules::Everything => None,
         Rules::Broken(err) => Some(Reason::BrokenManifest(err.located_message())),
         Rules::Deferred(deferred) => match deferred.get() {
-            Ok(manifest) => check_manifest(manifest, kind, ids, frames),
+            Ok(manifest) => check_manifest(manifest, subject, ids, frames),
             Err(err) => Some(Reason::BrokenManifest(err.located_message())),
         },
-        Rules::Manifest(manifest) => check_manifest(manifest, kind, ids, frames),
+        Rules::Manifest(manifest) => check_manifest(manifest, subject, ids, frames),
     }
 }
 
 fn check_manifest(
     manifest: &Manifest,
-    kind: Kind,
+    subject: Subject,
     ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
 ) -> Option<Reason> {
+    let kind = subject.kind;
     let mut patterns = Vec::new();
     // Hashes already computed first, then the cheapest: a second hash is paid for
     // only when the first found no entry.
@@ -262,7 +263,7 @@ fn check_manifest(
             }
         }
     }
-    if kind == Kind::Pickle && !manifest.channels().is_empty() {
+    if subject.channels && !manifest.channels().is_empty() {
         let stack = frames.get();
         if let Some(caller) = stack.caller.as_deref() {
             if manifest
@@ -319,6 +320,31 @@ pub fn first_algorithms(process: &[std::sync::Arc<ProcessLayer>], kind: Kind) ->
     wanted
 }
 
+/// What a load is judged as: the manifest table its entries are in, and whether
+/// `[[channel]]` rules may cover it (see `Load::channel_rules_apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject {
+    pub kind: Kind,
+    pub channels: bool,
+}
+
+impl Subject {
+    pub const PICKLE: Subject = Subject {
+        kind: Kind::Pickle,
+        channels: true,
+    };
+    /// An artifact file: its hash alone decides.
+    pub const ARTIFACT: Subject = Subject {
+        kind: Kind::Artifact,
+        channels: false,
+    };
+    /// An artifact the program holds in memory: channel rules cover it too.
+    pub const ARTIFACT_IN_MEMORY: Subject = Subject {
+        kind: Kind::Artifact,
+        channels: true,
+    };
+}
+
 /// Decide a load of the payload with identities `ids` (a pickle or a whole
 /// artifact) under `process` layers and the deny `scopes` active in this thread or
 /// task, lifted by `grants`.
@@ -326,16 +352,17 @@ pub fn decide(
     process: &[std::sync::Arc<ProcessLayer>],
     scopes: &[LayerId],
     grants: &[ActiveGrant<'_>],
-    kind: Kind,
+    subject: Subject,
     ids: &mut Identities<'_>,
     frames: &mut LazyFrames<'_>,
 ) -> Decision {
+    let kind = subject.kind;
     let mut decision = Decision::default();
     for layer in process {
         if lifted(layer.id, ids, grants) {
             continue;
         }
-        if let Some(reason) = check_rules(&layer.rules, kind, ids, frames) {
+        if let Some(reason) = check_rules(&layer.rules, subject, ids, frames) {
             decision.refusals.push(Refusal {
                 layer: layer.id,
                 mode: layer.mode,
@@ -386,7 +413,7 @@ mod tests {
             Algorithm::Blake3 => [3u8; 32],
         };
         let mut ids = Identities::new(&mut compute);
-        decide(process, scopes, grants, Kind::Pickle, &mut ids, frames)
+        decide(process, scopes, grants, Subject::PICKLE, &mut ids, frames)
     }
 
     fn layer(id: LayerId, mode: Mode, text: Option<&str>) -> Arc<ProcessLayer> {
@@ -582,7 +609,7 @@ mod tests {
         let mut ids = Identities::new(&mut compute);
         let mut no_frames = CallStack::default;
         let mut frames = LazyFrames::new(&mut no_frames);
-        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
+        assert!(decide(&layers, &[], &[], Subject::PICKLE, &mut ids, &mut frames).allowed());
         assert_eq!(calls, [Algorithm::Blake3]);
 
         // A payload the BLAKE3 entries do not list is looked up by SHA-256 too.
@@ -595,7 +622,7 @@ mod tests {
             }
         };
         let mut ids = Identities::new(&mut compute);
-        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
+        assert!(decide(&layers, &[], &[], Subject::PICKLE, &mut ids, &mut frames).allowed());
         assert_eq!(calls, [Algorithm::Blake3, Algorithm::Sha256]);
     }
 
@@ -613,8 +640,8 @@ mod tests {
         };
         let mut frames = LazyFrames::new(&mut stack);
         let mut ids = Identities::new(&mut compute);
-        assert!(decide(&layers, &[], &[], Kind::Artifact, &mut ids, &mut frames).allowed());
-        let d = decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames);
+        assert!(decide(&layers, &[], &[], Subject::ARTIFACT, &mut ids, &mut frames).allowed());
+        let d = decide(&layers, &[], &[], Subject::PICKLE, &mut ids, &mut frames);
         assert_eq!(d.denial().unwrap().reason, Reason::NotListed);
         let mut channel = || CallStack {
             frames: vec![Arc::from("mp:recv")],
@@ -624,8 +651,19 @@ mod tests {
         let mut frames = LazyFrames::new(&mut channel);
         let other = "version = 1\n[[channel]]\nname = \"mp\"\ncallers = [\"mp:recv\"]\n";
         let layers = [layer(1, Mode::Enforce, Some(other))];
-        assert!(decide(&layers, &[], &[], Kind::Pickle, &mut ids, &mut frames).allowed());
-        assert!(!decide(&layers, &[], &[], Kind::Artifact, &mut ids, &mut frames).allowed());
+        assert!(decide(&layers, &[], &[], Subject::PICKLE, &mut ids, &mut frames).allowed());
+        assert!(!decide(&layers, &[], &[], Subject::ARTIFACT, &mut ids, &mut frames).allowed());
+        // An engine's own message decoded from memory by an artifact loader
+        // (torch.load of a buffer) is the channel's, as a pickle would be.
+        let in_memory = Subject::ARTIFACT_IN_MEMORY;
+        assert!(decide(&layers, &[], &[], in_memory, &mut ids, &mut frames).allowed());
+        let mut user = || CallStack {
+            frames: vec![Arc::from("app:load")],
+            caller: Some(Arc::from("app:load")),
+            called_from: None,
+        };
+        let mut frames = LazyFrames::new(&mut user);
+        assert!(!decide(&layers, &[], &[], in_memory, &mut ids, &mut frames).allowed());
     }
 
     #[test]

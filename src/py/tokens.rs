@@ -233,9 +233,11 @@ pub(super) fn allow_pickles(
 /// Judge a whole artifact file (`data`: its bytes, or its `VerifiedFile`) against the `[[artifact]]` entries
 /// and, if it may load, return the with-block to run its loader in: inside it, in
 /// this thread or task only, the pickles the loader reads out of the artifact are
-/// covered by the artifact's entry. Raises NoPickleError otherwise.
+/// covered by the artifact's entry. Raises NoPickleError otherwise. `in_memory`
+/// says the bytes are a buffer the program built, not a file: channel rules may
+/// cover it (an engine decoding its own message with `torch.load`).
 #[pyfunction]
-#[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false))]
+#[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false, in_memory=false))]
 pub(super) fn verify_artifact(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
@@ -244,6 +246,7 @@ pub(super) fn verify_artifact(
     imports: Option<Vec<(String, bool)>>,
     stream: Option<Bound<'_, PyAny>>,
     any_stream: bool,
+    in_memory: bool,
 ) -> Result<ArtifactScope> {
     if any_stream && enforcing(py)? {
         return Err(GuardError::Guard(
@@ -273,6 +276,7 @@ pub(super) fn verify_artifact(
         source,
         loader: loader.as_deref(),
         artifact_imports: &imports,
+        in_memory,
         known,
     };
     judge(py, &load, None)?;

@@ -13,6 +13,7 @@ import sys
 from .. import _core
 from . import _verified
 from ._artifact import (
+    _artifact_imports,
     is_path,
     load_artifact,
     load_copy_mapped,
@@ -36,6 +37,8 @@ def patch(torch: Any) -> None:
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
         if not is_path(f):
             # (torch itself refuses mmap=True for a file object.)
+            if in_memory(f):
+                return load_buffer(f, lambda verified: original(verified, *args, **kwargs))
             return load_artifact("torch.load", f, lambda file: original(file, *args, **kwargs))
         if os.fsdecode(os.fspath(f)).endswith(".safetensors"):
             return original(f, *args, **kwargs)  # torch hands it to safetensors: no pickle
@@ -75,6 +78,35 @@ def patch(torch: Any) -> None:
 
     replace_load(original, load, serialization, torch)
     _gate_weights_only_unpickler()
+
+
+def in_memory(f: Any) -> bool:
+    """Whether torch.load reads a buffer the program holds in memory (a plain
+    ``io.BytesIO``: torch.distributed's objects decoded with ``weights_only=True``)
+    rather than a file. A subclass may read from anywhere, so it is a file."""
+    return type(f) is io.BytesIO
+
+
+def load_buffer(f: io.BytesIO, call: Any) -> Any:
+    """torch.load of an in-memory buffer: the rest of the buffer is admitted as an
+    artifact read from memory, which an ``[[artifact]]`` entry with its hash
+    covers, and so does a ``[[channel]]`` rule for the code that called
+    torch.load (an engine decoding its own message), as for a pickle."""
+    start = f.tell()
+    data = f.read()
+    verified = io.BytesIO(data)
+    scope = _core.verify_artifact(
+        data,
+        loader="torch.load",
+        imports=_artifact_imports(data),
+        stream=verified,
+        in_memory=True,
+    )
+    with scope:
+        try:
+            return call(verified)
+        finally:
+            f.seek(start + verified.tell())
 
 
 def _maps(mmap: Any) -> bool:

@@ -73,6 +73,10 @@ def read_journals(directory: Path) -> Journal:
                     )
                     continue
                 journal.loads += 1
+                # Transports the pickle shows in use, whose messages this run may
+                # never have loaded (torch's spawn error reports).
+                for used in entry.get("uses", []):
+                    journal.channels.setdefault(str(used), set())
                 channel = entry.get("channel")
                 if channel:
                     journal.channels.setdefault(str(channel), set()).add(caller)
@@ -207,7 +211,7 @@ def merge(existing_text: Optional[str], existing_path: str, journal: Journal) ->
     channels_added, blocks = _channel_blocks(journal, existing, stamp)
     added: List[Recorded] = []
     for rec in sorted(journal.pickles.values(), key=lambda r: (r.kind, r.caller, r.identity)):
-        if rec.kind == "pickle" and _channel_allows(rec, existing, channels_added):
+        if _channel_allows(rec, existing, channels_added):
             continue
         if (rec.kind, rec.identity, None) in existing.pins or (
             rec.kind,
@@ -274,7 +278,11 @@ def _channel_allows(
     rec: Recorded, existing: _Existing, channels_added: Dict[str, List[str]]
 ) -> bool:
     """Whether every load of it is allowed by a channel rule: one the manifest
-    had (written by hand, or by an earlier record) or one written now."""
+    had (written by hand, or by an earlier record) or one written now. Channel
+    rules cover an artifact only when it was read from memory, and the journal
+    names a known channel for those loads alone: a file is always pinned."""
+    if rec.kind != "pickle" and None in rec.called_from.values():
+        return False
     return all(
         (channel is not None and rec.caller in channels_added.get(channel, ()))
         or any(_rule_admits(rule, rec.caller, outer) for rule in existing.rules)
