@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import _core
-from .._pickles import is_zip, pickle_members, pickles_in, walk
+from .._pickles import Walk, is_zip, pickle_members, pickles_in, walk
 from ..errors import ManifestError
 from . import _manifest, _writes
 from ._common import (
@@ -125,6 +125,8 @@ class _Pin:
     # Why its imports were not reviewed (no bytes to scan), for its comment.
     unscanned: Optional[str] = None
     stack: Optional[List[str]] = None  # its own stack patterns, instead of --stack
+    # Where it came from, for its note (after --note): a Hugging Face repo and revision.
+    note: Optional[str] = None
 
 
 class _PinError(Exception):
@@ -192,20 +194,29 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
     )
 
 
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise _PinError(
+            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
+        ) from None
+
+
 def _file_pins(path: str, algorithm: str) -> List[_Pin]:
     """The entries a whole file needs: an [[artifact]] (torch.load, joblib.load),
     and, for a file that is exactly one pickle, a [[pickle]] with the same hash
     (pickle.load of the file checks that one). Both carry what its pickles
     import, walked as its loader reads it."""
     pin = _file_artifact(path, algorithm)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise _PinError(
-            f"could not read {_shown(path)}: {e.strerror or e}", "check the path", ExitStatus.ERROR
-        ) from None
-    found = walk(data)
+    return _data_pins(pin, _read(path))
+
+
+def _data_pins(pin: _Pin, data: bytes, found: Optional[Walk] = None) -> List[_Pin]:
+    """``pin`` (the whole file's [[artifact]]) with what the pickles of ``data``
+    import, and its [[pickle]] twin if the file is one pickle."""
+    found = found if found is not None else walk(data)
     imports = found.imports
     if found.problem and found.form != "none":
         # What the rest of the file imports is not known: as risky as it gets.
@@ -264,6 +275,268 @@ def _joblib_array_pins(path: str, algorithm: str) -> List[_Pin]:
         pin.origin += f": an array file joblib.load reads for {_quoted(path)} (old format)"
         pins.append(pin)
     return pins
+
+
+# ---------------------------------------------------------------------------
+# A directory: the pickle-bearing files in it, and for a Hugging Face hub cache
+# snapshot, each file's blob checked against its name.
+
+# The first byte of every file a loader could find a pickle in: a pickle opcode
+# (protocols 0 to 5), a zip archive (torch), or the compressions joblib reads.
+_PICKLE_FIRST = frozenset(b"(.012FIJKLMNPQRSTUVXabcdeghijlopqrstu}])GBC") | frozenset(
+    range(0x80, 0x99)
+)
+_ARCHIVE_FIRST = frozenset(b"P\x1fB\xfd]\x04xZ")
+_HUB_REPO = re.compile(r"(model|dataset|space)s--(.+)")
+_BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+@dataclass
+class _Snapshot:
+    """A snapshot folder of a Hugging Face hub cache: REPO/snapshots/REV/."""
+
+    repo_dir: str  # the models--ORG--NAME folder, resolved
+    snapshot_dir: str  # REPO/snapshots/REV, resolved
+    kind: str  # model, dataset or space
+    repo: str  # ORG/NAME
+    revision: str  # the snapshot folder's name: the commit
+    commit: Optional[str]  # the commit it is, if REV is one or a ref names it
+    refs: List[str]  # the refs (main, pr/1, ...) that point at this commit
+
+    def note(self, relative: str) -> str:
+        where = f"revision {self.revision}"
+        if self.commit and self.commit != self.revision:
+            where += f" (commit {self.commit})"
+        if self.refs:
+            where += f" ({', '.join('refs/' + r for r in self.refs)})"
+        return (
+            f"Hugging Face {self.kind} {self.repo}, {where}, file {relative}, "
+            "blob checked against its name"
+        )
+
+
+def _hub_repo_dir(path: str) -> Optional[Tuple[str, str]]:
+    """(kind, repo) if ``path`` is a hub cache repo folder, models--ORG--NAME."""
+    m = _HUB_REPO.fullmatch(os.path.basename(path))
+    if m and os.path.isdir(os.path.join(path, "snapshots")):
+        return m.group(1), m.group(2).replace("--", "/")
+    return None
+
+
+def _hub_snapshot(directory: str) -> Optional[_Snapshot]:
+    """The hub cache snapshot ``directory`` is, or is inside; None if none."""
+    here = os.path.realpath(directory)
+    while True:
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        if os.path.basename(parent) == "snapshots":
+            repo_dir = os.path.dirname(parent)
+            found = _hub_repo_dir(repo_dir)
+            if found:
+                break
+        here = parent
+    kind, repo = found
+    revision = os.path.basename(here)
+    refs: Dict[str, str] = {}
+    refs_dir = os.path.join(repo_dir, "refs")
+    for root, _, names in os.walk(refs_dir):
+        for name in names:
+            try:
+                with open(os.path.join(root, name), encoding="ascii") as f:
+                    value = f.read().strip()
+            except (OSError, ValueError):
+                continue
+            refs[os.path.relpath(os.path.join(root, name), refs_dir).replace(os.sep, "/")] = value
+    commit: Optional[str] = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else None
+    if commit is None and re.fullmatch(r"[0-9a-f]{40}", refs.get(revision, "")):
+        commit = refs[revision]
+    names = sorted(name for name, value in refs.items() if commit and value == commit)
+    return _Snapshot(repo_dir, here, kind, repo, revision, commit, names)
+
+
+def _dir_files(directory: str) -> Tuple[List[str], List[str], List[str]]:
+    """The files under ``directory``, in order, the links that lead nowhere, and
+    the hub cache repo folders met (not walked). Subdirectories are walked (a hub
+    repo keeps models in subfolders); names that start with "." are skipped
+    (.git, .cache), and links to directories are not followed; links to files
+    are (a hub snapshot is made of them)."""
+    files: List[str] = []
+    dangling: List[str] = []
+    repos: List[str] = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        repos += [os.path.join(root, d) for d in dirs if _hub_repo_dir(os.path.join(root, d))]
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in repos]
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                files.append(path)
+            elif os.path.islink(path) and not os.path.exists(path):
+                dangling.append(path)
+    return files, dangling, repos
+
+
+def _may_hold_pickles(head: bytes) -> bool:
+    """Whether a file starting with ``head`` could hold a pickle a loader reads:
+    safetensors (an 8-byte header length, then its JSON), JSON and text start
+    otherwise, and are not read whole."""
+    if not head or head[0] not in _PICKLE_FIRST | _ARCHIVE_FIRST:
+        return False
+    return not (len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1)
+
+
+def _blob_digest(name: str, data: Optional[bytes], path: str) -> str:
+    """The digest of a blob's content in the form its name has: SHA-256 (LFS
+    files), or git's blob SHA-1 (small files kept in git), over ``data``, or
+    over the file read in chunks when ``data`` is None."""
+    if len(name) == 64:
+        digest = hashlib.sha256()
+    else:
+        digest = hashlib.sha1()
+        size = len(data) if data is not None else os.path.getsize(path)
+        digest.update(b"blob %d\0" % size)
+    if data is not None:
+        digest.update(data)
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], List[_PinError]]:
+    """Pins for the pickle-bearing files under ``directory``, notes for the user,
+    and the problems found (every file is looked at)."""
+    shown = _shown(directory)
+    repo = _hub_repo_dir(os.path.realpath(directory))
+    if repo is not None:
+        folder = os.path.join(directory, "snapshots")
+        snapshots = ", ".join(_shown(os.path.join(folder, s)) for s in sorted(os.listdir(folder)))
+        problem = _PinError(
+            f"{shown} is a Hugging Face cache folder of the {repo[0]} {repo[1]}, "
+            "not one of its snapshots",
+            f"pin one snapshot: {snapshots}" if snapshots else f"{_shown(folder)} is empty",
+        )
+        return [], [], [problem]
+    snapshot = _hub_snapshot(directory)
+    blobs = os.path.join(snapshot.repo_dir, "blobs") if snapshot else ""
+    files, dangling, repos = _dir_files(directory)
+    errors: List[_PinError] = [
+        _PinError(
+            f"{_shown(repo_dir)} is a Hugging Face cache folder, inside {shown}",
+            f"pin its snapshots one by one: {_shown(os.path.join(repo_dir, 'snapshots'))}/REV",
+        )
+        for repo_dir in repos
+    ]
+    notes: List[str] = []
+    pins: List[_Pin] = []
+    for path in dangling:
+        if snapshot:
+            errors.append(
+                _PinError(
+                    f"{_shown(path)}: links to {_shown(os.readlink(path))}, which does not exist",
+                    "the cache lost a blob: download the file again",
+                )
+            )
+        else:
+            notes.append(f"{_shown(path)} links to nothing: skipped")
+    looked, held = 0, []
+    for path in files:
+        looked += 1
+        blob = os.path.realpath(path) if snapshot else path
+        if snapshot:
+            name = os.path.basename(blob)
+            if os.path.dirname(blob) != os.path.realpath(blobs) or not _BLOB_NAME.fullmatch(name):
+                errors.append(
+                    _PinError(
+                        f"{_shown(path)} is not a link into {_shown(blobs)} named by a hash "
+                        f"(it is {_shown(blob)})",
+                        "the hub cache links every file of a snapshot to its blob; "
+                        "download the file again, or pin a copy of the folder as a plain directory",
+                    )
+                )
+                continue
+        try:
+            with open(blob, "rb") as f:
+                head = f.read(16)
+            data = _read(blob) if _may_hold_pickles(head) else None
+            if snapshot:
+                actual = _blob_digest(name, data, blob)
+                if actual != name:
+                    kind = "SHA-256" if len(name) == 64 else "git blob SHA-1"
+                    errors.append(
+                        _PinError(
+                            f"{_shown(path)}: its blob {_shown(blob)} does not hold what its "
+                            f"name says: the {kind} of its content is {actual}",
+                            "the file was changed after it was downloaded: delete the blob and "
+                            f"download it again (huggingface-cli download {snapshot.repo} "
+                            f"--revision {snapshot.revision} --force-download)",
+                        )
+                    )
+                    continue
+        except OSError as e:
+            errors.append(
+                _PinError(
+                    f"could not read {_shown(path)}: {e.strerror or e}",
+                    "check the file's permissions",
+                    ExitStatus.ERROR,
+                )
+            )
+            continue
+        except _PinError as e:
+            errors.append(e)
+            continue
+        found = walk(data) if data else None
+        if found is None or found.form == "none" or (found.form == "zip" and not found.pickles):
+            if found is not None and found.problem and found.form == "zip":
+                notes.append(f"{_shown(path)}: {found.problem}: skipped")
+            continue
+        held.append(path)
+        assert data is not None
+        size = len(data)
+        hexdigest = (
+            hashlib.sha256(data).hexdigest()
+            if algorithm == "sha256"
+            else _core.hexdigest(data, algorithm)
+        )
+        relative = os.path.relpath(path, snapshot.snapshot_dir if snapshot else directory)
+        relative = relative.replace(os.sep, "/")
+        pin = _Pin(
+            kind="artifact",
+            identity=f"{algorithm}:{hexdigest}",
+            source=_clean(path),
+            label=f"{_shown(path)}, {plural(size, 'byte')}",
+            origin=f"from the file {_quoted(path)}, {plural(size, 'byte')}",
+            size=size,
+            note=snapshot.note(relative) if snapshot else None,
+        )
+        pins += _data_pins(pin, data, found)
+    # Old joblib files' array files (.npy) hold no pickle, but joblib.load judges them.
+    companions = {p.source for p in pins}
+    for path in held:
+        for array in _joblib_array_files(path):
+            if _clean(array) not in companions:
+                try:
+                    pin = _file_artifact(array, algorithm)
+                except _PinError as e:
+                    errors.append(e)
+                    continue
+                pin.origin += f": an array file joblib.load reads for {_quoted(path)} (old format)"
+                pins.append(pin)
+                companions.add(pin.source)
+    where = (
+        f"the Hugging Face {snapshot.kind} {snapshot.repo} at revision {snapshot.revision}"
+        if snapshot
+        else shown
+    )
+    checked = ", every blob checked against its name" if snapshot and not errors else ""
+    notes.append(
+        f"{where}: {plural(len(held), 'pickle-bearing file')} of {plural(looked, 'file')}{checked}"
+    )
+    return pins, notes, errors
 
 
 def _file_pickles(path: str, algorithm: str) -> Tuple[List[_Pin], Optional[str]]:
@@ -647,18 +920,22 @@ def _pin_block(pin: _Pin, stamp: str, args: argparse.Namespace) -> str:
     stack = pin.stack if pin.stack is not None else [_clean(p) for p in args.stack]
     if stack:
         lines.append(f"stack = {_manifest.toml_list(stack)}")
-    if args.note is not None:
-        lines.append(f"note = {_manifest.toml_string(_clean(args.note))}")
+    notes = [_clean(n) for n in (args.note, pin.note) if n is not None]
+    if notes:
+        lines.append(f"note = {_manifest.toml_string('; '.join(notes))}")
     if pin.source is not None:
         lines.append(f"source = {_manifest.toml_string(pin.source)}")
     return "\n".join(lines) + "\n"
 
 
-def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_PinError]]:
-    """The entries the inputs ask for, warnings, and the problems found: every input is
-    looked at, so that one run reports every problem."""
+def _pin_inputs(
+    args: argparse.Namespace,
+) -> Tuple[List[_Pin], List[str], List[_PinError], List[str]]:
+    """The entries the inputs ask for, warnings, the problems found (every input is
+    looked at, so that one run reports every problem), and notes on directories."""
     errors: List[_PinError] = []
     warnings: List[str] = []
+    notes: List[str] = []
     pins: List[_Pin] = []
     if not (args.files or args.sums or args.hashes or args.logs):
         errors.append(
@@ -691,7 +968,18 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     algorithm = args.identity or "sha256"
     for path in args.files:
         try:
-            if args.pickle:
+            if os.path.isdir(path):
+                if args.pickle:
+                    raise _PinError(
+                        f"{_shown(path)} is a directory: --pickle pins the pickles of one file",
+                        "pin the directory's files whole: drop --pickle",
+                        ExitStatus.ERROR,
+                    )
+                found_pins, found_notes, problems = _dir_pins(path, algorithm)
+                pins += found_pins
+                notes += found_notes
+                errors += problems
+            elif args.pickle:
                 found, warning = _file_pickles(path, algorithm)
                 pins += found
                 if warning:
@@ -720,7 +1008,7 @@ def _pin_inputs(args: argparse.Namespace) -> Tuple[List[_Pin], List[str], List[_
     if args.source is not None:
         for pin in pins:
             pin.source = _clean(args.source)
-    return pins, warnings, errors
+    return pins, warnings, errors, notes
 
 
 _Have = Set[Tuple[str, str, Optional[Tuple[str, ...]]]]
@@ -762,8 +1050,11 @@ def run(args: argparse.Namespace) -> ExitStatus:
         existing, have = _pinned_already(manifest)
     except _PinError as e:
         manifest_errors.append(e)
-    pins, warnings, errors = _pin_inputs(args)
+    pins, warnings, errors, notes = _pin_inputs(args)
     errors = manifest_errors + errors
+    if not args.json:
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
     if errors:  # all or nothing: one bad input, and nothing is written
         return _refuse(args, errors)
     added, skipped = _new_pins(pins, have, args)
@@ -785,6 +1076,7 @@ def run(args: argparse.Namespace) -> ExitStatus:
         summary = _summary(args, status, added if written else [], skipped, warnings)
         summary["created"] = written and existing is None
         summary["written"] = written
+        summary["notes"] = notes
         if problem is not None:
             summary["errors"].append({"error": problem.message, "hint": problem.hint})
         print_json(summary)
@@ -847,6 +1139,7 @@ def _described(pin: _Pin) -> Dict[str, Any]:
         "imports": pin.imports,
         "risky": pin.risky,
         "scanned": pin.unscanned is None,
+        "note": pin.note,
     }
 
 
