@@ -80,6 +80,9 @@ def load_model(path, how):
             return joblib.load(f)
     if how == "mmap":
         return joblib.load(path, mmap_mode="r")
+    if how == "mmap-where":  # what each value is, and the file a mapped one maps
+        model = joblib.load(path, mmap_mode="r")
+        return {k: [type(v).__name__, getattr(v, "filename", None)] for k, v in model.items()}
     return joblib.load(path)
 
 try:
@@ -368,9 +371,10 @@ def test_a_file_object_resolves_array_files_as_plain_joblib_does(npy_project, ac
     assert f"artifact sha256:{sha256sum(planted)} " in refused["message"], refused
 
 
-def test_mmap_mode_records_the_array_files_and_is_refused_under_enforcement(npy_project):
+def test_mmap_mode_records_the_array_files_and_maps_their_verified_copies(npy_project):
     """numpy maps an array file itself with mmap_mode: record journals each one,
-    and enforcement refuses the load, as for a mapped joblib file."""
+    and under enforcement numpy maps the sealed copy of the bytes that were
+    judged, and the load returns the same values."""
     project = npy_project
     mapped = project.load("mmap")
     assert mapped == EXPECTED["npy"]
@@ -378,6 +382,34 @@ def test_mmap_mode_records_the_array_files_and_is_refused_under_enforcement(npy_
     for path in [project.main, *project.arrays]:
         assert f'sha256 = "{sha256sum(path)}"' in manifest
     for activation in ("code", "env"):
-        refused = project.load("mmap", activation)
-        assert refused["error"] == "PickleGuardError", refused
-        assert "joblib.load with mmap_mode='r' is refused" in refused["message"]
+        assert project.load("mmap", activation) == EXPECTED["npy"]
+    plain = project.load("mmap-where")
+    assert plain["coef"] == ["memmap", str(project.arrays[0])]
+    assert plain["labels"] == ["ndarray", None]  # an object array is never mapped
+    guarded = project.load("mmap-where", "env")
+    assert guarded["coef"][0] == "memmap" and guarded["eye"][0] == "memmap"
+    assert guarded["coef"][1].startswith("/proc/self/fd/"), guarded
+    assert guarded["labels"] == ["ndarray", None]
+
+
+@ACTIVATIONS
+def test_mmap_mode_refuses_a_swapped_array_file(npy_project, activation):
+    project = npy_project
+    project.record("mmap")
+    swapped = project.arrays[0]
+    write_other_values(swapped, "npy")
+    assert project.load("mmap")["coef"] == [666.0] * 6
+    assert_refused_array_file(project.load("mmap", activation), swapped)
+
+
+@ACTIVATIONS
+def test_mmap_mode_maps_the_bytes_that_were_judged_not_the_file_again(npy_project, activation):
+    """An array file replaced on disk right after its check: numpy maps the
+    sealed copy of what was judged, not the new file."""
+    project = npy_project
+    project.record("mmap")
+    replacement = project.root / "replacement"
+    write_other_values(replacement, "npy")
+    assert project.load("mmap", activation, swap=replacement) == EXPECTED["npy"]
+    assert not replacement.exists()  # it was swapped in, after the check
+    assert project.load("mmap")["coef"] == [666.0] * 6

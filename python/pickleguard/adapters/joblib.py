@@ -155,10 +155,12 @@ def _named(file: Any, path: Any) -> bool:
 
 class _VerifiedNumpy:
     """numpy as an old-format array wrapper's ``read`` finds it on its unpickler:
-    ``load`` of the array file reads the bytes pickleguard judged, never the path."""
+    ``load`` of the array file reads the bytes pickleguard judged, never the path;
+    with ``mmap_mode``, it maps the sealed copy of them at ``mapped``."""
 
-    def __init__(self, numpy: Any, path: Any, verified: Any) -> None:
+    def __init__(self, numpy: Any, path: Any, verified: Any, mapped: Any = None) -> None:
         self._numpy, self._path, self._verified = numpy, path, verified
+        self._mapped = mapped
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._numpy, name)
@@ -166,6 +168,10 @@ class _VerifiedNumpy:
     def load(
         self, file: Any, mmap_mode: Any = None, allow_pickle: bool = False, **kwargs: Any
     ) -> Any:
+        if file == self._path and mmap_mode is not None and self._mapped is not None:
+            return self._numpy.load(
+                self._mapped, mmap_mode=mmap_mode, allow_pickle=allow_pickle, **kwargs
+            )
         if file != self._path or mmap_mode is not None:
             raise PickleGuardError(
                 f"joblib asked numpy to load {file!r} (mmap_mode={mmap_mode!r}), not the "
@@ -192,9 +198,15 @@ def _patch_joblib_array_files(compat: Any) -> None:
         numpy, dirname = unpickler.np, unpickler._dirname
         unpickler._dirname = directory
         try:
+            copy = _verified.copy_of(path) if mmap_mode is not None else None
+            if copy is not None:
+                # numpy maps the sealed copy of the array file, never the path.
+                with copy, admit(copy, _verified.source_name(path), _ARRAY_FILE_LOADER):
+                    unpickler.np = _VerifiedNumpy(numpy, path, None, copy.path)
+                    return read_npy(self, unpickler)
             if mmap_mode is not None:
-                # numpy maps the file itself: refused while enforcing, as for a
-                # joblib file mapped with mmap_mode.
+                # No sealed memory: numpy would map the file itself, refused while
+                # enforcing, as for a joblib file mapped with mmap_mode.
                 return load_mapped(
                     "joblib.load",
                     f"mmap_mode={mmap_mode!r}",
