@@ -226,3 +226,16 @@ def test_old_joblib_array_files_in_a_directory_are_pinned_with_their_pickle(tmp_
     got = pinned(tmp_path / "m.toml")
     assert sha256(b"\x93NUMPY array bytes") in got
     assert sha256(wrapper) in got
+
+
+def test_a_snapshot_reached_through_a_link_is_still_a_snapshot(tmp_path):
+    """~/.cache is often a link: the snapshot is found from the real path, and
+    the files are named as the repo names them."""
+    files = model_files()
+    snapshot = hub_cache(tmp_path / "hub", files)
+    (tmp_path / "model").symlink_to(snapshot)
+    proc = cli("pin", "m.toml", "model", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    note = pinned(tmp_path / "m.toml")[sha256(files["sub/extra.pkl"])]
+    assert note.startswith("Hugging Face model acme/toy") and "file sub/extra.pkl," in note
+    assert 'source = "model/sub/extra.pkl"' in (tmp_path / "m.toml").read_text()

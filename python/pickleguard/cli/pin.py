@@ -355,6 +355,14 @@ def _hub_snapshot(directory: str) -> Optional[_Snapshot]:
     return _Snapshot(repo_dir, here, kind, repo, revision, commit, names)
 
 
+def _in_snapshot(snapshot: _Snapshot, directory: str, path: str) -> str:
+    """The name of ``path``, a file under ``directory``, in its snapshot: the
+    repo's file name, as in ``from_pretrained(..., subfolder=...)``."""
+    below = os.path.relpath(os.path.realpath(directory), snapshot.snapshot_dir)
+    relative = os.path.normpath(os.path.join(below, os.path.relpath(path, directory)))
+    return relative.replace(os.sep, "/")
+
+
 def _dir_files(directory: str) -> Tuple[List[str], List[str], List[str]]:
     """The files under ``directory``, in order, the links that lead nowhere, and
     the hub cache repo folders met (not walked). Subdirectories are walked (a hub
@@ -502,8 +510,7 @@ def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], Li
             if algorithm == "sha256"
             else _core.hexdigest(data, algorithm)
         )
-        relative = os.path.relpath(path, snapshot.snapshot_dir if snapshot else directory)
-        relative = relative.replace(os.sep, "/")
+        relative = _in_snapshot(snapshot, directory, path) if snapshot else ""
         pin = _Pin(
             kind="artifact",
             identity=f"{algorithm}:{hexdigest}",
@@ -525,6 +532,8 @@ def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], Li
                     errors.append(e)
                     continue
                 pin.origin += f": an array file joblib.load reads for {_quoted(path)} (old format)"
+                if snapshot:
+                    pin.note = snapshot.note(_in_snapshot(snapshot, directory, array))
                 pins.append(pin)
                 companions.add(pin.source)
     where = (
