@@ -150,6 +150,7 @@ def test_a_blob_that_does_not_match_its_name_fails_naming_it_and_writes_nothing(
     proc = cli("pin", "m.toml", str(snapshot), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert f"{snapshot / victim}: its blob {blob} does not hold what its name says" in proc.stderr
+    assert f"hf download acme/toy --revision {REV} --force-download" in proc.stderr
     assert "nothing was pinned: m.toml is unchanged" in proc.stderr
     assert (tmp_path / "m.toml").read_text() == "version = 1\n"
 

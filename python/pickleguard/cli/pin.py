@@ -303,6 +303,10 @@ class _Snapshot:
     commit: Optional[str]  # the commit it is, if REV is one or a ref names it
     refs: List[str]  # the refs (main, pr/1, ...) that point at this commit
 
+    @property
+    def type_option(self) -> str:
+        return "" if self.kind == "model" else f" --repo-type {self.kind}"
+
     def note(self, relative: str) -> str:
         where = f"revision {self.revision}"
         if self.commit and self.commit != self.revision:
@@ -480,7 +484,7 @@ def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], Li
                             f"{_shown(path)}: its blob {_shown(blob)} does not hold what its "
                             f"name says: the {kind} of its content is {actual}",
                             "the file was changed after it was downloaded: delete the blob and "
-                            f"download it again (huggingface-cli download {snapshot.repo} "
+                            f"download it again (hf download {snapshot.repo}{snapshot.type_option} "
                             f"--revision {snapshot.revision} --force-download)",
                         )
                     )
@@ -541,10 +545,10 @@ def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], Li
         if snapshot
         else shown
     )
-    checked = ", every blob checked against its name" if snapshot and not errors else ""
-    notes.append(
-        f"{where}: {plural(len(held), 'pickle-bearing file')} of {plural(looked, 'file')}{checked}"
-    )
+    if not errors:  # else nothing is pinned, and the errors say why
+        checked = ", every blob checked against its name" if snapshot else ""
+        counted = f"{plural(len(held), 'pickle-bearing file')} of {plural(looked, 'file')}"
+        notes.append(f"{where}: {counted}{checked}")
     return pins, notes, errors
 
 
