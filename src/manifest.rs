@@ -273,15 +273,17 @@ struct ManifestText<'t> {
     /// Offsets of its newlines: line numbers by binary search are linear in the
     /// size of the manifest, which may hold tens of thousands of entries.
     newlines: Vec<usize>,
+    seen_patterns: std::cell::RefCell<HashMap<String, FramePattern>>,
 }
 
 impl<'t> ManifestText<'t> {
     fn new(text: &'t str, origin: &'t str) -> Self {
-        let newlines = text.match_indices('\n').map(|(i, _)| i).collect();
+        let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).collect();
         ManifestText {
             text,
             origin,
             newlines,
+            seen_patterns: Default::default(),
         }
     }
 
@@ -304,7 +306,17 @@ impl<'t> ManifestText<'t> {
         patterns
             .iter()
             .map(|p| {
-                FramePattern::parse(p.get_ref()).map_err(|e| {
+                // Many entries share their patterns (a recorded caller pins all its
+                // pickles): parse each distinct one once.
+                let mut seen = self.seen_patterns.borrow_mut();
+                if let Some(known) = seen.get(p.get_ref().as_str()) {
+                    return Ok(known.clone());
+                }
+                let parsed = FramePattern::parse(p.get_ref());
+                if let Ok(pattern) = &parsed {
+                    seen.insert(p.get_ref().clone(), pattern.clone());
+                }
+                parsed.map_err(|e| {
                     // +1 skips the opening quote. An escape sequence in the TOML
                     // string shifts this; stay inside the string then.
                     let span = p.span();

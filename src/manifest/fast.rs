@@ -123,16 +123,18 @@ impl<'t> Reader<'t> {
             return None;
         }
         self.pos += 1;
-        loop {
-            match self.peek()? {
-                b'"' => break,
-                b'\\' => return None,
-                b'\t' => {}
-                0..=0x1f | 0x7f => return None,
-                _ => {}
-            }
-            self.pos += 1;
+        let rest = &self.bytes[self.pos..];
+        let end = memchr::memchr2(b'"', b'\\', rest)?;
+        let body = &rest[..end];
+        // A control character other than tab must be escaped; so must a line break.
+        // (A fold, not `any`, so that the loop is vectorized.)
+        let control = body.iter().fold(false, |found, &b| {
+            found | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
+        });
+        if rest[end] == b'\\' || control {
+            return None;
         }
+        self.pos += end;
         let value = self.text[start + 1..self.pos].to_owned();
         self.pos += 1;
         Some(Spanned::new(start..self.pos, value))
