@@ -79,11 +79,35 @@ pub struct Manifest {
     pub origin: String,
     entries: Vec<Entry>,
     channels: Vec<ChannelRule>,
-    by_id: HashMap<(Kind, Id), Vec<usize>, BuildDigestHasher>,
+    by_id: HashMap<(Kind, Id), EntryIndices, BuildDigestHasher>,
     /// Which algorithms each kind's entries use, so a load hashes only with those.
     used: Vec<(Kind, Algorithm)>,
     /// Whether any entry has a `source` (kept, not searched: asked on every load).
     names_sources: bool,
+}
+
+/// The entries pinning one identity: almost always one, kept without a `Vec` of
+/// its own (an allocation per entry is much of a large manifest's reading time).
+#[derive(Debug, Clone)]
+enum EntryIndices {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl EntryIndices {
+    fn push(&mut self, index: usize) {
+        match self {
+            EntryIndices::One(first) => *self = EntryIndices::Many(vec![*first, index]),
+            EntryIndices::Many(indices) => indices.push(index),
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            EntryIndices::One(index) => std::slice::from_ref(index),
+            EntryIndices::Many(indices) => indices,
+        }
+    }
 }
 
 /// A manifest that could not be read, with the position of the problem.
@@ -303,32 +327,35 @@ impl<'t> ManifestText<'t> {
     }
 
     fn patterns(&self, patterns: &[Spanned<String>]) -> Result<Vec<FramePattern>, ManifestError> {
-        patterns
-            .iter()
-            .map(|p| {
-                // Many entries share their patterns (a recorded caller pins all its
-                // pickles): parse each distinct one once.
-                let mut seen = self.seen_patterns.borrow_mut();
-                if let Some(known) = seen.get(p.get_ref().as_str()) {
-                    return Ok(known.clone());
-                }
-                let parsed = FramePattern::parse(p.get_ref());
-                if let Ok(pattern) = &parsed {
-                    seen.insert(p.get_ref().clone(), pattern.clone());
-                }
-                parsed.map_err(|e| {
-                    // +1 skips the opening quote. An escape sequence in the TOML
-                    // string shifts this; stay inside the string then.
-                    let span = p.span();
-                    let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
-                    self.fail(
-                        Some(at..at),
-                        e.message,
-                        "stack patterns look like \"package.module:function\" and may use * and ?",
-                    )
-                })
-            })
-            .collect()
+        let mut parsed = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            parsed.push(self.pattern(p)?);
+        }
+        Ok(parsed)
+    }
+
+    fn pattern(&self, p: &Spanned<String>) -> Result<FramePattern, ManifestError> {
+        // Many entries share their patterns (a recorded caller pins all its
+        // pickles): parse each distinct one once.
+        let mut seen = self.seen_patterns.borrow_mut();
+        if let Some(known) = seen.get(p.get_ref().as_str()) {
+            return Ok(known.clone());
+        }
+        let parsed = FramePattern::parse(p.get_ref());
+        if let Ok(pattern) = &parsed {
+            seen.insert(p.get_ref().clone(), pattern.clone());
+        }
+        parsed.map_err(|e| {
+            // +1 skips the opening quote. An escape sequence in the TOML
+            // string shifts this; stay inside the string then.
+            let span = p.span();
+            let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
+            self.fail(
+                Some(at..at),
+                e.message,
+                "stack patterns look like \"package.module:function\" and may use * and ?",
+            )
+        })
     }
 
     fn check_version(&self, version: &Option<Spanned<i64>>) -> Result<(), ManifestError> {
@@ -513,10 +540,11 @@ impl Manifest {
             if !self.used.contains(&(entry.kind, id.algorithm)) {
                 self.used.push((entry.kind, id.algorithm));
             }
+            let index = self.entries.len();
             self.by_id
                 .entry((entry.kind, *id))
-                .or_default()
-                .push(self.entries.len());
+                .and_modify(|indices| indices.push(index))
+                .or_insert(EntryIndices::One(index));
         }
         self.names_sources |= entry.source.is_some();
         self.entries.push(entry);
@@ -536,7 +564,7 @@ impl Manifest {
     pub fn entries_for<'a>(&'a self, kind: Kind, id: &Id) -> impl Iterator<Item = &'a Entry> + 'a {
         self.by_id
             .get(&(kind, *id))
-            .map(|ids| ids.as_slice())
+            .map(EntryIndices::as_slice)
             .unwrap_or(&[])
             .iter()
             .map(|&i| &self.entries[i])
