@@ -3,8 +3,10 @@
     python benchmarks/loads.py [--rounds N] [--seconds S] [--quick] [--configs a,b,...]
 
 For each payload (about 50 B, a 10 KB and a 1 MB object graph, 10 KB of class
-instances, 64 MB of bytes) and each entry point (`pickle.loads`, `pickle.load`
-from a file on disk, `Unpickler.load`), it times loads in fresh interpreters:
+instances, 64 MB of bytes, 50 dataclasses x 200 instances, 256 MiB of bytes) and
+each entry point (`pickle.loads`, `pickle.load` from a file on disk,
+`Unpickler.load`; the dataclasses through `Unpickler` only, the 256 MiB through
+`pickle.load` only), it times loads in fresh interpreters:
 
 * plain: no guard;
 * guarded: pickleguard enforcing a 10,000-entry manifest that lists the payload;
@@ -21,9 +23,15 @@ Both fickling hooks replace `pickle.load`, `pickle.loads` and `pickle.Unpickler`
 configuration that refuses a payload is reported as refused, with its reason.
 
 Loads run about 20 frames down the stack. Configurations alternate round by
-round, so noise hits them alike; each round reports the median time per load.
-The tables show the median over rounds, the ratio to plain, and the overhead
-(configuration minus plain) as a multiple of hashlib's SHA-256 of the same bytes.
+round, so noise hits them alike. Each worker measures the CPU time of the process
+(a second thread's work counts) over many short batches of loads (about 2 ms
+each), alternating with batches of hashlib's SHA-256 of the same bytes; a round
+reports the medians. The tables show the median over rounds, and for each
+configuration its ratio to plain and its overhead (configuration minus plain) as
+a multiple of the SHA-256 time, each the median of the rounds' pairs (a round's
+configuration against the same round's plain), with the spread of the overhead
+over rounds. Last, each row with a target of issue 14, marked met or missed
+(with --baseline, the other build's figure beside it).
 """
 
 from __future__ import annotations
@@ -51,8 +59,31 @@ PAYLOADS = {
         "[__import__('datetime').date(2000 + i % 50, 1 + i % 12, 1) for i in range(600)]"
     ),
     "64 MB bytes": "b'\\x01' * (64 << 20)",
+    # 50 dataclasses x 200 instances (about 225 KB): a graph with many distinct globals.
+    "50 dataclasses": (
+        "[getattr(__import__('bench_classes'), 'C%d' % (i % 50))(i, str(i), float(i))"
+        " for i in range(10_000)]"
+    ),
+    "256 MiB bytes": "b'\\x01' * (256 << 20)",
 }
 ENTRY_POINTS = ["loads", "load", "Unpickler"]
+# The entry points each payload is measured at (default: all three).
+PAYLOAD_ENTRIES = {"50 dataclasses": ["Unpickler"], "256 MiB bytes": ["load"]}
+# The module the dataclasses live in, importable by the workers (PYTHONPATH).
+CLASSES = "from dataclasses import dataclass\n" + "".join(
+    f"@dataclass\nclass C{i}:\n    a: int\n    b: str\n    c: float\n\n" for i in range(50)
+)
+
+# The issue's targets, by (payload, entry): ("ratio", x) for guarded/plain <= x,
+# ("sha", x) for (guarded - plain) <= x times the SHA-256 time of the same bytes.
+TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    **{("50 B", e): ("ratio", 1.3) for e in ENTRY_POINTS},
+    **{("10 KB graph", e): ("sha", 1.15) for e in ENTRY_POINTS},
+    **{("1 MB graph", e): ("sha", 1.15) for e in ENTRY_POINTS},
+    ("50 dataclasses", "Unpickler"): ("sha", 1.15),
+    ("256 MiB bytes", "load"): ("sha", 1.1),
+}
+STACK_TARGETS = {("50 B", e): ("ratio", 1.8) for e in ENTRY_POINTS}
 
 # The hex digest a manifest key holds, by key (each payload file is one pickle).
 IDENTITIES: dict[str, Callable[[bytes], str]] = {
@@ -160,17 +191,24 @@ except Exception as e:
 if first != expected:
     print(f"{guard} {entry} returned a different object", file=sys.stderr)
     sys.exit(1)
-samples = []
+# CPU time of the whole process (a second thread's work counts), in short batches
+# of loads (about 2 ms each, at least one load), alternating with batches of
+# SHA-256 of the same bytes; each sample is the time per load in one batch.
+clock = time.process_time
+start = clock()
+load_at_depth()
+batch = max(1, int(0.002 / max(clock() - start, 1e-7)))
+samples, hash_samples = [], []
 deadline = time.perf_counter() + float(budget)
 while time.perf_counter() < deadline or len(samples) < 3:
-    start = time.perf_counter()
-    load_at_depth()
-    samples.append(time.perf_counter() - start)
-hash_samples = []
-for _ in range(max(5, min(len(samples), 200))):
-    start = time.perf_counter()
-    hashlib.sha256(data).digest()
-    hash_samples.append(time.perf_counter() - start)
+    start = clock()
+    for _ in range(batch):
+        load_at_depth()
+    samples.append((clock() - start) / batch)
+    start = clock()
+    for _ in range(batch):
+        hashlib.sha256(data).digest()
+    hash_samples.append((clock() - start) / batch)
 print(json.dumps({"load": statistics.median(samples), "sha256": statistics.median(hash_samples)}))
 """
 
@@ -188,7 +226,8 @@ def make_manifest(path: Path, identity: str, digest: str, stack: bool, entries: 
 
 def run_worker(config: Config, payload: Path, manifest: Path, entry: str, budget: float) -> dict:
     command = [config.python, "-c", WORKER, config.guard, str(payload), str(manifest), entry]
-    out = subprocess.run([*command, str(budget)], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(payload.parent)}
+    out = subprocess.run([*command, str(budget)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{config.name} {entry} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -238,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         metavar="PYTHON",
-        help="also run 'guarded' with this interpreter, where another pickleguard build "
-        "is installed (column 'baseline'), to compare two builds side by side",
+        help="also run 'guarded' (and 'guarded+stack') with this interpreter, where another "
+        "pickleguard build is installed (columns 'baseline', 'baseline+stack'), to compare "
+        "two builds side by side",
     )
     args = parser.parse_args(argv)
     import pickle
@@ -251,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if c.name in wanted]
     if args.baseline:
         configs.append(Config("baseline", "pickleguard", python=args.baseline))
+        if "guarded+stack" in wanted:
+            configs.append(
+                Config("baseline+stack", "pickleguard", stack=True, python=args.baseline)
+            )
     others = [c.name for c in configs if c.name != "plain"]
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores; "
@@ -258,52 +302,102 @@ def main(argv: list[str] | None = None) -> int:
     )
     times: list[str] = []
     ratios: list[str] = []
+    # (payload, entry, configuration): (median ratio, median overhead / SHA-256)
+    results: dict[tuple[str, str, str], tuple[float, float]] = {}
     # Why each configuration refused a payload, and at which entry points.
     refusals: dict[tuple[str, str], tuple[list[str], str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench_classes.py").write_text(CLASSES)
+        sys.path.insert(0, tmp)
         for name, expression in PAYLOADS.items():
             if (args.quick and "64 MB" in name) or name not in args.payloads.split(","):
                 continue
             payload = Path(tmp) / "payload.pkl"
             payload.write_bytes(pickle.dumps(eval(expression), protocol=4))
-            # The 64 MB loads take tens of milliseconds: give them more time per sample.
-            budget = args.seconds if "64 MB" not in name else args.seconds * 5
-            for entry in ENTRY_POINTS:
+            # The large loads take tens of milliseconds: give them more time per sample.
+            budget = args.seconds if " bytes" not in name else args.seconds * 5
+            # The other guards take minutes over 256 MiB: compare builds there only.
+            row_configs = [
+                c for c in configs if "256 MiB" not in name or c.guard in ("none", "pickleguard")
+            ]
+            for entry in PAYLOAD_ENTRIES.get(name, ENTRY_POINTS):
                 try:
-                    samples, refused = measure(payload, configs, entry, args.rounds, budget, tmp)
+                    samples, refused = measure(
+                        payload, row_configs, entry, args.rounds, budget, tmp
+                    )
                 except RuntimeError as e:
                     print(f"error: {e}", file=sys.stderr)
                     return 1
-                plain = statistics.median(r["load"] for r in samples["plain"])
                 sha = statistics.median(r["sha256"] for r in samples["plain"])
                 time_cells, ratio_cells = [], []
                 for config in configs:
+                    if config not in row_configs:
+                        time_cells.append(f"{'-':>15}")
+                        ratio_cells.append(f"{'-':>24}")
+                        continue
                     if config.name in refused:
                         time_cells.append(f"{'refused':>15}")
-                        ratio_cells.append(f"{'refused':>17}")
+                        ratio_cells.append(f"{'refused':>24}")
                         reason = refused[config.name].splitlines()[0][:160]
                         refusals.setdefault((name, config.name), ([], reason))[0].append(entry)
                         continue
                     t = statistics.median(r["load"] for r in samples[config.name])
                     time_cells.append(f"{t * 1e6:15.1f}")
-                    if config.name != "plain":
-                        ratio_cells.append(f"{t / plain:8.2f} ({(t - plain) / sha:6.1f})")
-                label = f"{name:13} {entry:9}"
+                    if config.name == "plain":
+                        continue
+                    # Paired by round: each round's configuration against that round's plain.
+                    pairs = list(zip(samples[config.name], samples["plain"]))
+                    ratio = [c["load"] / p["load"] for c, p in pairs]
+                    over = [(c["load"] - p["load"]) / p["sha256"] for c, p in pairs]
+                    results[(name, entry, config.name)] = (
+                        statistics.median(ratio),
+                        statistics.median(over),
+                    )
+                    ratio_cells.append(
+                        f"{statistics.median(ratio):6.2f} ({statistics.median(over):6.2f}"
+                        f" {max(over) - min(over):5.2f})"
+                    )
+                label = f"{name:14} {entry:9}"
                 times.append(f"{label} {sha * 1e6:9.1f}{''.join(time_cells)}")
                 ratios.append(f"{label}{''.join(ratio_cells)}")
                 print(f"measured {name} {entry}", file=sys.stderr, flush=True)
-    print("\nmedian time per load, us (sha256: hashlib's SHA-256 of the same bytes):")
+    print("\nmedian CPU time per load, us (sha256: hashlib's SHA-256 of the same bytes):")
     header = "".join(f"{c.name:>15}" for c in configs)
-    print(f"{'payload':13} {'entry':9} {'sha256':>9}{header}")
+    print(f"{'payload':14} {'entry':9} {'sha256':>9}{header}")
     print("\n".join(times))
-    print("\nratio to plain (in brackets: the overhead as a multiple of the SHA-256 time):")
-    print(f"{'payload':13} {'entry':9}{''.join(f'{n:>17}' for n in others)}")
+    print(
+        "\nratio to plain, median of the rounds' pairs (in brackets: the overhead as a "
+        "multiple of the SHA-256 time, and its spread, max - min over rounds):"
+    )
+    print(f"{'payload':14} {'entry':9}{''.join(f'{n:>24}' for n in others)}")
     print("\n".join(ratios))
     if refusals:
         print("\nrefused (benign payloads):")
         for (name, config_name), (entries, reason) in refusals.items():
             print(f"  {config_name} refused {name} ({', '.join(entries)}): {reason}")
+    print_targets(results)
     return 0
+
+
+def print_targets(results: dict[tuple[str, str, str], tuple[float, float]]) -> None:
+    """Each row with a target: the target, what guarded (and baseline) measured, met?"""
+    rows = [(key, target, "guarded") for key, target in TARGETS.items()]
+    rows += [(key, target, "guarded+stack") for key, target in STACK_TARGETS.items()]
+    lines = []
+    for (name, entry), (kind, limit), config in rows:
+        measured = results.get((name, entry, config))
+        if measured is None:
+            continue
+        value = measured[0] if kind == "ratio" else measured[1]
+        what = "guarded/plain" if kind == "ratio" else "overhead/sha256"
+        cell = f"{name:14} {entry:9} {config:13} {what:15} <= {limit:4.2f}   {value:6.2f}"
+        baseline = results.get((name, entry, config.replace("guarded", "baseline")))
+        if baseline is not None:
+            cell += f"   (baseline {baseline[0] if kind == 'ratio' else baseline[1]:6.2f})"
+        lines.append(f"{cell}   {'met' if value <= limit else 'MISSED'}")
+    if lines:
+        print("\ntargets (issue 14): row, what is compared, target, measured, met?")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ artifacts. Each benchmark is also a script of its own; this
 runs them one after the other with the arguments below and prints the machine
 they ran on. --quick takes a few minutes, with fewer rounds, a 256 MiB pickle
 for the memory benchmark instead of 1 GiB, and 64 MiB checkpoints for artifacts
-instead of 256 MiB.
+instead of 256 MiB. loads and startup print each row with a target next to it,
+marked met or missed; --baseline PYTHON adds another build's numbers to both.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def version(package: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, a smaller pickle")
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="compare with the pickleguard build installed for PYTHON (loads and startup)",
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(SUITE))
     args = parser.parse_args(argv)
     unknown = set(args.names) - set(SUITE)
@@ -77,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         full, quick = SUITE[name]
         command = [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+        if args.baseline and name in ("loads", "startup"):
+            command += ["--baseline", args.baseline]
         print(f"\n== {name}: {' '.join(command[1:])}", flush=True)
         start = time.monotonic()
         if subprocess.run(command).returncode != 0:

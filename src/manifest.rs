@@ -10,6 +10,8 @@ use toml::Spanned;
 use crate::identity::{Algorithm, BuildDigestHasher, Id};
 use crate::pattern::FramePattern;
 
+mod fast;
+
 pub use crate::identity::Digest;
 
 pub const SUPPORTED_VERSION: i64 = 1;
@@ -77,11 +79,35 @@ pub struct Manifest {
     pub origin: String,
     entries: Vec<Entry>,
     channels: Vec<ChannelRule>,
-    by_id: HashMap<(Kind, Id), Vec<usize>, BuildDigestHasher>,
+    by_id: HashMap<(Kind, Id), EntryIndices, BuildDigestHasher>,
     /// Which algorithms each kind's entries use, so a load hashes only with those.
     used: Vec<(Kind, Algorithm)>,
     /// Whether any entry has a `source` (kept, not searched: asked on every load).
     names_sources: bool,
+}
+
+/// The entries pinning one identity: almost always one, kept without a `Vec` of
+/// its own (an allocation per entry is much of a large manifest's reading time).
+#[derive(Debug, Clone)]
+enum EntryIndices {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl EntryIndices {
+    fn push(&mut self, index: usize) {
+        match self {
+            EntryIndices::One(first) => *self = EntryIndices::Many(vec![*first, index]),
+            EntryIndices::Many(indices) => indices.push(index),
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            EntryIndices::One(index) => std::slice::from_ref(index),
+            EntryIndices::Many(indices) => indices,
+        }
+    }
 }
 
 /// A manifest that could not be read, with the position of the problem.
@@ -228,6 +254,41 @@ pub fn parse_digest(text: &str) -> Result<Digest, String> {
     Id::parse_as(Algorithm::Sha256, text).map(|id| id.digest)
 }
 
+/// `Id::parse_as`, with a fast path for the common case of 64 lowercase or
+/// uppercase hex digits, optionally behind the algorithm's own prefix: a
+/// 10,000-entry manifest spends much of its reading time on its digests.
+fn parse_id(algorithm: Algorithm, text: &str) -> Result<Id, String> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let hex_part = text
+        .strip_prefix(algorithm.name())
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or(text);
+    if let Ok(pairs) = <&[u8; 64]>::try_from(hex_part.as_bytes()) {
+        let mut digest = [0u8; 32];
+        let decoded = digest.iter_mut().enumerate().all(|(i, byte)| {
+            match (nibble(pairs[2 * i]), nibble(pairs[2 * i + 1])) {
+                (Some(high), Some(low)) => {
+                    *byte = high << 4 | low;
+                    true
+                }
+                _ => false,
+            }
+        });
+        if decoded {
+            return Ok(Id { algorithm, digest });
+        }
+    }
+    // Anything else, errors included, as the identity module says it.
+    Id::parse_as(algorithm, text)
+}
+
 /// One manifest's text while it is parsed: errors name its origin and point into
 /// it; entries get the line they start on.
 struct ManifestText<'t> {
@@ -236,15 +297,17 @@ struct ManifestText<'t> {
     /// Offsets of its newlines: line numbers by binary search are linear in the
     /// size of the manifest, which may hold tens of thousands of entries.
     newlines: Vec<usize>,
+    seen_patterns: std::cell::RefCell<HashMap<String, FramePattern>>,
 }
 
 impl<'t> ManifestText<'t> {
     fn new(text: &'t str, origin: &'t str) -> Self {
-        let newlines = text.match_indices('\n').map(|(i, _)| i).collect();
+        let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).collect();
         ManifestText {
             text,
             origin,
             newlines,
+            seen_patterns: Default::default(),
         }
     }
 
@@ -264,22 +327,35 @@ impl<'t> ManifestText<'t> {
     }
 
     fn patterns(&self, patterns: &[Spanned<String>]) -> Result<Vec<FramePattern>, ManifestError> {
-        patterns
-            .iter()
-            .map(|p| {
-                FramePattern::parse(p.get_ref()).map_err(|e| {
-                    // +1 skips the opening quote. An escape sequence in the TOML
-                    // string shifts this; stay inside the string then.
-                    let span = p.span();
-                    let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
-                    self.fail(
-                        Some(at..at),
-                        e.message,
-                        "stack patterns look like \"package.module:function\" and may use * and ?",
-                    )
-                })
-            })
-            .collect()
+        let mut parsed = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            parsed.push(self.pattern(p)?);
+        }
+        Ok(parsed)
+    }
+
+    fn pattern(&self, p: &Spanned<String>) -> Result<FramePattern, ManifestError> {
+        // Many entries share their patterns (a recorded caller pins all its
+        // pickles): parse each distinct one once.
+        let mut seen = self.seen_patterns.borrow_mut();
+        if let Some(known) = seen.get(p.get_ref().as_str()) {
+            return Ok(known.clone());
+        }
+        let parsed = FramePattern::parse(p.get_ref());
+        if let Ok(pattern) = &parsed {
+            seen.insert(p.get_ref().clone(), pattern.clone());
+        }
+        parsed.map_err(|e| {
+            // +1 skips the opening quote. An escape sequence in the TOML
+            // string shifts this; stay inside the string then.
+            let span = p.span();
+            let at = (span.start + 1 + e.offset).min(span.end.saturating_sub(1));
+            self.fail(
+                Some(at..at),
+                e.message,
+                "stack patterns look like \"package.module:function\" and may use * and ?",
+            )
+        })
     }
 
     fn check_version(&self, version: &Option<Spanned<i64>>) -> Result<(), ManifestError> {
@@ -310,7 +386,7 @@ impl<'t> ManifestText<'t> {
         ] {
             let Some(value) = value else { continue };
             first_key.get_or_insert(value.span().start);
-            let id = Id::parse_as(algorithm, value.get_ref()).map_err(|message| {
+            let id = parse_id(algorithm, value.get_ref()).map_err(|message| {
                 self.fail(
                     Some(value.span()),
                     message,
@@ -385,8 +461,24 @@ impl<'t> ManifestText<'t> {
 
 impl Manifest {
     /// Parse manifest `text`; `origin` names it in errors (a path, usually).
+    ///
+    /// A manifest in the plain shape that `record` and `pin` write is read by a
+    /// fast reader of that subset of TOML; anything else, and any manifest with a
+    /// problem, by the toml crate, so that every error is the toml crate's (or
+    /// ours, on its values) with its position.
     pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
         let source = ManifestText::new(text, origin);
+        if let Some(raw) = fast::parse(text) {
+            if let Ok(manifest) = Manifest::from_raw(raw, &source) {
+                return Ok(manifest);
+            }
+        }
+        Manifest::parse_with_toml(&source)
+    }
+
+    /// Parse with the toml crate alone.
+    fn parse_with_toml(source: &ManifestText<'_>) -> Result<Manifest, ManifestError> {
+        let text = source.text;
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             source.fail(
                 e.span(),
@@ -394,11 +486,19 @@ impl Manifest {
                 "a manifest has `version = 1`, [[pickle]] and [[artifact]] tables (sha256 or blake3, stack, note, source) and [[channel]] tables (name, callers, called_from, note); see docs/manifest.md",
             )
         })?;
+        Manifest::from_raw(raw, source)
+    }
+
+    /// Check the values of a parsed manifest and index its entries.
+    fn from_raw(raw: RawManifest, source: &ManifestText<'_>) -> Result<Manifest, ManifestError> {
         source.check_version(&raw.version)?;
         let mut manifest = Manifest {
-            origin: origin.to_owned(),
+            origin: source.origin.to_owned(),
             ..Manifest::default()
         };
+        let (pickles, artifacts) = (raw.pickle.len(), raw.artifact.len());
+        manifest.entries.reserve(pickles + artifacts);
+        manifest.by_id.reserve(pickles.saturating_add(artifacts));
         let tables = raw
             .pickle
             .into_iter()
@@ -440,10 +540,11 @@ impl Manifest {
             if !self.used.contains(&(entry.kind, id.algorithm)) {
                 self.used.push((entry.kind, id.algorithm));
             }
+            let index = self.entries.len();
             self.by_id
                 .entry((entry.kind, *id))
-                .or_default()
-                .push(self.entries.len());
+                .and_modify(|indices| indices.push(index))
+                .or_insert(EntryIndices::One(index));
         }
         self.names_sources |= entry.source.is_some();
         self.entries.push(entry);
@@ -463,7 +564,7 @@ impl Manifest {
     pub fn entries_for<'a>(&'a self, kind: Kind, id: &Id) -> impl Iterator<Item = &'a Entry> + 'a {
         self.by_id
             .get(&(kind, *id))
-            .map(|ids| ids.as_slice())
+            .map(EntryIndices::as_slice)
             .unwrap_or(&[])
             .iter()
             .map(|&i| &self.entries[i])
@@ -688,6 +789,162 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    /// Both readers' results, for comparing them: `None` where a reader refused.
+    fn both_readers(text: &str) -> (Option<String>, Result<String, ManifestError>) {
+        let source = ManifestText::new(text, "m.toml");
+        let fast = fast::parse(text)
+            .and_then(|raw| Manifest::from_raw(raw, &source).ok())
+            .map(|m| format!("{:?}", (m.entries, m.channels, m.used, m.names_sources)));
+        let toml = Manifest::parse_with_toml(&source)
+            .map(|m| format!("{:?}", (m.entries, m.channels, m.used, m.names_sources)));
+        (fast, toml)
+    }
+
+    const SHAPES: &str = "# a comment\r\nversion = 1\n\n# recorded by record\n[[pickle]]\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\nstack = [\n    \"app.models:load_*\",\n    \"app:main\",  # why\n]\nsource = \"ckpt caf\u{e9}.pkl\"\nnote = \"weights\"\n\n[[artifact]]\t# torch\nblake3 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\nsha256 = \"E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855\"\n[[pickle]]\nblake3 = \"blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\"\nstack = [\"a:b\",\"c:d\",]\n[[channel]]\nname = \"multiprocessing\"\ncallers = [\"multiprocessing.connection:Connection.recv\"]\ncalled_from = []\nnote = \"\"\n[[channel]]\ncallers = [ \"x:y\" ]\nname = \"dask\"\ncalled_from = [\"dask.*:*\"]\n";
+
+    #[test]
+    fn the_fast_reader_reads_what_the_toml_crate_reads() {
+        let (fast, toml) = both_readers(SHAPES);
+        // The fast reader reads this one itself (an empty called_from is an error
+        // of ours, so take it out), and agrees with the toml crate.
+        let text = SHAPES.replace("called_from = []\n", "");
+        assert!(fast::parse(&text).is_some());
+        let (fast_ok, toml_ok) = both_readers(&text);
+        assert_eq!(fast_ok.as_ref(), toml_ok.as_ref().ok());
+        assert!(fast_ok.is_some());
+        // With the error, the fast reader's result is refused and the error is the
+        // toml path's.
+        assert!(fast.is_none());
+        assert!(toml.is_err());
+        assert_eq!(
+            Manifest::parse(SHAPES, "m.toml").unwrap_err(),
+            Manifest::parse_with_toml(&ManifestText::new(SHAPES, "m.toml")).unwrap_err()
+        );
+    }
+
+    #[test]
+    fn the_fast_reader_refuses_what_is_outside_its_subset() {
+        let entry = format!("version = 1\n[[pickle]]\nsha256 = \"{HASH}\"\n");
+        for extra in [
+            "note = \"a\\\"b\"\n", // an escape
+            "note = 'literal'\n",
+            "note = \"\"\"multi\"\"\"\n",
+            "\"note\" = \"x\"\n", // a quoted key
+            "note.x = \"x\"\n",   // a dotted key
+            "Note = \"x\"\n",
+            "note = \"x\" note = \"y\"\n",
+            "note = \"x\"\nnote = \"y\"\n", // a duplicate key
+            "stack = [\"a:b\" \"c:d\"]\n",
+            "stack = [,]\n",
+            "stack = [\"a:b\",,]\n",
+            "stack = \"a:b\"\n",
+            "note = [\"x\"]\n",
+            "other = \"x\"\n",
+            "[pickle]\n",
+            "[[ pickle ]]\n",
+            "[[pickles]]\n",
+            "[[pickle]] x\n",
+            "note = \"tab\tok but bell \u{7}\"\n",
+            "# bell \u{7} in a comment\n",
+            "note = \"x\"\r\n\r",
+            "note = \"unterminated\n",
+            "stack = [\"a:b\"\n",
+            "note = { x = 1 }\n",
+        ] {
+            let text = format!("{entry}{extra}");
+            assert!(fast::parse(&text).is_none(), "{text:?}");
+        }
+        for version in [
+            "version = 01",
+            "version = +1",
+            "version = 1_0",
+            "version = 1.0",
+            "version = 0x1",
+            "version = \"1\"",
+            "version = 99999999999999999999",
+            "version = 1\nversion = 1",
+        ] {
+            assert!(fast::parse(version).is_none(), "{version:?}");
+        }
+        assert!(fast::parse("[[channel]]\nname = \"x\"\n").is_none()); // no callers
+        assert!(fast::parse("\u{feff}version = 1\n").is_none());
+        assert!(fast::parse("[[pickle]]\nversion = 1\n").is_none());
+    }
+
+    #[test]
+    fn mutated_manifests_read_alike_by_both_readers() {
+        // Whatever the fast reader accepts, the toml crate must accept with the same
+        // result: mutate a manifest of every shape byte by byte, many times over.
+        let base: Vec<u8> = SHAPES.replace("called_from = []\n", "").into_bytes();
+        let alphabet = b" \t\n\r#[]\"',=._-:*?\\{}0123456789abcdefxyzABC";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut fast_read, mut compared) = (0, 0);
+        for _ in 0..20_000 {
+            let mut text = base.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() as usize) % (text.len() + 1);
+                let byte = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 if at < text.len() => text[at] = byte,
+                    1 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => text.insert(at, byte),
+                }
+            }
+            let Ok(text) = String::from_utf8(text) else {
+                continue;
+            };
+            compared += 1;
+            let (fast, toml) = both_readers(&text);
+            if let Some(fast) = fast {
+                fast_read += 1;
+                assert_eq!(Ok(&fast), toml.as_ref(), "{text:?}");
+            }
+            // And the whole parse agrees with the toml path, errors included.
+            let shown = |m: Manifest| format!("{:?}", (m.entries, m.channels));
+            assert_eq!(
+                Manifest::parse(&text, "m.toml").map(shown),
+                Manifest::parse_with_toml(&ManifestText::new(&text, "m.toml")).map(shown),
+                "{text:?}"
+            );
+        }
+        assert!(
+            compared > 15_000 && fast_read > 2_000,
+            "{compared} {fast_read}"
+        );
+    }
+
+    #[test]
+    fn the_fast_digest_parse_agrees_with_the_identity_module() {
+        let mixed = "E3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b85F";
+        for text in [
+            HASH.to_owned(),
+            mixed.to_owned(),
+            format!("sha256:{HASH}"),
+            format!("blake3:{HASH}"),
+            format!("sha256:{}", &HASH[1..]),
+            format!("{}g", &HASH[1..]),
+            format!("{}é", &HASH[2..]),
+            "sha256:".to_owned(),
+            String::new(),
+        ] {
+            for algorithm in [Algorithm::Sha256, Algorithm::Blake3] {
+                assert_eq!(
+                    parse_id(algorithm, &text),
+                    Id::parse_as(algorithm, &text),
+                    "{text:?}"
+                );
+            }
+        }
     }
 
     #[test]
