@@ -46,7 +46,7 @@ pub(super) fn walk_frames_from<'py>(
         };
         let name = format!(
             "{module}:{}",
-            qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?
+            qualname.cast::<PyString>().map_err(PyErr::from)?.to_cow()?
         );
         if !visit(&name, &frame) {
             break;
@@ -111,21 +111,16 @@ pub(super) fn call_stack(py: Python<'_>) -> CallStack {
     // that could load a pickle, so holding it there cannot deadlock.
     let mut cache = FRAME_NAMES.lock();
     while let Some(current) = frame {
-        let frame_ptr = current.as_ptr().cast::<pyo3::ffi::PyFrameObject>();
-        // SAFETY: `current` is a live frame object; PyFrame_GetCode returns a new
-        // (never NULL) reference and PyFrame_GetBack a new reference or NULL.
-        let (code, back) = unsafe {
-            (
-                Bound::from_owned_ptr(
-                    py,
-                    pyo3::ffi::PyFrame_GetCode(frame_ptr).cast::<pyo3::ffi::PyObject>(),
-                ),
-                Bound::from_owned_ptr_or_opt(
-                    py,
-                    pyo3::ffi::PyFrame_GetBack(frame_ptr).cast::<pyo3::ffi::PyObject>(),
-                ),
-            )
+        // `f_code` and `f_back` as attributes: the stable ABI has PyFrame_GetCode
+        // only from 3.10 and PyFrame_GetBack not at all. A frame without them (none
+        // in CPython) ends the walk rather than failing the load's policy check.
+        let Ok(code) = current.getattr(pyo3::intern!(py, "f_code")) else {
+            break;
         };
+        let back = current
+            .getattr(pyo3::intern!(py, "f_back"))
+            .ok()
+            .filter(|b| !b.is_none());
         let key = code.as_ptr() as usize;
         let found = match cache.get(&key) {
             Some((_, found)) => found.clone(),
