@@ -91,6 +91,14 @@ pub(super) fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
     }
 }
 
+extern "C" {
+    // In the stable ABI from CPython 3.10, and in 3.9 (where it was added) with the
+    // same signature and a new reference returned, so the abi3-py39 wheel may call
+    // it; pyo3-ffi declares it only for 3.10+ under abi3. `.ci/abi3_symbols.py`
+    // checks it against the 3.11+ stable-ABI lists and 3.9's exports.
+    fn PyFrame_GetCode(frame: *mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject;
+}
+
 /// The loading call stack: every frame but pickleguard's own, outermost first, and
 /// the innermost frame outside pickle and pickleguard.
 pub(super) fn call_stack(py: Python<'_>) -> CallStack {
@@ -111,12 +119,12 @@ pub(super) fn call_stack(py: Python<'_>) -> CallStack {
     // that could load a pickle, so holding it there cannot deadlock.
     let mut cache = FRAME_NAMES.lock();
     while let Some(current) = frame {
-        // `f_code` and `f_back` as attributes: the stable ABI has PyFrame_GetCode
-        // only from 3.10 and PyFrame_GetBack not at all. A frame without them (none
-        // in CPython) ends the walk rather than failing the load's policy check.
-        let Ok(code) = current.getattr(pyo3::intern!(py, "f_code")) else {
-            break;
-        };
+        // SAFETY: `current` is a live frame object and the GIL is held;
+        // PyFrame_GetCode returns a new reference, never NULL.
+        let code = unsafe { Bound::from_owned_ptr(py, PyFrame_GetCode(current.as_ptr())) };
+        // `f_back` as an attribute: the stable ABI has no PyFrame_GetBack. (It
+        // raises no audit event; `f_code` does, which is why the code object
+        // comes from PyFrame_GetCode.) A frame without one ends the walk.
         let back = current
             .getattr(pyo3::intern!(py, "f_back"))
             .ok()

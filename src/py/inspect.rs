@@ -129,15 +129,15 @@ pub(super) fn channel_rules(name: &str) -> Vec<(Vec<&'static str>, Vec<&'static 
 ///
 /// The stable ABI keeps `PyTypeObject` opaque and has no call that sets a flag, so
 /// this writes `tp_flags` where every CPython 3.9 to 3.13 keeps it (after the
-/// object header and 19 pointer-sized fields) only when that word reads back as
+/// object header and 18 pointer-sized fields) only when that word reads back as
 /// exactly what the stable `PyType_GetFlags` reports, and confirms the flag took.
 /// Anything else leaves the type as it was and returns false (the backstop does
 /// not depend on it).
 #[pyfunction]
 pub(super) fn seal_type(cls: &Bound<'_, pyo3::types::PyType>) -> bool {
     const PY_TPFLAGS_IMMUTABLETYPE: std::ffi::c_ulong = 1 << 8;
-    // ob_refcnt, ob_type, ob_size, then tp_name .. tp_as_buffer.
-    const TP_FLAGS_OFFSET: usize = (3 + 19) * std::mem::size_of::<usize>();
+    // ob_refcnt, ob_type, ob_size, then the 18 fields tp_name .. tp_as_buffer.
+    const TP_FLAGS_OFFSET: usize = (3 + 18) * std::mem::size_of::<usize>();
     if cls.py().version_info() < (3, 10) {
         return false;
     }
