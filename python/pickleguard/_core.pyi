@@ -131,7 +131,7 @@ def install_backstop() -> None: ...
 
 @final
 class VerifiedBytes:
-    """Verified pickle bytes read from a stream, lent read-only as a buffer."""
+    """Verified pickle bytes read from a stream, lent read-only to the unpickler."""
 
     def __len__(self) -> int: ...
 

@@ -135,7 +135,7 @@ pub(super) fn reads_copy(file: &Bound<'_, PyAny>, copy: &VerifiedCopy) -> bool {
 }
 
 fn same_inode(a: i32, b: i32) -> bool {
-    fn id(fd: i32) -> Option<(u64, u64)> {
+    fn id(fd: i32) -> Option<(libc::dev_t, libc::ino_t)> {
         // SAFETY: fstat fills the zeroed struct it is given; the result is checked.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat of a descriptor number only reads it; a closed one fails.

@@ -1,4 +1,4 @@
-//! The backstop: a C-level audit hook that refuses `pickle.find_class` (the event
+//! The backstop: an audit hook (registered with `sys.addaudithook`) that refuses `pickle.find_class` (the event
 //! every unpickler raises before importing a global) unless the event comes from
 //! the `find_class` call of a load the gate started on judged bytes. An unpickler
 //! reached by a path the gate does not cover (a function bound before activation, a
@@ -126,20 +126,6 @@ pub(super) fn clear_extension_cache(py: Python<'_>) {
     }
 }
 
-pub(super) type AuditHookFunction = unsafe extern "C" fn(
-    *const std::ffi::c_char,
-    *mut pyo3::ffi::PyObject,
-    *mut std::ffi::c_void,
-) -> std::ffi::c_int;
-
-extern "C" {
-    // Part of CPython's C API since 3.8; not wrapped by pyo3-ffi.
-    fn PySys_AddAuditHook(
-        hook: AuditHookFunction,
-        user_data: *mut std::ffi::c_void,
-    ) -> std::ffi::c_int;
-}
-
 pub(super) static BACKSTOP_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Refuse the `pickle.find_class` event for `module.name` unless the load that
@@ -163,34 +149,21 @@ pub(super) fn backstop_check(py: Python<'_>, args: &Bound<'_, PyAny>) -> Result<
     Err(GuardError::Denied(Box::new(denial)))
 }
 
-pub(super) unsafe extern "C" fn audit_hook(
-    event: *const std::ffi::c_char,
-    args: *mut pyo3::ffi::PyObject,
-    _user_data: *mut std::ffi::c_void,
-) -> std::ffi::c_int {
-    // SAFETY: CPython passes a NUL-terminated event name valid for this call.
-    let event = unsafe { std::ffi::CStr::from_ptr(event) };
-    if event.to_bytes() != b"pickle.find_class" {
-        return 0;
+/// The audit hook, registered with `sys.addaudithook` (the stable ABI has no
+/// `PySys_AddAuditHook`). CPython calls it for every audited event; all but
+/// `pickle.find_class` return at once. An error it raises aborts the event, and
+/// a panic surfaces as PyO3's PanicException, which aborts it too: never a global
+/// let through.
+#[pyfunction]
+pub(super) fn audit_hook(
+    py: Python<'_>,
+    event: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if !event.eq(pyo3::intern!(py, "pickle.find_class"))? {
+        return Ok(());
     }
-    // SAFETY: audit hooks are called with the GIL held, and `args` is a tuple
-    // borrowed for the duration of the call.
-    let outcome = std::panic::catch_unwind(|| unsafe {
-        let py = Python::assume_attached();
-        let args = Bound::from_borrowed_ptr(py, args);
-        backstop_check(py, &args).map_err(|e| PyErr::from(e).restore(py))
-    });
-    match outcome {
-        Ok(Ok(())) => 0,
-        Ok(Err(())) => -1,
-        Err(_) => {
-            // Never let a global through on a panic.
-            // SAFETY: as above, the GIL is held.
-            let py = unsafe { Python::assume_attached() };
-            PyErr::from(GuardError::Guard("pickleguard's backstop failed".into())).restore(py);
-            -1
-        }
-    }
+    backstop_check(py, args).map_err(PyErr::from)
 }
 
 /// Register the audit hook (once) and prove it is in place: an unadmitted
@@ -199,14 +172,10 @@ pub(super) unsafe extern "C" fn audit_hook(
 #[pyfunction]
 pub(super) fn install_backstop(py: Python<'_>) -> Result<()> {
     if !BACKSTOP_REGISTERED.swap(true, Ordering::AcqRel) {
-        // SAFETY: `audit_hook` is a static C-ABI function that stays valid for the
-        // life of the process, and it takes no user data.
-        let status = unsafe { PySys_AddAuditHook(audit_hook, std::ptr::null_mut()) };
-        if status != 0 {
+        let registered = wrap_pyfunction!(audit_hook, py)
+            .and_then(|hook| py.import("sys")?.call_method1("addaudithook", (hook,)));
+        if let Err(cause) = registered {
             BACKSTOP_REGISTERED.store(false, Ordering::Release);
-            let cause = PyErr::take(py)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "no reason given".into());
             return Err(GuardError::Guard(format!(
                 "could not register pickleguard's audit hook: {cause}"
             )));

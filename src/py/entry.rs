@@ -151,9 +151,13 @@ pub(super) fn run_original<'py>(
     } else {
         // No global to import, nothing to call: the plain C loads.
         let original = bound_by_gate(py, &ORIGINAL_LOADS)?;
-        match &options {
-            None => original.call1((input.data,)),
-            Some(options) => original.call((input.data,), Some(options)),
+        let run = |data: &Bound<'py, PyAny>| match &options {
+            None => original.call1((data,)),
+            Some(options) => original.call((data,), Some(options)),
+        };
+        match input.data.cast::<VerifiedBytes>() {
+            Ok(verified) => VerifiedBytes::with_view(verified, run)?,
+            Err(_) => run(&input.data),
         }
     };
     clear_extension_cache(py);

@@ -92,25 +92,58 @@ impl Feed {
     /// Copy straight into the caller's buffer: the C unpickler reads large
     /// `bytes` payloads this way, into the object it returns.
     pub(super) fn readinto(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> Result<usize> {
-        let target = pyo3::buffer::PyBuffer::<u8>::get(buffer)?;
-        if target.readonly() || !target.is_c_contiguous() {
+        // Through memoryview, as the stable ABI has no buffer protocol before 3.11.
+        let target = py
+            .import("builtins")?
+            .getattr(pyo3::intern!(py, "memoryview"))?
+            .call1((buffer,))?;
+        let writable = !target.getattr(pyo3::intern!(py, "readonly"))?.is_truthy()?
+            && target
+                .getattr(pyo3::intern!(py, "c_contiguous"))?
+                .is_truthy()?;
+        if !writable {
+            target.call_method0(pyo3::intern!(py, "release"))?;
             return Err(GuardError::WrongType(
                 "readinto() needs a writable contiguous buffer".into(),
             ));
         }
-        let capacity = target.len_bytes();
-        Ok(self.with_rest(py, |rest| {
+        let target = target.call_method1(pyo3::intern!(py, "cast"), ("B",))?;
+        let capacity: usize = target.getattr(pyo3::intern!(py, "nbytes"))?.extract()?;
+        let copied = self.with_rest(py, |rest| {
             let take = capacity.min(rest.len());
-            // SAFETY: `target` is a writable, C-contiguous buffer of `u8` items
-            // holding `capacity >= take` bytes, kept alive (and its exporter
-            // locked) by the PyBuffer; `rest` is memory of an immutable bytes
-            // object, so the two cannot overlap. The GIL is held throughout, so
-            // no Python code touches the buffer meanwhile.
-            unsafe {
-                std::ptr::copy_nonoverlapping(rest.as_ptr(), target.buf_ptr().cast::<u8>(), take);
-            }
-            (take, take)
-        }))
+            // One copy, from a view of the held bytes straight into the caller's
+            // buffer (memoryview slice assignment).
+            let copied = read_only_view(py, &rest[..take]).and_then(|source| {
+                let done =
+                    target.set_item(pyo3::types::PySlice::new(py, 0, take as isize, 1), &source);
+                source.call_method0(pyo3::intern!(py, "release"))?;
+                done.map(|()| take)
+            });
+            (if copied.is_ok() { take } else { 0 }, copied)
+        });
+        target.call_method0(pyo3::intern!(py, "release"))?;
+        Ok(copied?)
+    }
+}
+
+/// A read-only memoryview of `data`, which must outlive it: the caller releases it
+/// before `data` can go (a released view no longer reaches the memory).
+pub(super) fn read_only_view<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    /// CPython's `PyBUF_READ` (Include/pybuffer.h).
+    const PY_BUF_READ: std::os::raw::c_int = 0x100;
+    let length = isize::try_from(data.len()).map_err(|_| {
+        pyo3::exceptions::PyOverflowError::new_err("a view of more than isize::MAX bytes")
+    })?;
+    // SAFETY: the GIL is held; with PyBUF_READ the view is read-only, so the
+    // memory is never written through it. PyMemoryView_FromMemory returns a new
+    // reference or NULL with an exception set.
+    unsafe {
+        let view = pyo3::ffi::PyMemoryView_FromMemory(
+            data.as_ptr().cast_mut().cast::<std::os::raw::c_char>(),
+            length,
+            PY_BUF_READ,
+        );
+        Bound::from_owned_ptr_or_err(py, view)
     }
 }
 

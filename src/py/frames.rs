@@ -46,7 +46,7 @@ pub(super) fn walk_frames_from<'py>(
         };
         let name = format!(
             "{module}:{}",
-            qualname.cast::<PyString>().map_err(PyErr::from)?.to_str()?
+            qualname.cast::<PyString>().map_err(PyErr::from)?.to_cow()?
         );
         if !visit(&name, &frame) {
             break;
@@ -91,6 +91,14 @@ pub(super) fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
     }
 }
 
+extern "C" {
+    // In the stable ABI from CPython 3.10, and in 3.9 (where it was added) with the
+    // same signature and a new reference returned, so the abi3-py39 wheel may call
+    // it; pyo3-ffi declares it only for 3.10+ under abi3. `.ci/abi3_symbols.py`
+    // checks it against the 3.11+ stable-ABI lists and 3.9's exports.
+    fn PyFrame_GetCode(frame: *mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject;
+}
+
 /// The loading call stack: every frame but pickleguard's own, outermost first, and
 /// the innermost frame outside pickle and pickleguard.
 pub(super) fn call_stack(py: Python<'_>) -> CallStack {
@@ -111,21 +119,16 @@ pub(super) fn call_stack(py: Python<'_>) -> CallStack {
     // that could load a pickle, so holding it there cannot deadlock.
     let mut cache = FRAME_NAMES.lock();
     while let Some(current) = frame {
-        let frame_ptr = current.as_ptr().cast::<pyo3::ffi::PyFrameObject>();
-        // SAFETY: `current` is a live frame object; PyFrame_GetCode returns a new
-        // (never NULL) reference and PyFrame_GetBack a new reference or NULL.
-        let (code, back) = unsafe {
-            (
-                Bound::from_owned_ptr(
-                    py,
-                    pyo3::ffi::PyFrame_GetCode(frame_ptr).cast::<pyo3::ffi::PyObject>(),
-                ),
-                Bound::from_owned_ptr_or_opt(
-                    py,
-                    pyo3::ffi::PyFrame_GetBack(frame_ptr).cast::<pyo3::ffi::PyObject>(),
-                ),
-            )
-        };
+        // SAFETY: `current` is a live frame object and the GIL is held;
+        // PyFrame_GetCode returns a new reference, never NULL.
+        let code = unsafe { Bound::from_owned_ptr(py, PyFrame_GetCode(current.as_ptr())) };
+        // `f_back` as an attribute: the stable ABI has no PyFrame_GetBack. (It
+        // raises no audit event; `f_code` does, which is why the code object
+        // comes from PyFrame_GetCode.) A frame without one ends the walk.
+        let back = current
+            .getattr(pyo3::intern!(py, "f_back"))
+            .ok()
+            .filter(|b| !b.is_none());
         let key = code.as_ptr() as usize;
         let found = match cache.get(&key) {
             Some((_, found)) => found.clone(),

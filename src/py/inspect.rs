@@ -126,21 +126,39 @@ pub(super) fn channel_rules(name: &str) -> Vec<(Vec<&'static str>, Vec<&'static 
 
 /// Make `cls` immutable on CPython 3.10+ (as the C `pickle.Unpickler` is), so no one
 /// can set attributes on the guarded Unpickler class, such as the original `load`.
+///
+/// The stable ABI keeps `PyTypeObject` opaque and has no call that sets a flag, so
+/// this writes `tp_flags` where every CPython 3.9 to 3.13 keeps it (after the
+/// object header and 18 pointer-sized fields) only when that word reads back as
+/// exactly what the stable `PyType_GetFlags` reports, and confirms the flag took.
+/// Anything else leaves the type as it was and returns false (the backstop does
+/// not depend on it).
 #[pyfunction]
 pub(super) fn seal_type(cls: &Bound<'_, pyo3::types::PyType>) -> bool {
     const PY_TPFLAGS_IMMUTABLETYPE: std::ffi::c_ulong = 1 << 8;
+    // ob_refcnt, ob_type, ob_size, then the 18 fields tp_name .. tp_as_buffer.
+    const TP_FLAGS_OFFSET: usize = (3 + 18) * std::mem::size_of::<usize>();
     if cls.py().version_info() < (3, 10) {
         return false;
     }
     let ty = cls.as_type_ptr();
-    // SAFETY: the GIL is held (`cls` is bound to it), `ty` points to the live type
-    // object `cls` owns, and in the GIL builds this module targets `tp_flags` is a
-    // plain integer. PyType_Modified drops any cached state derived from the flags.
+    // SAFETY: the GIL is held (`cls` is bound to it) and `ty` points to the live
+    // type object `cls` owns, which is larger than TP_FLAGS_OFFSET plus a word.
+    // The word is only written after reading back as the type's flags, and
+    // PyType_Modified drops any cached state derived from them.
     unsafe {
-        (*ty).tp_flags |= PY_TPFLAGS_IMMUTABLETYPE;
+        let flags = pyo3::ffi::PyType_GetFlags(ty);
+        let slot = ty
+            .cast::<u8>()
+            .add(TP_FLAGS_OFFSET)
+            .cast::<std::ffi::c_ulong>();
+        if slot.read() != flags {
+            return false;
+        }
+        slot.write(flags | PY_TPFLAGS_IMMUTABLETYPE);
         pyo3::ffi::PyType_Modified(ty);
+        pyo3::ffi::PyType_GetFlags(ty) & PY_TPFLAGS_IMMUTABLETYPE != 0
     }
-    true
 }
 
 /// Delimit the pickle at the start of `data` without running it: its length and the

@@ -179,18 +179,9 @@ pub(super) fn scopes_var(py: Python<'_>) -> Result<&Bound<'_, PyAny>> {
 
 pub(super) fn current_nodes(py: Python<'_>) -> Result<Vec<ScopeNode>> {
     let var = scopes_var(py)?;
-    let mut value_ptr: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
-    // SAFETY: the GIL is held and `var` is a ContextVar; PyContextVar_Get stores a
-    // new reference (or NULL when unset, given no default) in `value_ptr`.
-    let status =
-        unsafe { pyo3::ffi::PyContextVar_Get(var.as_ptr(), std::ptr::null_mut(), &mut value_ptr) };
-    if status < 0 {
-        return Err(PyErr::fetch(py).into());
-    }
-    // SAFETY: `value_ptr` is a new reference or NULL, as above.
-    let Some(value) = (unsafe { Bound::from_owned_ptr_or_opt(py, value_ptr) }) else {
-        return Ok(Vec::new());
-    };
+    // ContextVar.get, not PyContextVar_Get: contextvars have no stable-ABI C API.
+    // The variable's default is None, so this never raises LookupError.
+    let value = var.call_method0(pyo3::intern!(py, "get"))?;
     if value.is_none() {
         return Ok(Vec::new());
     }

@@ -223,6 +223,10 @@ pub(super) enum TrustedKind {
     InMemory,
 }
 
+/// CPython's `PyBUF_WRITE` (Include/pybuffer.h), which pyo3-ffi leaves out of the
+/// limited API before 3.11 although `PyMemoryView_FromMemory` takes it since 3.3.
+const PY_BUF_WRITE: std::os::raw::c_int = 0x200;
+
 /// Call `readinto(file, view)` with `view` over the spare capacity of `out`, for up
 /// to `n` bytes, and count what it wrote as part of `out`.
 pub(super) fn read_into_vec(
@@ -244,7 +248,7 @@ pub(super) fn read_into_vec(
         pyo3::ffi::PyMemoryView_FromMemory(
             spare.as_mut_ptr().cast::<std::os::raw::c_char>(),
             length,
-            pyo3::ffi::PyBUF_WRITE,
+            PY_BUF_WRITE,
         )
     };
     // SAFETY: PyMemoryView_FromMemory returns a new reference or NULL with an

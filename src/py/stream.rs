@@ -252,9 +252,10 @@ pub(super) fn read_buffered_pickle(
 }
 
 /// The bytes of a pickle verified from a stream, kept as read (no copy into a
-/// `bytes` object) and lent read-only, through the buffer protocol, to the
-/// unpickler that loads them. Nothing can change them: no method mutates them
-/// and no writable view is handed out.
+/// `bytes` object) and lent read-only to the unpickler that loads them: through
+/// the private `Feed`, or a read-only view released when the load returns (see
+/// `with_view`). Nothing can change them: no method mutates them and no writable
+/// view is handed out.
 #[pyclass(frozen, module = "pickleguard._core")]
 pub(super) struct VerifiedBytes {
     pub(super) data: Vec<u8>,
@@ -262,35 +263,28 @@ pub(super) struct VerifiedBytes {
 
 #[pymethods]
 impl VerifiedBytes {
-    /// # Safety
-    /// CPython calls this with a valid `view` to fill.
-    unsafe fn __getbuffer__(
-        slf: Bound<'_, Self>,
-        view: *mut pyo3::ffi::Py_buffer,
-        flags: std::os::raw::c_int,
-    ) -> Result<()> {
-        let data = &slf.get().data;
-        // SAFETY: `view` is valid (CPython's contract for bf_getbuffer). The memory
-        // belongs to `slf`, which the filled view holds a reference to until it is
-        // released; `readonly = 1` makes a request for a writable view fail.
-        let status = unsafe {
-            pyo3::ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                data.as_ptr().cast_mut().cast::<std::os::raw::c_void>(),
-                data.len() as pyo3::ffi::Py_ssize_t,
-                1,
-                flags,
-            )
-        };
-        if status == -1 {
-            return Err(PyErr::fetch(slf.py()).into());
-        }
-        Ok(())
-    }
-
     pub(super) fn __len__(&self) -> usize {
         self.data.len()
+    }
+}
+
+impl VerifiedBytes {
+    /// Run `f` on a read-only memoryview of the bytes, released afterwards. (The
+    /// stable ABI lets an extension type export buffers only from 3.11.) Should
+    /// anything still hold an export of the view then, the bytes are kept alive
+    /// for the life of the process rather than freed under it.
+    pub(super) fn with_view<'py, R>(
+        slf: &Bound<'py, Self>,
+        f: impl FnOnce(&Bound<'py, PyAny>) -> R,
+    ) -> Result<R> {
+        let py = slf.py();
+        let view = super::feed::read_only_view(py, &slf.get().data)?;
+        let result = f(&view);
+        if view.call_method0(pyo3::intern!(py, "release")).is_err() {
+            std::mem::forget(slf.clone().unbind());
+            std::mem::forget(view.unbind());
+        }
+        Ok(result)
     }
 }
 
