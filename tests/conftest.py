@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 from hypothesis import settings
@@ -78,6 +78,18 @@ def wheel_installed() -> None:
             "00-pickleguard.pth is not installed: install pickleguard from its wheel "
             "(pip install . or .ci/run), not in editable mode, to run these tests"
         )
+
+
+def run_cli(*args: str, cwd: Optional[Path] = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run `python -m pickleguard ARGS` in `cwd`, capturing text output; keyword
+    arguments go to subprocess.run (`input`, `env`, ...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pickleguard", *args],
+        cwd=cwd,
+        text=True,
+        timeout=120,
+        **{"capture_output": True, **kwargs},
+    )
 
 
 def fresh_python(cwd: Path, code: str, **settings: str) -> subprocess.CompletedProcess:

@@ -6,23 +6,13 @@ import json
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import OLD_MULTIPROCESSING_RULE, REPO
+from conftest import run_cli as cli
 
 MANIFESTS = sorted((REPO / "manifests").glob("*.toml"))
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)

@@ -16,19 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_fires, hostile
+from conftest import run_cli as cli
 from pickleguard.cli import _parser
 
 COMMANDS = ["check", "hash", "inspect", "pin", "record", "run"]
-
-
-def cli(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        cwd=cwd,
-        text=True,
-        timeout=120,
-        **{"capture_output": True, **kwargs},
-    )
 
 
 def closed_stdout(*args: str, cwd: Path) -> subprocess.CompletedProcess:

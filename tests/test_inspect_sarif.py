@@ -6,23 +6,13 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import yaml
 
 from conftest import REPO, assert_fires, hostile
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+from conftest import run_cli as cli
 
 
 def sarif(*files: str, cwd: Path) -> tuple[int, dict]:

@@ -19,6 +19,7 @@ from typing import List, Sequence
 
 import pytest
 
+from conftest import run_cli
 from pickleguard import _core
 
 # A fresh interpreter that waits for the go file, then runs the installed CLI: the
@@ -33,14 +34,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        env=_clean_env(),
-    )
+    return run_cli(*args, cwd=cwd, env=_clean_env())
 
 
 def _clean_env() -> dict:

@@ -15,19 +15,12 @@ from typing import Optional
 import pytest
 
 import pickleguard
-from conftest import assert_fires, hostile
+from conftest import assert_fires, hostile, run_cli
 from pickleguard import _core
 
 
 def cli(*args: str, cwd: Path, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        input=stdin,
-        timeout=120,
-    )
+    return run_cli(*args, cwd=cwd, input=stdin)
 
 
 def entries(manifest: Path) -> list:

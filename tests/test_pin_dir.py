@@ -9,26 +9,15 @@ import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
+from conftest import run_cli as cli
 from pickleguard import _core
 
 REV = "0123456789abcdef0123456789abcdef01234567"
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pickleguard", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def sha256(data: bytes) -> str:

@@ -18,30 +18,22 @@ import pytest
 import transformers  # noqa: F401  (installed: these tests never skip)
 
 from ._harness import run
-from .test_transformers import offline_env, write
+from .test_transformers import TINY_BERT, offline_env, write
 
 PY = sys.executable
 REV = "4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e"
 
-MAKE = """
-import torch
-from huggingface_hub import save_torch_state_dict
+MAKE = (
+    TINY_BERT
+    + """
 from safetensors.torch import save_file
-from transformers import BertConfig, BertModel
-
-torch.manual_seed(0)
-config = BertConfig(
-    vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=24, max_position_embeddings=32,
-)
-model = BertModel(config)
-state = model.state_dict()
 config.save_pretrained("repo")
 # Sharded .bin weights with pytorch_model.bin.index.json, and the same weights
 # as safetensors, as a repo that publishes both.
 save_torch_state_dict(state, "repo", safe_serialization=False, max_shard_size="8KB")
 save_file({k: v.contiguous() for k, v in state.items()}, "repo/model.safetensors")
 """
+)
 
 # use_safetensors=False: the .bin shards, through torch.load, as a model without
 # safetensors loads (transformers maps them itself: mmap=True after a meta load).

@@ -22,7 +22,8 @@ from ._harness import run
 
 PY = sys.executable
 
-MAKE = """
+# A tiny BERT, built locally: nothing is downloaded.
+TINY_BERT = """
 import torch
 from huggingface_hub import save_torch_state_dict
 from transformers import BertConfig, BertModel
@@ -34,6 +35,11 @@ config = BertConfig(
 )
 model = BertModel(config)
 state = model.state_dict()
+"""
+
+MAKE = (
+    TINY_BERT
+    + """
 # One file: transformers would write safetensors, so the state dict is saved as
 # torch.save writes it.
 config.save_pretrained("single")
@@ -42,6 +48,7 @@ torch.save(state, "single/pytorch_model.bin")
 config.save_pretrained("sharded")
 save_torch_state_dict(state, "sharded", safe_serialization=False, max_shard_size="8KB")
 """
+)
 
 APP = """
 import sys

@@ -184,13 +184,19 @@ def _file_artifact(path: str, algorithm: str) -> _Pin:
             f"{_shown(path)}: the file is empty",
             "an empty file holds no model or data: check that it was written or downloaded",
         )
+    return _whole_file(path, f"{algorithm}:{hexdigest}", size)
+
+
+def _whole_file(path: str, identity: str, size: int, note: Optional[str] = None) -> _Pin:
+    """The [[artifact]] entry of the file at `path`, of `size` bytes."""
     return _Pin(
         kind="artifact",
-        identity=f"{algorithm}:{hexdigest}",
+        identity=identity,
         source=_clean(path),
         label=f"{_shown(path)}, {plural(size, 'byte')}",
         origin=f"from the file {_quoted(path)}, {plural(size, 'byte')}",
         size=size,
+        note=note,
     )
 
 
@@ -515,14 +521,8 @@ def _dir_pins(directory: str, algorithm: str) -> Tuple[List[_Pin], List[str], Li
             else _core.hexdigest(data, algorithm)
         )
         relative = _in_snapshot(snapshot, directory, path) if snapshot else ""
-        pin = _Pin(
-            kind="artifact",
-            identity=f"{algorithm}:{hexdigest}",
-            source=_clean(path),
-            label=f"{_shown(path)}, {plural(size, 'byte')}",
-            origin=f"from the file {_quoted(path)}, {plural(size, 'byte')}",
-            size=size,
-            note=snapshot.note(relative) if snapshot else None,
+        pin = _whole_file(
+            path, f"{algorithm}:{hexdigest}", size, snapshot.note(relative) if snapshot else None
         )
         pins += _data_pins(pin, data, found)
     # Old joblib files' array files (.npy) hold no pickle, but joblib.load judges them.
