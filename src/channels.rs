@@ -98,6 +98,17 @@ pub const KNOWN_CHANNELS: &[KnownChannel] = &[
             // spawn._main, in a spawn child and in a forkserver's fork.
             "multiprocessing.spawn:spawn_main",
             "multiprocessing.forkserver:_serve_one",
+            // joblib.Parallel's pools over multiprocessing connections: loky's
+            // results, read by its executor's manager thread (joblib's vendored
+            // copy and standalone loky), and the task queue's get() in each
+            // worker of joblib's multiprocessing backend (3.11+ names the
+            // closure, earlier versions only `get`).
+            "joblib.externals.loky.process_executor:_ExecutorManagerThread.wait_result_broken_or_wakeup",
+            "joblib.externals.loky.process_executor:wait_result_broken_or_wakeup",
+            "loky.process_executor:_ExecutorManagerThread.wait_result_broken_or_wakeup",
+            "loky.process_executor:wait_result_broken_or_wakeup",
+            "joblib.pool:CustomizablePicklingQueue._make_methods.<locals>.get",
+            "joblib.pool:get",
         ],
     },
     // Dask distributed: the client, scheduler, nannies and workers of a cluster.
@@ -129,6 +140,35 @@ pub const KNOWN_CHANNELS: &[KnownChannel] = &[
         // distributed.protocol.pickle.loads is a function a task can call itself
         // on any bytes: only dask's own code calling it is the transport.
         called_from: &["distributed.*:*", "dask.*:*"],
+    },
+    // joblib.Parallel's process backends. loky (the default) starts each worker
+    // as `python -m ...popen_loky_posix`, whose top-level code loads the start-up
+    // data its parent writes to the pipe it made; its tasks arrive through a
+    // multiprocessing queue (the rule above) and its results through the pipe the
+    // executor's manager thread reads (the multiprocessing rule above lists it).
+    KnownChannel {
+        name: "joblib",
+        callers: &[
+            "joblib.externals.loky.backend.popen_loky_posix:<module>",
+            "loky.backend.popen_loky_posix:<module>",
+        ],
+        called_from: &["runpy:_run_code"],
+    },
+    // The arrays of 1 MB and more that Parallel passes to its workers: the parent
+    // dumps each to a file in its temporary folder, and the task's message names
+    // it; load_temporary_memmap maps it, in place, as the message is loaded. The
+    // file is shared (the verified-copy route would break sharing, results that
+    // refer back to it, and its clean-up), so only this rule admits it, and only
+    // while a task message of one of the pools above is loaded.
+    KnownChannel {
+        name: "joblib",
+        callers: &["joblib.numpy_pickle:load_temporary_memmap"],
+        called_from: &[
+            "multiprocessing.queues:Queue.get",
+            "multiprocessing.queues:get",
+            "multiprocessing.connection:_ConnectionBase.recv",
+            "multiprocessing.connection:recv",
+        ],
     },
     // torch.distributed's object collectives: every rank pickles its objects into
     // a byte tensor, and the ranks that receive one decode it in
@@ -466,6 +506,74 @@ mod tests {
         );
         assert_eq!(
             known_channel("dask.array.core:from_npy_stack", serialize),
+            None
+        );
+    }
+
+    #[test]
+    fn recognises_joblibs_pools_and_memmaps_but_not_user_calls() {
+        // As `record` saw them on Python 3.11: loky's start-up and results, the
+        // multiprocessing backend's task queue, and both backends' memmaps.
+        let pools = [
+            (
+                "multiprocessing.connection:_ConnectionBase.recv",
+                "joblib.externals.loky.process_executor:_ExecutorManagerThread.wait_result_broken_or_wakeup",
+            ),
+            (
+                "multiprocessing.connection:_ConnectionBase.recv",
+                "joblib.pool:CustomizablePicklingQueue._make_methods.<locals>.get",
+            ),
+            ("multiprocessing.connection:recv", "joblib.pool:get"),
+        ];
+        for (caller, called_from) in pools {
+            assert_eq!(
+                known_channel(caller, Some(called_from)),
+                Some("multiprocessing")
+            );
+        }
+        let joblib_loads = [
+            (
+                "joblib.externals.loky.backend.popen_loky_posix:<module>",
+                "runpy:_run_code",
+            ),
+            (
+                "joblib.numpy_pickle:load_temporary_memmap",
+                "multiprocessing.queues:Queue.get",
+            ),
+            (
+                "joblib.numpy_pickle:load_temporary_memmap",
+                "multiprocessing.connection:_ConnectionBase.recv",
+            ),
+        ];
+        for (caller, called_from) in joblib_loads {
+            assert_eq!(
+                known_channel(caller, Some(called_from)),
+                Some("joblib"),
+                "{caller} from {called_from}"
+            );
+        }
+        // A script's own top level, a program's own recv(), and a task that maps
+        // a file itself are not joblib's traffic.
+        assert_eq!(
+            known_channel("__main__:<module>", Some("runpy:_run_code")),
+            None
+        );
+        assert_eq!(
+            known_channel(
+                "multiprocessing.connection:_ConnectionBase.recv",
+                Some("app.workers:wait")
+            ),
+            None
+        );
+        assert_eq!(
+            known_channel(
+                "joblib.numpy_pickle:load_temporary_memmap",
+                Some("app:task")
+            ),
+            None
+        );
+        assert_eq!(
+            known_channel("joblib.numpy_pickle:load_temporary_memmap", None),
             None
         );
     }

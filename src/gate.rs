@@ -76,6 +76,7 @@ pub fn judge(
     let subject = Subject {
         kind: load.kind,
         channels: load.channel_rules_apply(),
+        pins: load.pins_apply(),
     };
     let decision = decide(
         policy.layers,

@@ -5,6 +5,21 @@
 use crate::identity::KnownDigests;
 use crate::manifest::Kind;
 
+/// Where an artifact's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A file: its hash alone decides, whoever reads it.
+    File,
+    /// A buffer the program holds in memory: an engine's own message that it
+    /// decodes with `torch.load`. Channel rules may cover it too.
+    Memory,
+    /// A file an engine's own processes share while it loads, which the loader
+    /// maps in place (joblib's temporary memmaps of `Parallel` arguments): the
+    /// bytes can change after any check, so only a channel rule, which trusts
+    /// the transport, admits it.
+    Shared,
+}
+
 /// One load, as the gate sees it before deciding.
 pub struct Load<'a> {
     pub kind: Kind,
@@ -19,9 +34,9 @@ pub struct Load<'a> {
     /// For artifacts: the globals its pickles import, found by the adapter, with
     /// whether each is risky (for the journal, so `record` can flag them).
     pub artifact_imports: &'a [(String, bool)],
-    /// For artifacts: the bytes are a buffer the program holds in memory (an
-    /// engine's own message that it decodes with `torch.load`), not a file.
-    pub in_memory: bool,
+    /// For artifacts: where the bytes come from, which decides the rules that
+    /// may admit them.
+    pub origin: Origin,
     /// Digests of exactly these bytes already computed by a first look.
     pub known: KnownDigests,
 }
@@ -36,7 +51,7 @@ impl<'a> Load<'a> {
             source,
             loader: None,
             artifact_imports: &[],
-            in_memory: false,
+            origin: Origin::File,
             known: KnownDigests::NONE,
         }
     }
@@ -55,7 +70,7 @@ impl<'a> Load<'a> {
             source,
             loader,
             artifact_imports: imports,
-            in_memory: false,
+            origin: Origin::File,
             known: KnownDigests::NONE,
         }
     }
@@ -67,15 +82,29 @@ impl<'a> Load<'a> {
     }
 
     /// The same artifact, read from a buffer in memory rather than from a file.
-    pub fn from_memory(mut self) -> Self {
-        self.in_memory = self.kind == Kind::Artifact;
+    pub fn from_memory(self) -> Self {
+        self.from_origin(Origin::Memory)
+    }
+
+    /// The same artifact, with its bytes from `origin`.
+    pub fn from_origin(mut self, origin: Origin) -> Self {
+        if self.kind == Kind::Artifact {
+            self.origin = origin;
+        }
         self
     }
 
     /// Whether `[[channel]]` rules may cover it: a pickle, or an artifact read
-    /// from memory. A file is identified by its hash alone, whoever reads it.
+    /// from memory or shared by an engine's processes. A file is identified by
+    /// its hash alone, whoever reads it.
     pub fn channel_rules_apply(&self) -> bool {
-        self.kind == Kind::Pickle || self.in_memory
+        self.kind == Kind::Pickle || self.origin != Origin::File
+    }
+
+    /// Whether `[[pickle]]` or `[[artifact]]` entries may admit it: not bytes
+    /// that stay shared and writable after the check, which no hash can pin.
+    pub fn pins_apply(&self) -> bool {
+        self.origin != Origin::Shared
     }
 
     pub fn size(&self) -> usize {

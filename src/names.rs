@@ -12,6 +12,16 @@ pub fn is_pickle_machinery(module: &str) -> bool {
     matches!(module, "pickle" | "_pickle" | "copyreg") || is_internal(module)
 }
 
+/// Engines' worker start-up modules, which run as `python -m MODULE` and load
+/// their start-up data in top-level code. Their `__main__` frames are named by
+/// the module (`MODULE:<module>`), so a channel rule can name them apart from
+/// any script's top level; every other `__main__` keeps its name.
+pub const ENGINE_MAIN_MODULES: &[&str] = &[
+    // loky, joblib's default process backend (vendored, and standalone).
+    "joblib.externals.loky.backend.popen_loky_posix",
+    "loky.backend.popen_loky_posix",
+];
+
 /// Why an import is refused whatever admitted it, or None.
 pub fn refused_even_when_admitted(module: &str, name: &str) -> Option<String> {
     // A pickle may name pickleguard.errors: a worker sends a denial back to its

@@ -251,7 +251,7 @@ fn check_manifest(
     // Hashes already computed first, then the cheapest: a second hash is paid for
     // only when the first found no entry.
     for algorithm in ids.lookup_order() {
-        if !manifest.uses(kind, algorithm) {
+        if !subject.pins || !manifest.uses(kind, algorithm) {
             continue;
         }
         let id = ids.get(algorithm);
@@ -326,22 +326,34 @@ pub fn first_algorithms(process: &[std::sync::Arc<ProcessLayer>], kind: Kind) ->
 pub struct Subject {
     pub kind: Kind,
     pub channels: bool,
+    /// Whether the kind's entries (hash pins) may admit it.
+    pub pins: bool,
 }
 
 impl Subject {
     pub const PICKLE: Subject = Subject {
         kind: Kind::Pickle,
         channels: true,
+        pins: true,
     };
     /// An artifact file: its hash alone decides.
     pub const ARTIFACT: Subject = Subject {
         kind: Kind::Artifact,
         channels: false,
+        pins: true,
     };
     /// An artifact the program holds in memory: channel rules cover it too.
     pub const ARTIFACT_IN_MEMORY: Subject = Subject {
         kind: Kind::Artifact,
         channels: true,
+        pins: true,
+    };
+    /// An artifact an engine's processes share and map in place: channel rules
+    /// alone decide.
+    pub const ARTIFACT_SHARED: Subject = Subject {
+        kind: Kind::Artifact,
+        channels: true,
+        pins: false,
     };
 }
 
@@ -664,6 +676,41 @@ mod tests {
         };
         let mut frames = LazyFrames::new(&mut user);
         assert!(!decide(&layers, &[], &[], in_memory, &mut ids, &mut frames).allowed());
+    }
+
+    #[test]
+    fn a_shared_artifact_is_admitted_by_a_channel_rule_and_never_by_its_hash() {
+        let m = format!(
+            "version = 1\n[[artifact]]\nsha256 = \"{HASH}\"\n[[channel]]\nname = \"joblib\"\ncallers = [\"joblib:tmp\"]\n"
+        );
+        let layers = [layer(1, Mode::Enforce, Some(&m))];
+        let hashed = std::cell::Cell::new(false);
+        let mut compute = |_: Algorithm| {
+            hashed.set(true);
+            sha256_of_payload().digest
+        };
+        let mut ids = Identities::new(&mut compute);
+        let shared = Subject::ARTIFACT_SHARED;
+        let mut user = || CallStack {
+            frames: vec![Arc::from("app:load")],
+            caller: Some(Arc::from("app:load")),
+            called_from: None,
+        };
+        let mut frames = LazyFrames::new(&mut user);
+        // Its hash is pinned, but the bytes stay writable after the check.
+        let d = decide(&layers, &[], &[], shared, &mut ids, &mut frames);
+        assert_eq!(d.denial().unwrap().reason, Reason::NotListed);
+        let mut engine = || CallStack {
+            frames: vec![Arc::from("joblib:tmp")],
+            caller: Some(Arc::from("joblib:tmp")),
+            called_from: None,
+        };
+        let mut frames = LazyFrames::new(&mut engine);
+        assert!(decide(&layers, &[], &[], shared, &mut ids, &mut frames).allowed());
+        assert!(
+            !hashed.get(),
+            "no hash is computed for a rule that does not use it"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::identity::{Algorithm, Id, Identities};
-use crate::load::{Caller, Load};
+use crate::load::{Caller, Load, Origin};
 use crate::manifest::Kind;
 use crate::policy::{Reason, Refusal};
 
@@ -41,6 +41,15 @@ pub fn reason_code(reason: &Reason) -> &'static str {
 /// The manifest entry that would allow `load` as `id`, for `caller` only if the
 /// user keeps the optional stack line.
 pub fn suggested_entry(load: &Load<'_>, id: &Id, caller: Option<&Caller>) -> String {
+    if load.origin == Origin::Shared {
+        // No hash pins bytes that stay shared: a channel rule for the loading caller.
+        let caller = caller.map(|c| c.name.as_str()).unwrap_or("<caller>");
+        return format!(
+            "[[channel]]\nname = \"joblib\"\ncallers = [{}]\n\
+             called_from = [\"<the function that received the message>\"]\n",
+            toml_string(caller)
+        );
+    }
     let mut entry = format!(
         "[[{}]]\n{} = \"{}\"\n",
         load.kind.table(),
@@ -152,6 +161,20 @@ fn not_listed(
 ) -> (String, String) {
     let noun = load.kind.table();
     let origin = refusal.origin.as_deref().unwrap_or("<no manifest>");
+    if load.origin == Origin::Shared {
+        return (
+            format!(
+                "is not admitted by a [[channel]] rule of the manifest {origin}: the file is \
+                 shared by an engine's processes and mapped in place, so its bytes can change \
+                 after any check and no hash pins it"
+            ),
+            format!(
+                "if the message that named this file came from your own workers, run the \
+                 program under `pickleguard record`, which writes the engine's [[channel]] rules \
+                 (docs/manifest.md#channel-rules), or add one to {origin}:\n\n{entry}"
+            ),
+        );
+    }
     if let Some((line, pinned)) = &near.same_source {
         let file = load.source.as_deref().unwrap_or("this file");
         return (

@@ -3,7 +3,7 @@
 
 use super::error::Result;
 use crate::load::Caller;
-use crate::names::{is_internal, is_pickle_machinery};
+use crate::names::{is_internal, is_pickle_machinery, ENGINE_MAIN_MODULES};
 use crate::policy::CallStack;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -34,10 +34,10 @@ pub(super) fn walk_frames_from<'py>(
             .unwrap_or_else(|| "<unknown>".into());
         // multiprocessing's spawn and forkserver children import the main script as
         // __mp_main__ (and alias it as __main__): name it the same in every process.
-        let module = if module == "__mp_main__" {
-            "__main__".to_owned()
-        } else {
-            module
+        let module = match module.as_str() {
+            "__mp_main__" => "__main__".to_owned(),
+            "__main__" => engine_main_module(&globals).unwrap_or(module),
+            _ => module,
         };
         let code = frame.getattr(pyo3::intern!(frame.py(), "f_code"))?;
         let qualname = match code.getattr(pyo3::intern!(code.py(), "co_qualname")) {
@@ -89,6 +89,14 @@ pub(super) fn compute_frame_name(frame: &Bound<'_, PyAny>) -> FrameName {
         machinery: is_pickle_machinery(module),
         name,
     }
+}
+
+/// The module a `__main__` frame runs, if it is an engine's start-up module run
+/// with `-m` (see `ENGINE_MAIN_MODULES`).
+fn engine_main_module(globals: &Bound<'_, PyAny>) -> Option<String> {
+    let spec = globals.cast::<PyDict>().ok()?.get_item("__spec__").ok()??;
+    let name: String = spec.getattr("name").ok()?.extract().ok()?;
+    ENGINE_MAIN_MODULES.contains(&name.as_str()).then_some(name)
 }
 
 extern "C" {

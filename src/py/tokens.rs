@@ -12,7 +12,7 @@ use super::scopes::{
 use super::source::snapshot_bytes;
 use crate::identity::Id;
 use crate::identity::KnownDigests;
-use crate::load::Load;
+use crate::load::{Load, Origin};
 use crate::manifest::Kind;
 use crate::policy::LayerId;
 use parking_lot::Mutex;
@@ -235,9 +235,11 @@ pub(super) fn allow_pickles(
 /// this thread or task only, the pickles the loader reads out of the artifact are
 /// covered by the artifact's entry. Raises NoPickleError otherwise. `in_memory`
 /// says the bytes are a buffer the program built, not a file: channel rules may
-/// cover it (an engine decoding its own message with `torch.load`).
+/// cover it (an engine decoding its own message with `torch.load`). `shared`
+/// says they are a file the engine's processes share and the loader maps in
+/// place (joblib's temporary memmaps): only channel rules may admit it.
 #[pyfunction]
-#[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false, in_memory=false))]
+#[pyo3(signature = (data, source=None, loader=None, imports=None, stream=None, any_stream=false, in_memory=false, shared=false))]
 pub(super) fn verify_artifact(
     py: Python<'_>,
     data: &Bound<'_, PyAny>,
@@ -247,6 +249,7 @@ pub(super) fn verify_artifact(
     stream: Option<Bound<'_, PyAny>>,
     any_stream: bool,
     in_memory: bool,
+    shared: bool,
 ) -> Result<ArtifactScope> {
     if any_stream && enforcing(py)? {
         return Err(GuardError::Guard(
@@ -276,7 +279,11 @@ pub(super) fn verify_artifact(
         source,
         loader: loader.as_deref(),
         artifact_imports: &imports,
-        in_memory,
+        origin: match (shared, in_memory) {
+            (true, _) => Origin::Shared,
+            (false, true) => Origin::Memory,
+            (false, false) => Origin::File,
+        },
         known,
     };
     judge(py, &load, None)?;

@@ -67,10 +67,16 @@ def _artifact_imports(data: Any) -> Optional[List[Tuple[str, bool]]]:
 
 
 def admit(
-    data: Any, source: Optional[str], loader: str, stream: Any = None, any_stream: bool = False
+    data: Any,
+    source: Optional[str],
+    loader: str,
+    stream: Any = None,
+    any_stream: bool = False,
+    shared: bool = False,
 ) -> Any:
     """Judge ``data`` (bytes, or a verified copy) as an artifact of ``loader``; the
-    with-block to run the loader in."""
+    with-block to run the loader in. ``shared``: a file an engine's processes
+    share, which the loader maps in place; only a channel rule admits it."""
     return _core.verify_artifact(
         data,
         source=source,
@@ -78,6 +84,7 @@ def admit(
         imports=_artifact_imports(data),
         stream=stream,
         any_stream=any_stream,
+        shared=shared,
     )
 
 

@@ -44,6 +44,7 @@ def patch(joblib: Any) -> None:
     original = numpy_pickle.load
     compat: Any = sys.modules.get("joblib.numpy_pickle_compat")
     _patch_joblib_array_files(compat)
+    _patch_temporary_memmaps(numpy_pickle)
     zfile_unpickler = _zfile_unpickler(compat)
 
     def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -240,6 +241,50 @@ def _patch_joblib_array_files(compat: Any) -> None:
     for cls, wrapper in ((compat.NDArrayWrapper, read), (compat.ZNDArrayWrapper, read_compressed)):
         disguise(wrapper, cls.read)
         cls.read = wrapper
+
+
+# The loader named in the messages and entries about a temporary memmap.
+_TEMPORARY_MEMMAP_LOADER = "joblib (a temporary memmap of Parallel)"
+
+
+def _patch_temporary_memmaps(numpy_pickle: Any) -> None:
+    """Judge the files joblib.Parallel's workers map outside joblib.load.
+
+    The parent dumps each large array argument to a file in its temporary folder,
+    and the task's message names it; ``load_temporary_memmap`` unpickles that file
+    with joblib's unpickler (``_unpickle``) and maps its arrays in place, as the
+    message is loaded. The file stays shared between the pool's processes (the
+    parent may still write it, results refer back to it by name, the worker's
+    finalizer unlinks it), so it cannot be swapped for a sealed copy, and no hash
+    can pin it: it is judged as a shared artifact, which only a channel rule (the
+    pool's transport, see src/channels.rs) admits. ``_unpickle`` is patched on the
+    module, where ``load_temporary_memmap`` looks it up at each call.
+    """
+    original = getattr(numpy_pickle, "_unpickle", None)
+    if original is None or getattr(original, "_pickleguard", False):
+        return
+
+    def _unpickle(fobj: Any, *args: Any, **kwargs: Any) -> Any:
+        if _core.in_artifact():
+            # Inside a joblib.load this adapter judged (the verified bytes), or a
+            # file some other artifact's pickle opened: the gate judges what the
+            # unpickler reads from it as for any nested load.
+            return original(fobj, *args, **kwargs)
+        start = fobj.tell()
+        data = fobj.read()
+        fobj.seek(start)  # joblib's unpickler reads the same file from here
+        name = getattr(fobj, "name", None)
+        with admit(
+            data,
+            os.fsdecode(name) if isinstance(name, (str, bytes)) else None,
+            _TEMPORARY_MEMMAP_LOADER,
+            stream=fobj,
+            shared=True,
+        ):
+            return original(fobj, *args, **kwargs)
+
+    disguise(_unpickle, original)
+    numpy_pickle._unpickle = _unpickle
 
 
 def _joblib_zfile(verified: Any) -> bool:
