@@ -325,3 +325,58 @@ except Exception as e:
     sentinel.rmdir()
     assert run_py(script.replace("{guard}", "True")).stdout.strip() == "backstop"
     assert not sentinel.exists()
+
+
+# An outer unpickler whose persistent_load reads a nested pickle with a fresh
+# unpickler that routes its find_class to the outer's, as joblib does for the
+# pickle inside an object array (``inner.find_class = outer.find_class``).
+ROUTED = """
+import collections, io, pickle, sys
+captured_load = pickle._Unpickler.load  # the original, bound before activation
+GUARD = {guard}
+if GUARD:
+    import pickleguard
+    pickleguard.activate(mode="warn")
+nested = open("nested.pkl", "rb").read()
+
+class Outer(pickle._Unpickler):
+    def persistent_load(self, pid):
+        inner = {inner}(io.BytesIO(nested))
+        inner.find_class = self.find_class
+        return inner.load()
+
+outer = Outer(io.BytesIO({outer!r}))
+try:
+    value = captured_load(outer) if {unadmitted} else outer.load()
+    print(type(value).__name__)
+except Exception as e:
+    print(getattr(e, "code", type(e).__name__))
+"""
+_PERSISTENT_ID = b"\x80\x02X\x06\x00\x00\x00nestedQ."
+
+
+# A subclass of the C one: its instances, unlike the C class's, take attributes.
+@pytest.mark.parametrize("inner", ["pickle._Unpickler", "type('C', (pickle.Unpickler,), {})"])
+def test_a_nested_unpickler_routed_to_a_judged_load_imports_as_plain(inner, run_py, tmp_path):
+    import collections
+    import pickle
+
+    (tmp_path / "nested.pkl").write_bytes(pickle.dumps(collections.OrderedDict(a=1), 2))
+    script = ROUTED.format(guard="{guard}", inner=inner, outer=_PERSISTENT_ID, unadmitted=False)
+    assert run_py(script.replace("{guard}", "False")).stdout.strip() == "OrderedDict"
+    assert run_py(script.replace("{guard}", "True")).stdout.strip() == "OrderedDict"
+
+
+def test_a_judged_nested_load_routed_to_an_unadmitted_unpickler_is_refused(run_py, tmp_path):
+    # The routing admits only toward a load the gate runs: here the outer unpickler
+    # runs the original load() captured before activation, on bytes never judged.
+    sentinel = tmp_path / "sentinel"
+    (tmp_path / "nested.pkl").write_bytes(hostile(sentinel, protocol=2))
+    script = ROUTED.format(
+        guard="{guard}", inner="pickle._Unpickler", outer=_PERSISTENT_ID, unadmitted=True
+    )
+    assert run_py(script.replace("{guard}", "False")).stdout.strip() == "NoneType"
+    assert sentinel.exists(), "the nested payload must fire without the guard"
+    sentinel.rmdir()
+    assert run_py(script.replace("{guard}", "True")).stdout.strip() == "backstop"
+    assert not sentinel.exists()

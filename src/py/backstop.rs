@@ -24,7 +24,8 @@ thread_local! {
     /// frames, so an unpickler it starts is not admitted by the outer load.
     pub(super) static ADMISSIONS: std::cell::RefCell<Vec<Admission>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The unpicklers whose load the gate started on judged bytes, innermost last.
-    pub(super) static GATE_LOADS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Held, so that no other object can take one's address meanwhile.
+    pub(super) static GATE_LOADS: std::cell::RefCell<Vec<Py<PyAny>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// While alive, one admission is in force on this thread.
@@ -61,26 +62,58 @@ impl Drop for Admitted {
 }
 
 /// While alive, the gate is running an original `load` of this unpickler on bytes
-/// it judged. Only then does the unpickler's `find_class` admit imports. It holds
-/// the unpickler, so its address cannot be reused by another object meanwhile.
-pub(super) struct GateLoad {
-    pub(super) _unpickler: Py<PyAny>,
-}
+/// it judged. Only then does the unpickler's `find_class` admit imports.
+pub(super) struct GateLoad;
 
 impl GateLoad {
     pub(super) fn enter(unpickler: &Bound<'_, PyAny>) -> Self {
         let unpickler = unpickler.clone().unbind();
-        GATE_LOADS.with(|l| l.borrow_mut().push(unpickler.as_ptr() as usize));
-        GateLoad {
-            _unpickler: unpickler,
-        }
+        GATE_LOADS.with(|l| l.borrow_mut().push(unpickler));
+        GateLoad
     }
 
-    /// Whether the innermost load the gate is running on this thread is
-    /// `unpickler`'s.
-    pub(super) fn is_innermost(unpickler: &Bound<'_, PyAny>) -> bool {
-        GATE_LOADS.with(|l| l.borrow().last().copied()) == Some(unpickler.as_ptr() as usize)
+    /// Whether `unpickler`'s `find_class` may admit the import it is asked for:
+    /// `unpickler` runs the innermost load the gate started on this thread, or that
+    /// load's unpickler routes its `find_class` to `unpickler`'s (a bound method set
+    /// on the instance, as joblib does for the pickle nested in an object array:
+    /// `inner.find_class = outer.find_class`) and the gate runs `unpickler`'s own
+    /// load further out. Either way the import belongs to a load the gate judged.
+    pub(super) fn admits_imports_of(unpickler: &Bound<'_, PyAny>) -> bool {
+        let py = unpickler.py();
+        GATE_LOADS.with(|l| {
+            let loads = l.borrow();
+            let Some(innermost) = loads.last() else {
+                return false;
+            };
+            if innermost.is(unpickler) {
+                return true;
+            }
+            let running = loads.iter().any(|u| u.is(unpickler));
+            running && routes_find_class_to(innermost.bind(py), unpickler)
+        })
     }
+}
+
+/// Whether `inner`'s instance dict sets `find_class` to a method bound to `outer`.
+/// Read from the dict, not by attribute access: no code of the pickle's runs here.
+fn routes_find_class_to(inner: &Bound<'_, PyAny>, outer: &Bound<'_, PyAny>) -> bool {
+    let py = inner.py();
+    let Ok(Some(method)) = inner
+        .getattr(pyo3::intern!(py, "__dict__"))
+        .and_then(|d| d.cast_into::<PyDict>().map_err(PyErr::from))
+        .and_then(|d| d.get_item(pyo3::intern!(py, "find_class")))
+    else {
+        return false;
+    };
+    // Exactly a bound method (types.MethodType), whose `__self__` is then plain data.
+    let is_method = py
+        .import("types")
+        .and_then(|types| types.getattr("MethodType"))
+        .is_ok_and(|method_type| method.get_type().is(&method_type));
+    is_method
+        && method
+            .getattr(pyo3::intern!(py, "__self__"))
+            .is_ok_and(|bound_to| bound_to.is(outer))
 }
 
 impl Drop for GateLoad {

@@ -67,7 +67,7 @@ mod core_module {
     use super::tokens::{allow_pickles, verify_artifact, ArtifactScope, Grant, Token};
     #[pymodule_export]
     use super::unpickler::{
-        py_unpickler_find_class, py_unpickler_load, unpickler_find_class, unpickler_load,
-        UnpicklerSource,
+        py_unpickler_find_class, py_unpickler_load, reads_artifact, unpickler_find_class,
+        unpickler_load, UnpicklerSource,
     };
 }

@@ -9,7 +9,7 @@ use super::entry::{
 };
 use super::error::{GuardError, Result};
 use super::feed::Feed;
-use super::scopes::{active_scopes, PROCESS_LAYERS};
+use super::scopes::{active_scopes, ActiveScopes, PROCESS_LAYERS};
 use super::stream::{verify_pickle_by_pickle, VerifiedPickle};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -139,9 +139,26 @@ pub(super) fn reads_verified_artifact(py: Python<'_>, read: &Bound<'_, PyAny>) -
     let Ok(file) = read.getattr(pyo3::intern!(read.py(), "__self__")) else {
         return Ok(false);
     };
+    artifact_feeds(py, &scopes, &file)
+}
+
+/// Whether `file` is (or reads from) the verified stream of an artifact whose loads
+/// run in this thread or task: what an unpickler reads from it is covered by that
+/// artifact's entry. For an adapter that must know before it reads (joblib's
+/// unpickler reading a stream of its own).
+#[pyfunction]
+pub(super) fn reads_artifact(py: Python<'_>, file: &Bound<'_, PyAny>) -> Result<bool> {
+    let scopes = active_scopes(py)?;
+    if scopes.artifacts.is_empty() {
+        return Ok(false);
+    }
+    artifact_feeds(py, &scopes, file)
+}
+
+fn artifact_feeds(py: Python<'_>, scopes: &ActiveScopes, file: &Bound<'_, PyAny>) -> Result<bool> {
     let layers = PROCESS_LAYERS.read().clone();
     Ok(scopes.artifacts.iter().any(|artifact| {
-        artifact.feeds(py, &file)
+        artifact.feeds(py, file)
             && layers.iter().all(|l| artifact.lifted.contains(&l.id))
             && scopes.scopes.iter().all(|s| artifact.lifted.contains(s))
     }))
@@ -226,7 +243,9 @@ pub(super) fn py_unpickler_load<'py>(
 
 /// `find_class` of the guarded `pickle.Unpickler` (and of the unpickler the guarded
 /// `loads`/`load` run). It admits the import only when `unpickler` is the one whose
-/// load the gate started on judged bytes, innermost on this thread. Any other call
+/// load the gate started on judged bytes, innermost on this thread, or the one that
+/// innermost load routes its `find_class` to (see `GateLoad::admits_imports_of`).
+/// Any other call
 /// (an unguarded unpickler calling `pickle.Unpickler.find_class(self, ...)` by
 /// name, a direct call outside a load) runs unadmitted: the C `find_class` raises
 /// its audit event and the backstop refuses it.
@@ -238,7 +257,7 @@ pub(super) fn unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
     let original = bound_by_gate(py, &ORIGINAL_C_FIND_CLASS)?;
-    if !GateLoad::is_innermost(unpickler) {
+    if !GateLoad::admits_imports_of(unpickler) {
         return Ok(original.call1((unpickler, module, name))?);
     }
     // The C find_class runs in this frame and raises its event here.
@@ -258,7 +277,7 @@ pub(super) fn py_unpickler_find_class<'py>(
     name: &Bound<'py, PyAny>,
 ) -> Result<Bound<'py, PyAny>> {
     let original = bound_by_gate(py, &ORIGINAL_PY_FIND_CLASS)?;
-    if !GateLoad::is_innermost(unpickler) {
+    if !GateLoad::admits_imports_of(unpickler) {
         return Ok(original.call1((unpickler, module, name))?);
     }
     // The original find_class is a Python function: its own frame, called from
