@@ -379,8 +379,8 @@ class _JoblibPickle:
     array of objects one more plain pickle. Only literal values are followed: any
     construct that could make joblib read differently is refused, not guessed."""
 
-    def __init__(self, data: bytes, offset: int) -> None:
-        self.data = data
+    def __init__(self, data: Any, offset: int) -> None:
+        self.source = data if isinstance(data, _Recorded) else _Recorded(None, data)
         self.start = offset
         self.stack: List[Any] = []
         self.marks: List[int] = []
@@ -389,15 +389,14 @@ class _JoblibPickle:
         self.protocol = 0
 
     def walk(self) -> _Walked:
-        import io
         import pickletools
 
         walked = _Walked()
-        stream = io.BytesIO(self.data)
+        stream = self.source
         stream.seek(self.start)
         run_start = self.start
         try:
-            for opcode, arg, pos in pickletools.genops(stream):
+            for opcode, arg, pos in pickletools.genops(stream):  # type: ignore[arg-type]
                 here = stream.tell()
                 if self.frame_end is not None and (pos or 0) >= self.frame_end:
                     self.frame_end = None
@@ -596,26 +595,138 @@ class _JoblibPickle:
         if not (isinstance(shape, tuple) and all(_is_count(n) for n in shape)):
             raise _Unwalkable(f"an array wrapper with shape {shape!r}")
         itemsize, has_object = _dtype_layout(dtype)
+        source = self.source
         if has_object:
             # joblib: pickle.load(file) reads the array of objects: a plain pickle.
             try:
-                length, _ = _core.delimit(self.data, at)
+                length = source.delimit(at)
             except Exception as e:
                 raise _Unwalkable(f"no pickle for the object array at offset {at}: {e}") from None
             walked.nested.append((at, length))
             return at + length
         if state.get("numpy_array_alignment_bytes") is not None:
-            if at >= len(self.data):
+            if not source.has(at + 1):
                 raise _Unwalkable(f"the array's padding at offset {at} is missing")
-            at += 1 + self.data[at]  # one byte: the padding's length
+            at += 1 + source.byte(at)  # one byte: the padding's length
         count = 1
         for n in shape:
             count *= n
         size = count * itemsize
-        if at + size > len(self.data):
+        if not source.has(at + size):
             raise _Unwalkable(f"the array at offset {at} needs {size} bytes: the file is too short")
         walked.raw_bytes += size
         return at + size
+
+
+class _Recorded:
+    """What a walk reads: complete bytes (``file`` None), or a stream read only as
+    far as the walk asks, every byte kept, so that the walk never reads past the
+    end of the pickle it walks (a socket's peer may be waiting for an answer)."""
+
+    def __init__(self, file: Any, data: Any = b"") -> None:
+        self.file = file
+        self.data: Any = bytearray() if file is not None else data
+        self.position = 0
+        self.ended = file is None  # whether the stream has no more bytes
+
+    def has(self, end: int) -> bool:
+        """Whether the bytes up to ``end`` exist, reading the stream that far."""
+        while self.file is not None and len(self.data) < end:
+            chunk = self.file.read(min(end - len(self.data), 1 << 24))
+            if not chunk:
+                self.ended = True
+                break
+            self.data += chunk
+        return len(self.data) >= end
+
+    def byte(self, at: int) -> int:
+        return int(self.data[at])
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            raise _Unwalkable("a read to the end of the stream")
+        self.has(self.position + size)
+        chunk = bytes(self.data[self.position : self.position + size])
+        self.position += len(chunk)
+        return chunk
+
+    def readline(self) -> bytes:
+        """A line of a text opcode (protocols 0 and 1): up to its newline only."""
+        end = self.data.find(b"\n", self.position) if self.position < len(self.data) else -1
+        while end < 0 and self.file is not None:
+            line = self.file.readline() if hasattr(self.file, "readline") else self.file.read(1)
+            if not line:
+                self.ended = True
+                break
+            self.data += line
+            end = self.data.find(b"\n", self.position)
+        stop = len(self.data) if end < 0 else end + 1
+        line = bytes(self.data[self.position : stop])
+        self.position = stop
+        return line
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+    def delimit(self, at: int) -> int:
+        """The length of the plain pickle at ``at``, as the Rust reader finds it."""
+        if self.file is not None:
+            import pickletools
+
+            self.seek(at)
+            for _ in pickletools.genops(self):  # type: ignore[arg-type]  # through its STOP
+                pass
+        length, _ = _core.delimit(self.data, at)
+        return int(length)
+
+
+def read_joblib_stream(file: Any) -> Tuple[bytes, str]:
+    """Read from ``file``'s position the one joblib pickle (opcodes, and the raw
+    array data between them) that joblib's unpickler would read, and no further,
+    so that the stream stays where plain joblib leaves it. Returns the bytes read
+    and what they are: "pickle" (exactly that pickle), "rest" (not one, and all
+    the stream had: a truncated stream), or "head" (a construct the walk does not
+    follow: the bytes read so far, which the caller must hand on ahead of the
+    rest of the stream)."""
+    recorded = _Recorded(file)
+    try:
+        walked = _JoblibPickle(recorded, 0).walk()
+        spliced = b"".join(bytes(recorded.data[a:b]) for a, b in walked.opcodes)
+        length, _ = _core.delimit(spliced, 0)
+        if length == len(spliced) and walked.end == len(recorded.data):
+            return bytes(recorded.data), "pickle"
+    except Exception:  # _Unwalkable, the reader's errors
+        pass
+    return bytes(recorded.data), "rest" if recorded.ended else "head"
+
+
+class Replay:
+    """A binary stream that reads ``head`` first, then from ``file``: a stream's
+    bytes that a walk read, handed back in front of the rest of it."""
+
+    def __init__(self, head: bytes, file: Any) -> None:
+        import io
+
+        self._head = io.BytesIO(head)
+        self._file = file
+        self.name = getattr(file, "name", None)
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._head.read(size)
+        if size < 0:
+            return chunk + self._file.read()
+        if len(chunk) < size:
+            chunk += self._file.read(size - len(chunk))
+        return chunk
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._head.readline(size)
+        if line.endswith(b"\n") or (size >= 0 and len(line) >= size):
+            return line
+        return line + self._file.readline(-1 if size < 0 else size - len(line))
 
 
 # What protocols 0 and 1 (and copyreg) call to make an instance of a class given

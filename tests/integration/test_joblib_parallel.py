@@ -77,6 +77,31 @@ def test_a_recorded_manifest_admits_the_job_on_other_data(backend, tmp_path, whe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pinned_model_mapped_in_the_parent_is_mapped_by_the_workers(
+    backend, tmp_path, wheel_installed
+):
+    # The parent maps the verified copy of the model; the memmap it passes on names
+    # that copy by a path the workers can open (/proc/<parent>/fd/N), so they map
+    # the same verified bytes, as plain workers map the same file.
+    import numpy as np
+
+    model = tmp_path / "model.joblib"
+    joblib.dump(np.arange(300_000.0), model)
+    expected = EXPECTED + ["model True"]
+    unguarded = plain(backend, 1, tmp_path, "--model", str(model))
+    assert unguarded.stdout.splitlines() == expected, unguarded.stderr
+    manifest = tmp_path / "pickleguard.toml"
+    summary = record(manifest, app(backend, 1, "--model", str(model)), tmp_path)
+    assert [entry["kind"] for entry in summary["added"]] == ["artifact"], summary
+    enforced = enforce(
+        manifest, app(backend, 1, "--model", str(model)), tmp_path, tmp_path / "denied.jsonl"
+    )
+    assert enforced.returncode == 0, enforced.stderr
+    assert enforced.stdout.splitlines() == expected, enforced.stderr
+    assert denials(tmp_path / "denied.jsonl") == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_task_mapping_a_file_itself_is_refused(backend, tmp_path, wheel_installed):
     manifest = tmp_path / "pickleguard.toml"
     record(manifest, app(backend, 1), tmp_path)

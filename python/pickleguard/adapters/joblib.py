@@ -10,6 +10,7 @@ Never imports joblib: ``patch`` is given the module once it has been imported.
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import io
 import os
@@ -45,9 +46,16 @@ def patch(joblib: Any) -> None:
     compat: Any = sys.modules.get("joblib.numpy_pickle_compat")
     _patch_joblib_array_files(compat)
     _patch_temporary_memmaps(numpy_pickle)
+    _patch_unpickler(numpy_pickle)
+    _substitute(numpy_pickle)
     zfile_unpickler = _zfile_unpickler(compat)
 
     def load(filename: Any, mmap_mode: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if _refused_by_joblib(mmap_mode, args, kwargs) or _uncompressed_stream(filename):
+            # joblib raises on these arguments before it reads anything; and an
+            # uncompressed stream is read by joblib's unpickler, which reads exactly
+            # one joblib pickle, judged there (see _patch_unpickler).
+            return original(filename, mmap_mode, *args, **kwargs)
         mapped = mmap_mode is not None and is_path(filename)
         if mapped and mmap_mode in ("r+", "w+") and not _joblib_compressed(filename):
             # Its writes go to the file: a sealed copy cannot take them.
@@ -68,15 +76,21 @@ def patch(joblib: Any) -> None:
             )
         copy = _verified.copy_of(filename) if is_path(filename) else None
         if copy is not None and mapped and not _joblib_compressed_head(copy.head(64)):
-            # joblib opens and maps the sealed copy by name; the old format's array
-            # files are still looked for next to the original path.
+            # joblib is given the path, as plain: it opens the sealed copy in its
+            # place and maps its arrays from it (see _open_verified); the old
+            # format's array files are looked for next to the original path.
             here = _JOBLIB_DIRECTORY.set((copy.path, os.path.dirname(os.fspath(filename))))
             try:
                 return load_copy_mapped(
                     "joblib.load",
                     filename,
                     copy,
-                    lambda path: original(path, mmap_mode, *args, **kwargs),
+                    lambda path: _as_opened(
+                        filename,
+                        lambda: _verified.stream_over(copy, _verified.source_name(filename)),
+                        _SharedCopy(path),
+                        lambda: original(filename, mmap_mode, *args, **kwargs),
+                    ),
                 )
             finally:
                 _JOBLIB_DIRECTORY.reset(here)
@@ -102,7 +116,14 @@ def patch(joblib: Any) -> None:
                 return _load_joblib_zfile(zfile_unpickler, os.fspath(filename), verified)
             here = _JOBLIB_DIRECTORY.set((verified, directory))
             try:
-                return original(verified, mmap_mode, *args, **kwargs)
+                # The path, as plain joblib is given it (its messages name it); it
+                # opens the verified stream in its place.
+                return _as_opened(
+                    filename,
+                    lambda: verified,
+                    None,
+                    lambda: original(filename, mmap_mode, *args, **kwargs),
+                )
             finally:
                 _JOBLIB_DIRECTORY.reset(here)
 
@@ -111,6 +132,151 @@ def patch(joblib: Any) -> None:
         return load_artifact("joblib.load", filename, call, copy)
 
     replace_load(original, load, numpy_pickle, joblib)
+
+
+# The path whose joblib.load runs in this thread or task, with what joblib opens in
+# its place (the verified stream) and maps in its place (the sealed copy).
+_OPENED: contextvars.ContextVar[Optional[Tuple[str, Any, Any]]] = contextvars.ContextVar(
+    "pickleguard_joblib_opened", default=None
+)
+
+
+def _as_opened(path: Any, opener: Any, mapped: Any, call: Any) -> Any:
+    """Run ``call`` (joblib.load of ``path``) with joblib opening ``opener()`` and
+    mapping ``mapped`` in place of that path: it reads only the verified bytes."""
+    here = _OPENED.set((os.fsdecode(os.fspath(path)), opener, mapped))
+    try:
+        return call()
+    finally:
+        _OPENED.reset(here)
+
+
+def _substitute(numpy_pickle: Any) -> None:
+    """Give joblib.numpy_pickle an ``open`` and a ``make_memmap`` that, for the path
+    a guarded joblib.load was given, open the verified stream and map the sealed
+    copy instead; any other file (a dump, a temporary memmap) is opened as asked."""
+    if getattr(numpy_pickle.__dict__.get("open"), "_pickleguard", False):
+        return
+    make_memmap: Any = getattr(numpy_pickle, "make_memmap", None)
+
+    def open_verified(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        opened = _OPENED.get()
+        if opened is not None and mode == "rb" and _same_path(file, opened[0]):
+            return opened[1]()
+        return builtins.open(file, mode, *args, **kwargs)
+
+    def map_verified(filename: Any, *args: Any, **kwargs: Any) -> Any:
+        opened = _OPENED.get()
+        if opened is not None and _same_path(filename, opened[0]):
+            if opened[2] is None:
+                raise PickleGuardError(
+                    f"joblib tried to map {filename!r}, which pickleguard gave it only "
+                    "as a verified stream: refused.\nhint: this joblib version maps "
+                    "differently from the one pickleguard knows; load without mmap_mode"
+                )
+            mapped = make_memmap(opened[2].path(), *args, **kwargs)
+            mapped._pickleguard_copy = opened[2]  # its descriptor lives as long
+            return mapped
+        return make_memmap(filename, *args, **kwargs)
+
+    disguise(open_verified, builtins.open)
+    numpy_pickle.open = open_verified
+    if make_memmap is not None:
+        disguise(map_verified, make_memmap)
+        numpy_pickle.make_memmap = map_verified
+
+
+class _SharedCopy:
+    """The sealed copy a mapped joblib.load maps its arrays from, by a path that
+    other processes can open too: ``/proc/<this pid>/fd/<a descriptor of its
+    own>``. A memmap passed on to joblib.Parallel's workers is mapped there by
+    that name (its ``filename``), so they map the same verified bytes. The
+    descriptor is opened at the first array and closed once no array mapped
+    from it is left (each keeps this object)."""
+
+    def __init__(self, copy_path: str) -> None:
+        self._copy_path = copy_path
+        self._path: Optional[str] = None
+
+    def path(self) -> str:
+        if self._path is None:
+            import weakref
+
+            descriptor = os.open(self._copy_path, os.O_RDONLY)  # not inherited
+            weakref.finalize(self, os.close, descriptor)
+            self._path = f"/proc/{os.getpid()}/fd/{descriptor}"
+        return self._path
+
+
+def _same_path(file: Any, path: str) -> bool:
+    return is_path(file) and os.fsdecode(os.fspath(file)) == path
+
+
+def _refused_by_joblib(mmap_mode: Any, args: Tuple[Any, ...], kwargs: Any) -> bool:
+    """Whether joblib.load raises ValueError for these arguments before it opens
+    the file: a native byte order asked for together with a memory map."""
+    native = args[0] if args else kwargs.get("ensure_native_byte_order", "auto")
+    return mmap_mode is not None and native != "auto" and bool(native)
+
+
+def _uncompressed_stream(file: Any) -> bool:
+    """Whether ``file`` is a file object that joblib reads as an uncompressed joblib
+    pickle. Its first bytes are looked at as joblib does: peeked at, or read and
+    then the stream rewound to its start (which joblib then reads from)."""
+    if is_path(file) or not hasattr(file, "read"):
+        return False
+    utils = sys.modules.get("joblib.numpy_pickle_utils")
+    detect = getattr(utils, "_detect_compressor", None)
+    if detect is None:
+        return False
+    try:
+        return bool(detect(file) == "not-compressed")
+    except Exception:  # joblib raises the same when it looks: let it
+        return True
+
+
+def _patch_unpickler(numpy_pickle: Any) -> None:
+    """Judge what joblib's unpickler reads from a stream of its own: one joblib
+    pickle, array data inside, read exactly as far as joblib reads it.
+
+    ``NumpyUnpickler.load`` is patched on the class, so every caller is covered:
+    joblib.load of a file object, a subclass of it (a caller's ``find_class``), a
+    caller's own ``NumpyUnpickler(...).load()``. A stream that belongs to an
+    artifact already judged (joblib.load of a path, a temporary memmap) is left to
+    the gate, which knows its pickles are covered. One the walk cannot delimit is
+    handed to the gate as it is, which judges it as plain pickle, never as joblib.
+    """
+    cls = getattr(numpy_pickle, "NumpyUnpickler", None)
+    if cls is None or getattr(cls.__dict__.get("load"), "_pickleguard", False):
+        return
+    from .. import _pickles
+
+    def load(self: Any) -> Any:
+        handle = getattr(self, "file_handle", None)
+        if handle is None or getattr(self, "mmap_mode", None) is not None:
+            # It maps its arrays from `filename`, which no stream can stand for.
+            return super(cls, self).load()
+        if not hasattr(handle, "read") or _core.reads_artifact(handle):
+            return super(cls, self).load()
+        data, what = _pickles.read_joblib_stream(handle)
+        feed: Any = _pickles.Replay(data, handle) if what == "head" else io.BytesIO(data)
+        saved = (self.file_handle, self._file_read, self._file_readline)
+        self.file_handle, self._file_read, self._file_readline = feed, feed.read, feed.readline
+        try:
+            if what != "pickle":
+                # Judged by the gate as plain pickle: a truncated stream raises
+                # as plainly; nothing unjudged loads.
+                return super(cls, self).load()
+            name = getattr(handle, "name", None)
+            with admit(data, name if isinstance(name, str) else None, "joblib.load", stream=feed):
+                return super(cls, self).load()
+        finally:
+            self.file_handle, self._file_read, self._file_readline = saved
+
+    load.__doc__ = None
+    load.__name__, load.__qualname__ = "load", f"{cls.__qualname__}.load"
+    load._pickleguard = True  # type: ignore[attr-defined]
+    cls.load = load
 
 
 # The verified stream of the joblib.load of a path running in this thread or task,
@@ -265,10 +431,11 @@ def _patch_temporary_memmaps(numpy_pickle: Any) -> None:
         return
 
     def _unpickle(fobj: Any, *args: Any, **kwargs: Any) -> Any:
-        if _core.in_artifact():
+        if _core.in_artifact() or not kwargs.get("filename"):
             # Inside a joblib.load this adapter judged (the verified bytes), or a
             # file some other artifact's pickle opened: the gate judges what the
-            # unpickler reads from it as for any nested load.
+            # unpickler reads from it as for any nested load. Without a file name,
+            # joblib.load of a stream: its unpickler judges what it reads.
             return original(fobj, *args, **kwargs)
         start = fobj.tell()
         data = fobj.read()
@@ -308,6 +475,11 @@ def _load_joblib_zfile(unpickler_class: Any, path: Any, verified: Any) -> Any:
     unpickler = unpickler_class(path, file_handle=verified)
     try:
         return unpickler.load()
+    except UnicodeDecodeError as exc:  # as joblib's load_compatibility says it
+        raise ValueError(
+            "You may be trying to read with python 3 a joblib pickle generated with "
+            "python 2. This feature is not supported by joblib."
+        ) from exc
     finally:
         unpickler.file_handle.close()
 
