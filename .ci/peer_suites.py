@@ -38,6 +38,7 @@ guard not active, a module that does not collect, a run that hangs).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -272,19 +273,22 @@ class Suites:
         return env
 
     def output(self, args: Sequence[str], mode: str = "plain") -> str:
-        done = subprocess.run(
-            [self.python, *args],
-            env=self.env(mode),
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        try:
+            done = subprocess.run(
+                [self.python, *args],
+                env=self.env(mode),
+                cwd=self.work,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except OSError as e:
+            raise StepError(f"could not run {self.python}: {e.strerror or e}") from e
         if done.returncode != 0:
             raise StepError(
                 f"{self.python} {' '.join(args)} exited {done.returncode}: "
                 f"{done.stderr.strip()[-1500:]}",
-                "install joblib, pytest, pytest-xdist and pytest-timeout (pinned in "
+                "install joblib, numpy, dill, pytest, pytest-xdist and pytest-timeout (pinned in "
                 "tests/integration/constraints.txt) and the pickleguard wheel into that "
                 "environment",
             )
@@ -293,7 +297,7 @@ class Suites:
     def check_guard(self) -> None:
         """Stop unless the guarded environment really starts in warn mode and the plain
         one does not: otherwise the comparison would compare plain with plain."""
-        self.output(["-c", "import xdist, pytest_timeout"])
+        self.output(["-c", "import dill, numpy, xdist, pytest_timeout"])
         plain = json.loads(self.output(["-c", GUARD_CHECK]))
         if plain:
             raise StepError(f"the plain environment starts with pickleguard layers: {plain}")
@@ -538,6 +542,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--module", action="append", choices=MODULES, help="only this module (repeatable)"
     )
     args = parser.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # in step with pytest's output in CI logs
     args.work = args.work.resolve()
     try:
         return run(args)
