@@ -41,7 +41,6 @@ import argparse
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -115,63 +114,41 @@ class Difference:
 
 # --- the expected file --------------------------------------------------------------
 
-_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(.*)$")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
-def _toml_string(text: str, where: str) -> str:
-    """A TOML basic string at the start of ``text``, then only a comment."""
-    match = _STRING.match(text)
-    if not match or text[match.end() :].strip()[:1] not in ("", "#"):
-        raise StepError(f'{where}: expected a double-quoted string, then nothing or a "# comment"')
-    body = match.group(0)
-    try:
-        # TOML's basic-string escapes are JSON's, plus \\U########.
-        body = re.sub(r"\\U([0-9A-Fa-f]{8})", lambda m: chr(int(m.group(1), 16)), body)
-        value: str = json.loads(body)
-    except ValueError as e:
-        raise StepError(f"{where}: bad escape in the string: {e}") from e
-    return value
-
-
 def read_expected(path: Path) -> Dict[str, Listed]:
-    """The listed differences. The file is a small subset of TOML, read the same way
-    on every Python: comments, ``[[difference]]`` tables, and ``key = "string"``."""
+    """The listed differences: ``[[difference]]`` tables of four strings each."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        import tomllib
+    except ImportError:  # Python < 3.11
+        raise StepError(
+            "reading the expected file needs Python 3.11 or later (tomllib)",
+            "run this script with the tools interpreter, as .ci/run does",
+        ) from None
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise StepError(f"could not read {path}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise StepError(f"{path}: not valid TOML: {e}", "fix the file's syntax") from e
+    unknown = sorted(set(document) - {"difference"})
+    if unknown:
+        raise StepError(f"{path}: unknown top-level key {unknown[0]!r}; only [[difference]]")
+    entries = document.get("difference", [])
+    if not isinstance(entries, list):
+        raise StepError(f"{path}: 'difference' must be an array of tables: [[difference]]")
     fields = {"test", "plain", "guarded", "reason"}
-    entries: List[Tuple[str, Dict[str, str]]] = []
-    for number, raw in enumerate(lines, 1):
-        where = f"{path}:{number}"
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if re.fullmatch(r"\[\[\s*difference\s*\]\](\s*#.*)?", line):
-            entries.append((where, {}))
-            continue
-        match = _KEY.match(line)
-        if not match:
-            raise StepError(
-                f'{where}: expected [[difference]], key = "string" or a comment: {line!r}'
-            )
-        key, rest = match.groups()
-        if not entries:
-            raise StepError(f"{where}: {key!r} outside a [[difference]] entry")
-        entry = entries[-1][1]
-        if key not in fields:
-            raise StepError(
-                f"{where}: unknown key {key!r}; an entry has {', '.join(sorted(fields))}"
-            )
-        if key in entry:
-            raise StepError(f"{where}: {key!r} given twice in one entry")
-        entry[key] = _toml_string(rest, where)
     listed: Dict[str, Listed] = {}
-    for where, entry in entries:
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: [[difference]] #{number}"
+        unknown = sorted(set(entry) - fields)
+        if unknown:
+            raise StepError(
+                f"{where}: unknown key {unknown[0]!r}; an entry has {', '.join(sorted(fields))}"
+            )
         missing = sorted(fields - set(entry))
         if missing:
-            raise StepError(f"{where}: the [[difference]] entry has no {', '.join(missing)}")
+            raise StepError(f"{where}: the entry has no {', '.join(missing)}")
+        if not all(isinstance(entry[key], str) for key in fields):
+            raise StepError(f"{where}: every value is a string")
         test = entry["test"]
         for key in ("plain", "guarded"):
             if entry[key] not in OUTCOMES + (ABSENT,):
