@@ -114,6 +114,7 @@ class Difference:
 
 # --- the expected file --------------------------------------------------------------
 
+
 def read_expected(path: Path) -> Dict[str, Listed]:
     """The listed differences: ``[[difference]]`` tables of four strings each."""
     try:
