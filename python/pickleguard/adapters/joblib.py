@@ -77,7 +77,7 @@ def patch(joblib: Any) -> None:
         copy = _verified.copy_of(filename) if is_path(filename) else None
         if copy is not None and mapped and not _joblib_compressed_head(copy.head(64)):
             # joblib is given the path, as plain: it opens the sealed copy in its
-            # place and maps its arrays from it (see _open_verified); the old
+            # place and maps its arrays from it (see _substitute); the old
             # format's array files are looked for next to the original path.
             here = _JOBLIB_DIRECTORY.set((copy.path, os.path.dirname(os.fspath(filename))))
             try:
@@ -175,7 +175,8 @@ def _substitute(numpy_pickle: Any) -> None:
                     "differently from the one pickleguard knows; load without mmap_mode"
                 )
             mapped = make_memmap(opened[2].path(), *args, **kwargs)
-            mapped._pickleguard_copy = opened[2]  # its descriptor lives as long
+            if isinstance(getattr(mapped, "__dict__", None), dict):
+                mapped._pickleguard_copy = opened[2]  # its descriptor lives as long
             return mapped
         return make_memmap(filename, *args, **kwargs)
 
