@@ -296,13 +296,7 @@ def _walk_joblib(data: bytes) -> Walk:
     view = memoryview(data)
     while offset < len(data):
         try:
-            walked = _JoblibPickle(data, offset).walk()
-            spliced = b"".join(view[a:b] for a, b in walked.opcodes)
-            # The Rust reader must see the opcodes, raw data taken out, as one
-            # pickle ending where this walk ends: else the walk is not trusted.
-            length, _ = _core.delimit(spliced, 0)
-            if length != len(spliced):
-                raise _Unwalkable("the opcodes without the array data are not one pickle")
+            walked, spliced = _walk_one(data, offset)
         except _Unwalkable as e:
             result.problem = f"the joblib pickle at offset {offset} cannot be walked: {e}"
             return result
@@ -337,6 +331,21 @@ def _walk_joblib(data: bytes) -> Walk:
             )
         offset = walked.end
     return result
+
+
+def _walk_one(data: Any, offset: int) -> Tuple[_Walked, bytes]:
+    """The joblib pickle at ``offset`` of ``data`` (bytes, or a ``_Recorded``
+    stream), walked, and its opcodes with the raw array data taken out."""
+    walker = _JoblibPickle(data, offset)
+    walked = walker.walk()
+    view = memoryview(walker.source.data)
+    spliced = b"".join(view[a:b] for a, b in walked.opcodes)
+    # The Rust reader must see those opcodes as one pickle ending where this walk
+    # ends: else the walk is not trusted.
+    length, _ = _core.delimit(spliced, 0)
+    if length != len(spliced):
+        raise _Unwalkable("the opcodes without the array data are not one pickle")
+    return walked, spliced
 
 
 class _Global:
@@ -693,10 +702,8 @@ def read_joblib_stream(file: Any) -> Tuple[bytes, str]:
     rest of the stream)."""
     recorded = _Recorded(file)
     try:
-        walked = _JoblibPickle(recorded, 0).walk()
-        spliced = b"".join(bytes(recorded.data[a:b]) for a, b in walked.opcodes)
-        length, _ = _core.delimit(spliced, 0)
-        if length == len(spliced) and walked.end == len(recorded.data):
+        walked, _ = _walk_one(recorded, 0)
+        if walked.end == len(recorded.data):
             return bytes(recorded.data), "pickle"
     except Exception:  # _Unwalkable, the reader's errors
         pass
