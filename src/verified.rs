@@ -8,18 +8,21 @@
 //! A read-only shared or a private (copy-on-write) mapping of a sealed memfd is
 //! allowed; a writable shared one is not, so nothing can write through to it.
 //!
-//! The copy is made by one thread (`sendfile` from the page cache into the memfd,
-//! in chunks) while the calling thread hashes each chunk as soon as it is in the
-//! memfd, through a read-only mapping: what is hashed is what the loader gets.
+//! The copy is made by one thread (reading the file into a few buffers of its own
+//! and writing each into the memfd) while the calling thread hashes each buffer
+//! once it has been written: what is hashed is what the loader gets.
 //! Elsewhere, `copy_verified` says `Unsupported`, and the caller falls back to
 //! reading the file into memory of its own.
 
 use crate::identity::{Algorithm, Digest, KnownDigests};
 use std::io;
 
-/// Bytes copied between two looks by the hasher: large enough that the system
-/// calls cost nothing next to the copy, small enough to overlap well.
-pub const CHUNK: usize = 8 << 20;
+/// Bytes read, written and hashed at a time: small enough that a buffer is still
+/// in the cache when it is hashed, large enough that system calls cost nothing.
+pub const CHUNK: usize = 1 << 20;
+
+/// Buffers in flight between the copying thread and the hasher.
+const BUFFERS: usize = 4;
 
 /// What went wrong making a verified copy.
 #[derive(Debug)]
@@ -204,29 +207,6 @@ mod linux {
             })
         }
 
-        /// Map in the pages of `range` at once (`MADV_POPULATE_READ`, Linux 5.14),
-        /// rather than one fault per page as they are hashed; a kernel without it
-        /// faults them in as before.
-        fn populate(&self, range: std::ops::Range<usize>) {
-            const MADV_POPULATE_READ: libc::c_int = 22;
-            if range.is_empty() {
-                return;
-            }
-            // Down to a page boundary (4 KiB pages; on larger ones madvise fails
-            // with EINVAL, which is ignored like any other failure).
-            let start = range.start & !4095;
-            // SAFETY: `start..range.end` lies inside the mapping (callers pass
-            // sub-ranges of `0..len`, and `start` only moves down within it);
-            // madvise only reads the pages in, and its result is ignored on purpose.
-            unsafe {
-                libc::madvise(
-                    self.start.add(start) as *mut libc::c_void,
-                    range.end - start,
-                    MADV_POPULATE_READ,
-                )
-            };
-        }
-
         fn bytes(&self) -> &[u8] {
             // SAFETY: `start` maps `len` readable bytes for as long as `self` lives
             // (unmapped only in `drop`), and the memfd is never shrunk below `len`
@@ -264,20 +244,6 @@ mod linux {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
-    fn size_of(fd: RawFd) -> io::Result<(bool, u64)> {
-        // SAFETY: fstat fills the zeroed struct it is given; the result is checked.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open (owned by the caller) and `stat` is writable.
-        check(unsafe { libc::fstat(fd, &mut stat) })?;
-        let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
-        Ok((regular, stat.st_size as u64))
-    }
-
-    fn truncate(fd: RawFd, len: u64) -> io::Result<()> {
-        // SAFETY: ftruncate on an fd we own; the result is checked.
-        check(unsafe { libc::ftruncate(fd, len as libc::off_t) }).map(drop)
-    }
-
     /// The seals that make a memfd's contents final.
     pub const SEALS: libc::c_int =
         libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
@@ -293,126 +259,79 @@ mod linux {
         Ok(())
     }
 
-    /// Copy `count` bytes (or up to end of file) from `source` to `memfd` at their
-    /// current offsets; the number copied, 0 at end of file. `sendfile` copies in
-    /// the kernel; a source it cannot read from (a FIFO, a device) is read and
-    /// written through `buffer`.
-    fn copy_some(
-        source: &mut File,
-        memfd: &OwnedFd,
-        out: &mut File,
-        count: usize,
-        buffer: &mut Vec<u8>,
-        use_sendfile: &mut bool,
-    ) -> io::Result<usize> {
-        use std::io::{Read as _, Write as _};
-        if *use_sendfile {
-            // SAFETY: both fds are open for the whole call; a null offset uses and
-            // advances the source's own offset.
-            let sent = unsafe {
-                libc::sendfile(
-                    memfd.as_raw_fd(),
-                    source.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    count,
-                )
-            };
-            if sent >= 0 {
-                return Ok(sent as usize);
-            }
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::ENOSYS) => *use_sendfile = false,
-                Some(libc::EINTR) => return Ok(usize::MAX),
-                _ => return Err(error),
+    /// Read from `source` into `buffer` until it is full or the file ends; the
+    /// number of bytes read (fewer than the buffer only at end of file).
+    fn fill(source: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read as _;
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match source.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        buffer.resize(count.min(CHUNK), 0);
-        let read = loop {
-            match source.read(buffer) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        out.write_all(&buffer[..read])?;
-        Ok(read)
+        Ok(filled)
     }
 
     /// Copy all of `source` (from its current offset) into a new memfd, hashing
     /// it with each of `algorithms` as it arrives; seal it, and map it read-only.
+    ///
+    /// A copying thread reads each chunk into one of a few buffers of its own,
+    /// writes it into the memfd, and hands the buffer to the calling thread, which
+    /// hashes it and hands it back. A buffer is refilled only after it was both
+    /// written and hashed, so the hashed bytes are exactly the memfd's bytes; the
+    /// hash reads a buffer still in the cache, and the memfd's pages are never
+    /// mapped for it.
     pub fn copy_verified(
         mut source: File,
         algorithms: &[Algorithm],
     ) -> Result<VerifiedCopy, CopyError> {
         let memfd = new_memfd()?;
-        let (regular, size) = size_of(source.as_raw_fd()).map_err(CopyError::Io)?;
         let mut digests = StreamDigests::new(algorithms);
-        // A regular file: the memfd is sized up front and mapped, so each chunk
-        // is hashed in the memfd while the next is copied. Anything else (a FIFO)
-        // has no size to go by: copied whole, then hashed.
-        let expected = if regular { size as usize } else { 0 };
-        if expected > 0 {
-            truncate(memfd.as_raw_fd(), expected as u64).map_err(CopyError::Io)?;
+        let (hand_over, filled) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (hand_back, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
+            // Cannot fail: the channel has room for every buffer.
+            let _ = hand_back.send(vec![0; CHUNK]);
         }
-        let early = Mapping::new(memfd.as_raw_fd(), expected).map_err(CopyError::Io)?;
-        let (progress, copied) = mpsc::sync_channel::<usize>(4);
         let total = std::thread::scope(|scope| -> io::Result<usize> {
             let copier = std::thread::Builder::new()
                 .name("pickleguard-copy".into())
                 .spawn_scoped(scope, || -> io::Result<usize> {
+                    use std::io::Write as _;
                     // Dropped when the copy ends, which ends the hasher's loop.
-                    let progress = progress;
-                    let mut total = 0usize;
-                    let mut buffer = Vec::new();
-                    let mut use_sendfile = regular;
+                    let (hand_over, free) = (hand_over, free);
                     let mut out = File::from(memfd.try_clone()?);
-                    loop {
-                        let n = copy_some(
-                            &mut source,
-                            &memfd,
-                            &mut out,
-                            CHUNK,
-                            &mut buffer,
-                            &mut use_sendfile,
-                        )?;
-                        if n == usize::MAX {
-                            continue; // interrupted before anything was copied
-                        }
+                    let mut total = 0usize;
+                    // A hasher that has gone (it cannot) would end the copy here.
+                    while let Ok(mut buffer) = free.recv() {
+                        let n = fill(&mut source, &mut buffer)?;
                         if n == 0 {
-                            return Ok(total);
+                            break;
                         }
+                        out.write_all(&buffer[..n])?;
                         total += n;
-                        // The hasher may fall behind; the channel holds it to a few
-                        // chunks. A hasher that has gone (it failed) ends the copy.
-                        let _ = progress.send(total);
+                        if hand_over.send((buffer, n)).is_err() {
+                            break;
+                        }
                     }
+                    Ok(total)
                 })
                 .map_err(io::Error::other)?;
-            let mut hashed = 0usize;
-            for done in copied.iter() {
-                let upto = done.min(expected);
-                if upto > hashed {
-                    early.populate(hashed..upto);
-                    digests.update(&early.bytes()[hashed..upto]);
-                    hashed = upto;
-                }
+            for (buffer, n) in filled.iter() {
+                digests.update(&buffer[..n]);
+                // The copier may have finished and gone: nothing to hand back to.
+                let _ = hand_back.send(buffer);
             }
             copier
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the copying thread panicked")))
         })
         .map_err(CopyError::Io)?;
-        let hashed = total.min(expected);
-        drop(early);
-        if total < expected {
-            // The file shrank while it was read: the copy is what was read.
-            truncate(memfd.as_raw_fd(), total as u64).map_err(CopyError::Io)?;
-        }
         seal(memfd.as_raw_fd()).map_err(CopyError::Io)?;
         let map = Mapping::new(memfd.as_raw_fd(), total).map_err(CopyError::Io)?;
-        // What was not hashed chunk by chunk (the part past the size the file had
-        // when it was opened, or all of a FIFO), hashed now that it is sealed.
-        digests.update(&map.bytes()[hashed..]);
         Ok(VerifiedCopy {
             fd: memfd,
             map,
