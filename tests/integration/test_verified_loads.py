@@ -146,9 +146,17 @@ def test_every_mapped_and_unmapped_load_returns_what_plain_returns(project):
     strip = [line.rsplit(" ", 1)[0] for line in plain.stdout.splitlines()]
     assert [line.rsplit(" ", 1)[0] for line in guarded.stdout.splitlines()] == strip
     found = dict(line.split(" ", 1) for line in guarded.stdout.splitlines())
-    # Mapped loads map the sealed copy, never the file at the path; so does a zip
-    # checkpoint loaded without mmap (its tensors live in the verified copy).
-    for name in ("torch-mmap", "torch-default-mmap", "torch-no-mmap", "joblib-r", "joblib-c"):
+    # Mapped loads map the sealed copy, never the file at the path; so do a zip
+    # checkpoint loaded without mmap (its tensors live in the verified copy) and a
+    # joblib file loaded without mmap_mode (its arrays are views of the copy).
+    for name in (
+        "torch-mmap",
+        "torch-default-mmap",
+        "torch-no-mmap",
+        "joblib-r",
+        "joblib-c",
+        "joblib",
+    ):
         assert found[name].endswith("mapped-from-copy"), (name, found[name])
     assert "mapped-from-copy" not in plain.stdout
 

@@ -47,6 +47,7 @@ def patch(joblib: Any) -> None:
     _patch_joblib_array_files(compat)
     _patch_temporary_memmaps(numpy_pickle)
     _patch_unpickler(numpy_pickle)
+    _patch_array_reads(numpy_pickle)
     _substitute(numpy_pickle)
     zfile_unpickler = _zfile_unpickler(compat)
 
@@ -110,6 +111,17 @@ def patch(joblib: Any) -> None:
         directory = os.path.dirname(os.fspath(filename)) if is_path(filename) else None
 
         def call(verified: Any) -> Any:
+            if copy is not None:
+                # Its arrays are mapped copy-on-write from the sealed copy rather
+                # than copied out of it (see _patch_array_reads).
+                here = _ARRAYS_FROM.set(_SealedArrays(verified, copy.path))
+                try:
+                    return call_joblib(verified)
+                finally:
+                    _ARRAYS_FROM.reset(here)
+            return call_joblib(verified)
+
+        def call_joblib(verified: Any) -> Any:
             if directory is None:
                 return original(verified, mmap_mode, *args, **kwargs)
             if zfile_unpickler is not None and _joblib_zfile(verified):
@@ -408,6 +420,94 @@ def _patch_joblib_array_files(compat: Any) -> None:
     for cls, wrapper in ((compat.NDArrayWrapper, read), (compat.ZNDArrayWrapper, read_compressed)):
         disguise(wrapper, cls.read)
         cls.read = wrapper
+
+
+class _SealedArrays:
+    """The arrays of a joblib.load that reads the verified stream over a sealed
+    copy: the stream joblib's unpickler reads, and the copy mapped copy-on-write
+    (once, at its first array), which the arrays are views of."""
+
+    def __init__(self, stream: Any, copy_path: str) -> None:
+        self.stream, self._copy_path = stream, copy_path
+        self._view: Any = None
+
+    def view(self) -> Any:
+        if self._view is None:
+            import mmap
+
+            fd = os.open(self._copy_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                # Private and writable: writes to an array stay in this process's
+                # own pages, as they would in an array joblib copied out.
+                self._view = mmap.mmap(
+                    fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+                )
+            finally:
+                os.close(fd)
+        return self._view
+
+
+_ARRAYS_FROM: contextvars.ContextVar[Optional[_SealedArrays]] = contextvars.ContextVar(
+    "pickleguard_joblib_arrays_from", default=None
+)
+
+
+def _patch_array_reads(numpy_pickle: Any) -> None:
+    """Let joblib.load of a path, without mmap_mode, return arrays that are views
+    of the sealed copy instead of copies of its bytes: one copy of the file in
+    memory, not two. ``NumpyArrayWrapper.read_array`` is patched on the class; it
+    maps only for the unpickler that reads the verified stream of such a load, an
+    array of plain values that lies whole in the copy at an offset aligned for its
+    type (which joblib's own padding gives). Everything else is read by joblib."""
+    cls = getattr(numpy_pickle, "NumpyArrayWrapper", None)
+    original = getattr(cls, "read_array", None)
+    native = getattr(numpy_pickle, "_ensure_native_byte_order", None)
+    if original is None or getattr(original, "_pickleguard", False) or native is None:
+        return
+
+    def read_array(self: Any, unpickler: Any, *args: Any, **kwargs: Any) -> Any:
+        arrays = _ARRAYS_FROM.get()
+        array = None
+        if arrays is not None and unpickler.file_handle is arrays.stream:
+            array = _view_of_array(self, unpickler.np, arrays)
+        if array is None:
+            return original(self, unpickler, *args, **kwargs)
+        # What joblib does with the array it read, the same way.
+        if self.order == "F":
+            array = array.reshape(self.shape[::-1]).transpose()
+        else:
+            array = array.reshape(self.shape)
+        if args[0] if args else kwargs.get("ensure_native_byte_order", False):
+            array = native(array)
+        return array
+
+    disguise(read_array, original)
+    assert cls is not None
+    cls.read_array = read_array
+
+
+def _view_of_array(wrapper: Any, np: Any, arrays: _SealedArrays) -> Any:
+    """The 1-d array of ``wrapper``'s data at the stream's position, a view of the
+    sealed copy, with the stream moved past it as joblib's read moves it; None
+    (nothing read) where joblib must read it itself."""
+    dtype = wrapper.dtype
+    if dtype.hasobject:
+        return None
+    count = 1
+    for extent in wrapper.shape:
+        count *= int(extent)
+    view = arrays.view()
+    stream = arrays.stream
+    start = stream.tell()
+    if wrapper.safe_get_numpy_array_alignment_bytes() is not None:
+        if start >= len(view):
+            return None
+        start += 1 + view[start]  # the padding's length, then the padding
+    end = start + count * dtype.itemsize
+    if end > len(view) or start % max(dtype.alignment, 1):
+        return None  # joblib raises for the short file; it copies what is unaligned
+    stream.seek(end)
+    return np.frombuffer(view, dtype=dtype, count=count, offset=start)
 
 
 # The loader named in the messages and entries about a temporary memmap.

@@ -1,0 +1,147 @@
+"""joblib.load of a pinned path without mmap_mode keeps one copy of the file.
+
+The verified copy is sealed memory; joblib's arrays are views of it, mapped
+copy-on-write, instead of copies of its bytes. These tests show that every kind
+of array comes back as plain joblib returns it (type, dtype, shape, strides,
+flags, values), that writes to one stay private to it, that the arrays really
+live in the sealed copy (the claim behind "one copy"), and that a file joblib
+cannot read fails the same way guarded as plain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+import textwrap
+from pathlib import Path
+
+import joblib  # noqa: F401  (installed: these tests never skip)
+import pytest
+
+from ._harness import clean_env, run
+
+PY = sys.executable
+
+MAKE = """
+import joblib, numpy as np
+arrays = {
+    "c": np.arange(24.0).reshape(2, 3, 4),
+    "f": np.asfortranarray(np.arange(24, dtype=np.int32).reshape(4, 6)),
+    "big_endian": np.arange(10, dtype=">f8"),
+    "scalar": np.array(3.5),
+    "empty": np.zeros((0, 5)),
+    "bool": np.array([True, False, True]),
+    "complex": np.arange(6) * (1 + 2j),
+    "structured": np.array([(1, 2.0), (3, 4.0)], dtype=[("a", "<i4"), ("b", "<f8")]),
+    "objects": np.array([{"x": 1}, "s", 3], dtype=object),
+    "chars": np.frombuffer(b"abcdefg", dtype="S1"),
+    "strided": np.arange(100.0)[::3],
+    "large": np.arange(300_000, dtype=np.float64),
+}
+joblib.dump(arrays, "arrays.joblib")
+"""
+
+# Prints each array as joblib returned it, and whether its data lies in the
+# sealed copy (a mapping of pickleguard's memfd), then writes to one array and
+# loads again.
+APP = """
+import hashlib, sys
+import joblib, numpy as np
+
+def in_copy(array):
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "memfd:pickleguard-verified" in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if low <= address < high:
+                    return "in-copy"
+    return "own-memory"
+
+def describe(name, a):
+    flags = [k for k in ("C_CONTIGUOUS", "F_CONTIGUOUS", "WRITEABLE", "ALIGNED", "OWNDATA")
+             if a.flags[k]]
+    values = a.tolist() if a.dtype.hasobject else hashlib.sha256(a.tobytes()).hexdigest()[:12]
+    return f"{name} {type(a).__name__} {a.dtype.str} {a.shape} {a.strides} {flags} {values}"
+
+obj = joblib.load("arrays.joblib")
+for name, a in obj.items():
+    print(describe(name, a), in_copy(a))
+obj["c"][0, 0, 0] = 99.0
+obj["large"][:] = -1.0
+again = joblib.load("arrays.joblib")
+print("written", obj["c"][0, 0, 0], obj["large"][12345], "reloaded", again["c"][0, 0, 0],
+      again["large"][12345], "shared", np.shares_memory(obj["large"], again["large"]))
+print("file", hashlib.sha256(open("arrays.joblib", "rb").read()).hexdigest())
+"""
+
+
+def write(path: Path, code: str) -> Path:
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    write(tmp_path / "make.py", MAKE)
+    write(tmp_path / "app.py", APP)
+    assert run([PY, "make.py"], tmp_path).returncode == 0
+    digest = hashlib.sha256((tmp_path / "arrays.joblib").read_bytes()).hexdigest()
+    (tmp_path / "pinned.toml").write_text(
+        f'version = 1\n[[artifact]]\nsha256 = "{digest}"\nsource = "arrays.joblib"\n'
+    )
+    return tmp_path
+
+
+def guarded(project: Path, *args: str, mode: str = "enforce"):
+    command = [PY, "-m", "pickleguard", "run", "--manifest", "pinned.toml", "--mode", mode]
+    return run([*command, "--", PY, *args], project, env=clean_env())
+
+
+def test_arrays_come_back_as_plain_joblib_returns_them_from_the_one_copy(project):
+    plain = run([PY, "app.py"], project)
+    assert plain.returncode == 0, plain.stderr
+    checked = guarded(project, "app.py")
+    assert checked.returncode == 0, checked.stderr
+    plain_lines, guarded_lines = plain.stdout.splitlines(), checked.stdout.splitlines()
+    # Everything but where the data lives is as plain.
+    assert [line.rsplit(" ", 1)[0] for line in guarded_lines[:-2]] == [
+        line.rsplit(" ", 1)[0] for line in plain_lines[:-2]
+    ]
+    assert guarded_lines[-2:] == plain_lines[-2:]
+    assert "written 99.0 -1.0 reloaded 0.0 12345.0 shared False" in guarded_lines
+    where = {line.split(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in guarded_lines[:-2]}
+    assert all(w == "own-memory" for w in (line.rsplit(" ", 1)[1] for line in plain_lines[:-2]))
+    # The arrays of plain values are views of the sealed copy; the object array is
+    # unpickled, and a non-native byte order is swapped into new memory, as plain.
+    for name in ("c", "f", "scalar", "bool", "complex", "structured", "chars", "strided", "large"):
+        assert where[name] == "in-copy", (name, checked.stdout)
+    assert where["objects"] == "own-memory" and where["big_endian"] == "own-memory"
+
+
+@pytest.mark.parametrize("cut", ["in-array-data", "before-array-data"])
+def test_a_short_file_fails_as_it_fails_plain(project, cut):
+    """Not enforcing (a cut file does not match its pin), the load reads the copy
+    of the short file: joblib's own error, raised at the same place."""
+    data = (project / "arrays.joblib").read_bytes()
+    # The large array's data starts 8,000 bytes before its values 1000.0, 1001.0.
+    start = data.index(struct.pack("<2d", 1000.0, 1001.0)) - 8000
+    end = start + 4096 if cut == "in-array-data" else start - 1
+    assert end > 0
+    (project / "arrays.joblib").write_bytes(data[:end])
+    write(
+        project / "short.py",
+        """
+        import joblib
+        try:
+            joblib.load("arrays.joblib")
+        except Exception as e:
+            print(type(e).__name__, e)
+        """,
+    )
+    plain = run([PY, "short.py"], project)
+    assert plain.returncode == 0 and plain.stdout, plain.stderr
+    warned = guarded(project, "short.py", mode="warn")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stdout == plain.stdout
