@@ -98,7 +98,7 @@ pub enum ArgLayout {
 }
 
 /// The argument layout of `code`, or `None` for a byte that is no opcode.
-pub fn arg_layout(code: u8) -> Option<ArgLayout> {
+pub const fn arg_layout(code: u8) -> Option<ArgLayout> {
     use op::*;
     use ArgLayout::*;
     Some(match code {
@@ -132,6 +132,67 @@ pub fn arg_layout(code: u8) -> Option<ArgLayout> {
         },
         _ => return Option::None,
     })
+}
+
+/// The end of a counted argument (its length prefix of `width` bytes, then that
+/// many bytes) of the opcode at `pos`, if the prefix lies before `limit` and is
+/// not negative where it is signed; checked against `limit` by the caller.
+#[inline]
+fn counted_end(data: &[u8], pos: usize, width: usize, limit: usize, signed: bool) -> Option<usize> {
+    let start = pos + 1 + width;
+    if start > limit {
+        return None;
+    }
+    let mut bytes = [0u8; 8];
+    bytes[..width].copy_from_slice(&data[pos + 1..start]);
+    let len = u64::from_le_bytes(bytes);
+    // A negative signed length is the general step's error to report.
+    if signed && (len as u32 as i32) < 0 {
+        return None;
+    }
+    start.checked_add(usize::try_from(len).ok()?)
+}
+
+// How `skip_plain_opcodes` steps over each opcode, from `arg_layout`: the kind,
+// the argument's width in bytes (a fixed argument's, or a counted one's length
+// prefix), and flags.
+// An opcode left to the general step has 0.
+const STEP_FIXED: u16 = 1 << 4;
+const STEP_COUNTED: u16 = 1 << 5;
+const STEP_WIDTH: u16 = 0b1111;
+const STEP_SIGNED: u16 = 1 << 6;
+const STEP_GLOBAL: u16 = 1 << 7;
+const STEP_BUFFER: u16 = 1 << 8;
+
+const PLAIN_STEP: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut code = 0usize;
+    while code < 256 {
+        table[code] = plain_step(code as u8);
+        code += 1;
+    }
+    table
+};
+
+const fn plain_step(code: u8) -> u16 {
+    let flags = match code {
+        op::STACK_GLOBAL | op::EXT1 | op::EXT2 | op::EXT4 => STEP_GLOBAL,
+        op::NEXT_BUFFER => STEP_BUFFER,
+        _ => 0,
+    };
+    // FRAME and STOP change the scan's state: always the general step's.
+    if code == op::FRAME || code == op::STOP {
+        return 0;
+    }
+    flags
+        | match arg_layout(code) {
+            Some(ArgLayout::None) => STEP_FIXED,
+            Some(ArgLayout::Fixed(n)) => STEP_FIXED | n as u16,
+            Some(ArgLayout::Counted { width, signed }) => {
+                STEP_COUNTED | width as u16 | if signed { STEP_SIGNED } else { 0 }
+            }
+            Some(ArgLayout::Line) | Some(ArgLayout::TwoLines) | None => return 0,
+        }
 }
 
 /// Why a pickle could not be delimited. Messages follow CPython's where it has one.
@@ -344,6 +405,9 @@ struct Scanner<I> {
     input: I,
     pos: usize,
     frame_end: Option<usize>,
+    /// Step over runs of plain opcodes at once (always, but in the test that
+    /// compares it with the general step alone).
+    skip_plain: bool,
 }
 
 impl<I: Input> Scanner<I> {
@@ -411,6 +475,9 @@ impl<I: Input> Scanner<I> {
             return Err(ReadError::Empty);
         }
         loop {
+            if self.skip_plain {
+                self.skip_plain_opcodes(&mut out_of_band_buffers, &mut uses_globals);
+            }
             let at = match self.take(1) {
                 Err(ReadError::Truncated) => return Err(ReadError::EndAtOpcode),
                 other => other?,
@@ -455,6 +522,56 @@ impl<I: Input> Scanner<I> {
         }
     }
 
+    /// Step over the opcodes that lie whole in the bytes already at hand (and in
+    /// the current frame), without reading more: the ones with no argument, a
+    /// fixed one or a counted one, which make up nearly every framed pickle. It
+    /// stops before anything else (FRAME, STOP, an argument on a line, an opcode
+    /// that is unknown, cut off, too long or past its frame), which the general
+    /// step then takes, reading or failing exactly as it would have here.
+    #[inline]
+    fn skip_plain_opcodes(&mut self, out_of_band_buffers: &mut usize, uses_globals: &mut bool) {
+        let data = self.input.data();
+        let mut pos = self.pos;
+        loop {
+            if self.frame_end == Some(pos) {
+                self.frame_end = None;
+            }
+            let limit = self.frame_end.map_or(data.len(), |end| end.min(data.len()));
+            while pos < limit {
+                let step = PLAIN_STEP[data[pos] as usize];
+                let width = (step & STEP_WIDTH) as usize;
+                let end = if step & STEP_COUNTED == 0 {
+                    if step == 0 {
+                        self.pos = pos;
+                        return;
+                    }
+                    pos + 1 + width
+                } else {
+                    match counted_end(data, pos, width, limit, step & STEP_SIGNED != 0) {
+                        Some(end) => end,
+                        None => break,
+                    }
+                };
+                if end > limit {
+                    break;
+                }
+                if step & (STEP_GLOBAL | STEP_BUFFER) != 0 {
+                    if step & STEP_BUFFER != 0 {
+                        *out_of_band_buffers += 1;
+                    } else {
+                        *uses_globals = true;
+                    }
+                }
+                pos = end;
+            }
+            // Only the end of a frame lets the scan go on here.
+            if self.frame_end != Some(pos) {
+                break;
+            }
+        }
+        self.pos = pos;
+    }
+
     fn enter_frame(&mut self, len_at: usize) -> Result<(), ReadError<I::Error>> {
         let mut raw = [0u8; 8];
         raw.copy_from_slice(&self.input.data()[len_at..len_at + 8]);
@@ -484,6 +601,20 @@ pub fn delimit(data: &[u8]) -> Result<Extent, ReadError<std::convert::Infallible
         input: SliceInput(data),
         pos: 0,
         frame_end: None,
+        skip_plain: true,
+    }
+    .scan()
+}
+
+/// [`delimit`] taking every opcode through the general step: for the property
+/// test that shows skipping runs of plain opcodes changes no verdict.
+#[doc(hidden)]
+pub fn delimit_stepwise(data: &[u8]) -> Result<Extent, ReadError<std::convert::Infallible>> {
+    Scanner {
+        input: SliceInput(data),
+        pos: 0,
+        frame_end: None,
+        skip_plain: false,
     }
     .scan()
 }
@@ -521,6 +652,7 @@ pub fn read_one_into<S: Source>(
         },
         pos: 0,
         frame_end: None,
+        skip_plain: true,
     };
     let result = scanner.scan();
     *buf = scanner.input.buf;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use pickleguard::reader::{delimit, read_one, read_one_into, ReadError, Source};
+use pickleguard::reader::{delimit, delimit_stepwise, read_one, read_one_into, ReadError, Source};
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -313,6 +313,8 @@ impl Source for Uneven<'_> {
 /// the bytes through STOP.
 fn check_any(data: &[u8]) -> Result<(), TestCaseError> {
     let expected = delimit(data);
+    // Skipping runs of plain opcodes at once decides as stepping through each.
+    prop_assert_eq!(&delimit_stepwise(data), &expected);
 
     let mut rest = data;
     let mut buf = Vec::new();
