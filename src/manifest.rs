@@ -1,5 +1,6 @@
 //! The manifest: a reviewed TOML list of the pickles a program may load.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
@@ -145,12 +146,12 @@ impl std::error::Error for ManifestError {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawManifest {
+struct RawManifest<'t> {
     version: Option<Spanned<i64>>,
     #[serde(default)]
-    pickle: Vec<Spanned<RawEntry>>,
+    pickle: Vec<Spanned<RawEntry<'t>>>,
     #[serde(default)]
-    artifact: Vec<Spanned<RawEntry>>,
+    artifact: Vec<Spanned<RawEntry<'t>>>,
     #[serde(default)]
     channel: Vec<RawChannel>,
 }
@@ -166,10 +167,12 @@ struct RawChannel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawEntry {
-    sha256: Option<Spanned<String>>,
-    blake3: Option<Spanned<String>>,
-    stack: Option<Vec<Spanned<String>>>,
+// Digests and stack patterns are only read, so the fast reader lends them from
+// the text (the toml crate's reader gives them owned).
+struct RawEntry<'t> {
+    sha256: Option<Spanned<Cow<'t, str>>>,
+    blake3: Option<Spanned<Cow<'t, str>>>,
+    stack: Option<Vec<Spanned<Cow<'t, str>>>>,
     note: Option<String>,
     source: Option<String>,
 }
@@ -348,7 +351,10 @@ impl<'t> ManifestText<'t> {
         before + 1
     }
 
-    fn patterns(&self, patterns: &[Spanned<String>]) -> Result<Vec<FramePattern>, ManifestError> {
+    fn patterns<S: AsRef<str>>(
+        &self,
+        patterns: &[Spanned<S>],
+    ) -> Result<Vec<FramePattern>, ManifestError> {
         let mut parsed = Vec::with_capacity(patterns.len());
         for p in patterns {
             parsed.push(self.pattern(p)?);
@@ -356,16 +362,17 @@ impl<'t> ManifestText<'t> {
         Ok(parsed)
     }
 
-    fn pattern(&self, p: &Spanned<String>) -> Result<FramePattern, ManifestError> {
+    fn pattern<S: AsRef<str>>(&self, p: &Spanned<S>) -> Result<FramePattern, ManifestError> {
         // Many entries share their patterns (a recorded caller pins all its
         // pickles): parse each distinct one once.
         let mut seen = self.seen_patterns.borrow_mut();
-        if let Some(known) = seen.get(p.get_ref().as_str()) {
+        let text = p.get_ref().as_ref();
+        if let Some(known) = seen.get(text) {
             return Ok(known.clone());
         }
-        let parsed = FramePattern::parse(p.get_ref());
+        let parsed = FramePattern::parse(text);
         if let Ok(pattern) = &parsed {
-            seen.insert(p.get_ref().clone(), pattern.clone());
+            seen.insert(text.to_owned(), pattern.clone());
         }
         parsed.map_err(|e| {
             // +1 skips the opening quote. An escape sequence in the TOML
@@ -397,7 +404,7 @@ impl<'t> ManifestText<'t> {
     }
 
     /// One `[[pickle]]` or `[[artifact]]` table.
-    fn entry(&self, kind: Kind, spanned: Spanned<RawEntry>) -> Result<Entry, ManifestError> {
+    fn entry(&self, kind: Kind, spanned: Spanned<RawEntry<'_>>) -> Result<Entry, ManifestError> {
         let table_span = spanned.span();
         let entry = spanned.into_inner();
         let mut ids = Vec::new();
@@ -512,7 +519,10 @@ impl Manifest {
     }
 
     /// Check the values of a parsed manifest and index its entries.
-    fn from_raw(raw: RawManifest, source: &ManifestText<'_>) -> Result<Manifest, ManifestError> {
+    fn from_raw(
+        raw: RawManifest<'_>,
+        source: &ManifestText<'_>,
+    ) -> Result<Manifest, ManifestError> {
         source.check_version(&raw.version)?;
         let mut manifest = Manifest {
             origin: source.origin.to_owned(),

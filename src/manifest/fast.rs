@@ -14,14 +14,15 @@
 //! two on mutated manifests).
 
 use super::{RawChannel, RawEntry, RawManifest};
+use std::borrow::Cow;
 use std::ops::Range;
 use toml::Spanned;
 
 /// The table being filled.
-enum Table {
+enum Table<'t> {
     Root,
-    Pickle(usize, RawEntry),
-    Artifact(usize, RawEntry),
+    Pickle(usize, RawEntry<'t>),
+    Artifact(usize, RawEntry<'t>),
     Channel(PartialChannel),
 }
 
@@ -118,6 +119,13 @@ impl<'t> Reader<'t> {
     /// A basic string without escapes; its span includes the quotes, as the toml
     /// crate's does.
     fn string(&mut self) -> Option<Spanned<String>> {
+        let lent = self.lent_string()?;
+        let span = lent.span();
+        Some(Spanned::new(span, lent.into_inner().into_owned()))
+    }
+
+    /// [`Reader::string`], lent from the text.
+    fn lent_string(&mut self) -> Option<Spanned<Cow<'t, str>>> {
         let start = self.pos;
         if self.peek() != Some(b'"') {
             return None;
@@ -135,7 +143,7 @@ impl<'t> Reader<'t> {
             return None;
         }
         self.pos += end;
-        let value = self.text[start + 1..self.pos].to_owned();
+        let value = Cow::Borrowed(&self.text[start + 1..self.pos]);
         self.pos += 1;
         Some(Spanned::new(start..self.pos, value))
     }
@@ -167,6 +175,17 @@ impl<'t> Reader<'t> {
 
     /// An array of basic strings, on one line or several, a trailing comma allowed.
     fn strings(&mut self) -> Option<Spanned<Vec<Spanned<String>>>> {
+        let lent = self.lent_strings()?;
+        let span = lent.span();
+        let owned = lent.into_inner().into_iter().map(|item| {
+            let span = item.span();
+            Spanned::new(span, item.into_inner().into_owned())
+        });
+        Some(Spanned::new(span, owned.collect()))
+    }
+
+    /// [`Reader::strings`], lent from the text.
+    fn lent_strings(&mut self) -> Option<Spanned<Vec<Spanned<Cow<'t, str>>>>> {
         let start = self.pos;
         if self.peek() != Some(b'[') {
             return None;
@@ -178,7 +197,7 @@ impl<'t> Reader<'t> {
             if self.peek()? == b']' {
                 break;
             }
-            items.push(self.string()?);
+            items.push(self.lent_string()?);
             self.skip_array_space()?;
             match self.peek()? {
                 b',' => self.pos += 1,
@@ -207,11 +226,11 @@ impl<'t> Reader<'t> {
         None
     }
 
-    fn entry_value(&mut self, entry: &mut RawEntry, key: &str) -> Option<()> {
+    fn entry_value(&mut self, entry: &mut RawEntry<'t>, key: &str) -> Option<()> {
         match key {
-            "sha256" => set_once(&mut entry.sha256, self.string()?),
-            "blake3" => set_once(&mut entry.blake3, self.string()?),
-            "stack" => set_once(&mut entry.stack, self.strings()?.into_inner()),
+            "sha256" => set_once(&mut entry.sha256, self.lent_string()?),
+            "blake3" => set_once(&mut entry.blake3, self.lent_string()?),
+            "stack" => set_once(&mut entry.stack, self.lent_strings()?.into_inner()),
             "note" => set_once(&mut entry.note, self.string()?.into_inner()),
             "source" => set_once(&mut entry.source, self.string()?.into_inner()),
             _ => None,
@@ -229,7 +248,7 @@ impl<'t> Reader<'t> {
     }
 }
 
-fn empty_entry() -> RawEntry {
+fn empty_entry<'t>() -> RawEntry<'t> {
     RawEntry {
         sha256: None,
         blake3: None,
@@ -241,7 +260,7 @@ fn empty_entry() -> RawEntry {
 
 /// Read `text` if it has the manifest's plain shape; `None` if anything in it is
 /// outside that subset of TOML (then parse it with the toml crate).
-pub(super) fn parse(text: &str) -> Option<RawManifest> {
+pub(super) fn parse(text: &str) -> Option<RawManifest<'_>> {
     let mut reader = Reader {
         text,
         bytes: text.as_bytes(),
@@ -295,7 +314,7 @@ pub(super) fn parse(text: &str) -> Option<RawManifest> {
 }
 
 /// Add the table just read, which ends where the next one starts, to `manifest`.
-fn finish(manifest: &mut RawManifest, table: Table, end: usize) -> Option<()> {
+fn finish<'t>(manifest: &mut RawManifest<'t>, table: Table<'t>, end: usize) -> Option<()> {
     let span = |start: usize| -> Range<usize> { start..end };
     match table {
         Table::Root => {}
