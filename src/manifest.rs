@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -41,13 +42,55 @@ impl Kind {
 pub struct Entry {
     pub kind: Kind,
     /// One or two identities of the same content (sha256, blake3); any one matches.
-    pub ids: Vec<Id>,
-    /// `None` matches any caller.
-    pub stack: Option<Vec<FramePattern>>,
+    pub ids: Ids,
+    /// `None` matches any caller. Shared by the entries with the same list.
+    pub stack: Option<Arc<[FramePattern]>>,
     pub note: Option<String>,
     pub source: Option<String>,
     /// 1-based line of the entry's `sha256` key, for messages.
     pub line: usize,
+}
+
+/// An entry's identities, one or two (at most one an algorithm), kept inline
+/// rather than allocated: a manifest may have tens of thousands of entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Ids {
+    ids: [Id; 2],
+    len: usize,
+}
+
+impl Ids {
+    fn new() -> Ids {
+        let unused = Id {
+            algorithm: Algorithm::Sha256,
+            digest: [0; 32],
+        };
+        Ids {
+            ids: [unused; 2],
+            len: 0,
+        }
+    }
+
+    /// Add the identity of one more algorithm (there are two).
+    fn push(&mut self, id: Id) {
+        self.ids[self.len] = id;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Ids {
+    type Target = [Id];
+    fn deref(&self) -> &[Id] {
+        &self.ids[..self.len]
+    }
+}
+
+impl<'a> IntoIterator for &'a Ids {
+    type Item = &'a Id;
+    type IntoIter = std::slice::Iter<'a, Id>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 /// One `[[channel]]` rule: pickles loaded directly by one of `callers` (the innermost
@@ -175,6 +218,18 @@ struct RawEntry<'t> {
     stack: Option<Vec<Spanned<Cow<'t, str>>>>,
     note: Option<String>,
     source: Option<String>,
+}
+
+/// A key naming a list of pattern texts unambiguously (each length-prefixed: a
+/// text may hold any character, escaped).
+fn stack_key<'a>(texts: impl Iterator<Item = &'a str>) -> String {
+    let mut key = String::new();
+    for text in texts {
+        key.push_str(&text.len().to_string());
+        key.push(':');
+        key.push_str(text);
+    }
+    key
 }
 
 /// Line and column (both 1-based, column in characters) of byte `offset` in `text`.
@@ -310,6 +365,9 @@ struct ManifestText<'t> {
     /// size of the manifest, which may hold tens of thousands of entries.
     newlines: Vec<usize>,
     seen_patterns: std::cell::RefCell<HashMap<String, FramePattern>>,
+    /// Each distinct `stack` list, parsed once and shared: `record` writes the same
+    /// list for every pickle one caller loads. Keyed by `stack_key`.
+    seen_stacks: std::cell::RefCell<HashMap<String, Arc<[FramePattern]>>>,
     /// Newlines before the offset `line_of` was last asked about.
     lines_before: std::cell::Cell<usize>,
 }
@@ -322,6 +380,7 @@ impl<'t> ManifestText<'t> {
             origin,
             newlines,
             seen_patterns: Default::default(),
+            seen_stacks: Default::default(),
             lines_before: Default::default(),
         }
     }
@@ -359,6 +418,20 @@ impl<'t> ManifestText<'t> {
         for p in patterns {
             parsed.push(self.pattern(p)?);
         }
+        Ok(parsed)
+    }
+
+    /// An entry's `stack` list, the same `Arc` for every entry with the same list.
+    fn stack<S: AsRef<str>>(
+        &self,
+        patterns: &[Spanned<S>],
+    ) -> Result<Arc<[FramePattern]>, ManifestError> {
+        let key = stack_key(patterns.iter().map(|p| p.get_ref().as_ref()));
+        if let Some(known) = self.seen_stacks.borrow().get(&key) {
+            return Ok(known.clone());
+        }
+        let parsed: Arc<[FramePattern]> = self.patterns(patterns)?.into();
+        self.seen_stacks.borrow_mut().insert(key, parsed.clone());
         Ok(parsed)
     }
 
@@ -407,7 +480,7 @@ impl<'t> ManifestText<'t> {
     fn entry(&self, kind: Kind, spanned: Spanned<RawEntry<'_>>) -> Result<Entry, ManifestError> {
         let table_span = spanned.span();
         let entry = spanned.into_inner();
-        let mut ids = Vec::new();
+        let mut ids = Ids::new();
         let mut first_key = None;
         for (algorithm, value) in [
             (Algorithm::Sha256, &entry.sha256),
@@ -439,7 +512,7 @@ impl<'t> ManifestText<'t> {
         };
         let stack = match entry.stack {
             None => None,
-            Some(patterns) => Some(self.patterns(&patterns)?),
+            Some(patterns) => Some(self.stack(&patterns)?),
         };
         Ok(Entry {
             kind,
@@ -1015,6 +1088,36 @@ mod tests {
             assert_eq!(found.len(), 1, "{digest}");
             assert_eq!(found[0].line, line, "{digest}");
         }
+    }
+
+    #[test]
+    fn entries_with_the_same_stack_share_it_and_no_other() {
+        let stacks = [
+            r#"["a.b:c", "d:e"]"#,
+            r#"["a.b:c"]"#,
+            r#"["d:e", "a.b:c"]"#,
+            r#"["a.b:c", "d:e"]"#,
+            r#"["a.b:c"]"#,
+            r#"["x.y:z*"]"#,
+        ];
+        let mut text = String::from("version = 1\n");
+        for (i, stack) in stacks.iter().enumerate() {
+            text.push_str(&format!(
+                "[[pickle]]\nsha256 = \"{i:064x}\"\nstack = {stack}\n"
+            ));
+        }
+        let m = Manifest::parse(&text, "m.toml").unwrap();
+        let lists: Vec<_> = m
+            .entries()
+            .iter()
+            .map(|e| e.stack.clone().expect("a stack"))
+            .collect();
+        for (list, stack) in lists.iter().zip(stacks) {
+            let texts: Vec<String> = list.iter().map(|p| format!("\"{}\"", p.as_str())).collect();
+            assert_eq!(format!("[{}]", texts.join(", ")), stack);
+        }
+        assert!(Arc::ptr_eq(&lists[0], &lists[3]) && Arc::ptr_eq(&lists[1], &lists[4]));
+        assert!(!Arc::ptr_eq(&lists[0], &lists[2]) && !Arc::ptr_eq(&lists[1], &lists[5]));
     }
 
     #[test]

@@ -260,16 +260,30 @@ fn empty_entry<'t>() -> RawEntry<'t> {
 
 /// Read `text` if it has the manifest's plain shape; `None` if anything in it is
 /// outside that subset of TOML (then parse it with the toml crate).
+/// How many `[[pickle]]` and `[[artifact]]` headers `bytes` holds, to size the
+/// tables (a count, not a parse: a header inside a comment counts too).
+fn count_headers(bytes: &[u8]) -> (usize, usize) {
+    let (mut pickles, mut artifacts) = (0, 0);
+    for at in memchr::memchr_iter(b'[', bytes) {
+        let rest = &bytes[at..];
+        pickles += usize::from(rest.starts_with(b"[[pickle]]"));
+        artifacts += usize::from(rest.starts_with(b"[[artifact]]"));
+    }
+    (pickles, artifacts)
+}
+
 pub(super) fn parse(text: &str) -> Option<RawManifest<'_>> {
     let mut reader = Reader {
         text,
         bytes: text.as_bytes(),
         pos: 0,
     };
+    // Sized up front: growing them would copy every entry read so far, each time.
+    let (pickles, artifacts) = count_headers(text.as_bytes());
     let mut manifest = RawManifest {
         version: None,
-        pickle: Vec::new(),
-        artifact: Vec::new(),
+        pickle: Vec::with_capacity(pickles),
+        artifact: Vec::with_capacity(artifacts),
         channel: Vec::new(),
     };
     let mut table = Table::Root;
