@@ -113,11 +113,126 @@ def test_arrays_come_back_as_plain_joblib_returns_them_from_the_one_copy(project
     assert "written 99.0 -1.0 reloaded 0.0 12345.0 shared False" in guarded_lines
     where = {line.split(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in guarded_lines[:-2]}
     assert all(w == "own-memory" for w in (line.rsplit(" ", 1)[1] for line in plain_lines[:-2]))
-    # The arrays of plain values are views of the sealed copy; the object array is
-    # unpickled, and a non-native byte order is swapped into new memory, as plain.
-    for name in ("c", "f", "scalar", "bool", "complex", "structured", "chars", "strided", "large"):
+    # The large array is a view of the sealed copy. The small ones are copied out
+    # (a view would keep the whole copy alive), the object array is unpickled, and
+    # a non-native byte order is swapped into new memory, as plain.
+    assert where.pop("large") == "in-copy", checked.stdout
+    assert set(where.values()) == {"own-memory"}, checked.stdout
+
+
+def test_every_kind_of_array_as_a_view_is_as_plain(project):
+    """The same arrays, each large enough to be a view of the copy."""
+    (project / "make.py").write_text(
+        MAKE.replace(
+            "joblib.dump(arrays",
+            "arrays = {k: v for k, v in arrays.items() if k != 'large'}\njoblib.dump(arrays",
+        )
+    )
+    assert run([PY, "make.py"], project).returncode == 0
+    write(
+        project / "share.py",
+        "import pickleguard.adapters.joblib as j\nj._VIEW_FROM_SHARE = 10**9\n",
+    )
+    digest = hashlib.sha256((project / "arrays.joblib").read_bytes()).hexdigest()
+    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    app = (
+        (project / "app.py")
+        .read_text()
+        .replace('obj["large"][:] = -1.0', "")
+        .replace(
+            'obj["large"][12345], "reloaded", again["c"][0, 0, 0],\n      again["large"][12345], "shared", np.shares_memory(obj["large"], again["large"]))',
+            '"reloaded", again["c"][0, 0, 0], "shared", np.shares_memory(obj["c"], again["c"]))',
+        )
+    )
+    write(project / "views.py", "exec(open('share.py').read())\n" + app)
+    plain = run([PY, "views.py"], project)
+    assert plain.returncode == 0, plain.stderr
+    checked = guarded(project, "views.py")
+    assert checked.returncode == 0, checked.stderr
+    plain_lines, guarded_lines = plain.stdout.splitlines(), checked.stdout.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in guarded_lines] == [
+        line.rsplit(" ", 1)[0] for line in plain_lines
+    ]
+    assert "written 99.0 reloaded 0.0 shared False" in guarded_lines
+    where = {line.split(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in guarded_lines[:-2]}
+    for name in ("c", "f", "scalar", "bool", "complex", "structured", "chars", "strided"):
         assert where[name] == "in-copy", (name, checked.stdout)
     assert where["objects"] == "own-memory" and where["big_endian"] == "own-memory"
+
+
+def test_a_small_array_kept_alone_does_not_keep_the_copy(project):
+    """A file that is mostly Python objects, with a small array and a large one:
+    once only the small array is kept, the sealed copy is gone, as plain joblib
+    would have freed the file's other objects."""
+    write(
+        project / "mixed.py",
+        """
+        import gc, sys, joblib, numpy as np
+        if sys.argv[1] == "make":
+            joblib.dump({"objects": [str(i) * 20 for i in range(100_000)],
+                         "small": np.arange(10.0), "large": np.arange(200_000.0)},
+                        "mixed.joblib")
+            sys.exit()
+        def mapped():
+            return "memfd:pickleguard-verified" in open("/proc/self/maps").read()
+        obj = joblib.load("mixed.joblib")
+        large = obj["large"]
+        small = obj["small"]
+        del obj
+        gc.collect()
+        print("large kept", mapped())
+        del large
+        gc.collect()
+        print("small kept", mapped(), small.sum())
+        """,
+    )
+    assert run([PY, "mixed.py", "make"], project).returncode == 0
+    digest = hashlib.sha256((project / "mixed.joblib").read_bytes()).hexdigest()
+    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    checked = guarded(project, "mixed.py", "load")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == ["large kept True", "small kept False 45.0"]
+
+
+def test_a_negative_dimension_fails_as_it_fails_plain(project):
+    """A pinned file whose array claims a negative dimension: joblib's own error,
+    never a view that runs backwards over the copy."""
+    # Bytes (any offset is aligned for them: the 3 bytes added below move it).
+    make = "import joblib, numpy as np; joblib.dump({'a': np.arange(4, dtype=np.uint8)}, 'arrays.joblib')"
+    assert run([PY, "-c", make], project).returncode == 0
+    data = (project / "arrays.joblib").read_bytes()
+    # Its shape, (4,): BININT1 4, TUPLE1, in the first frame; made BININT -1 (the
+    # frame grows by the 3 bytes).
+    assert data.count(b"K\x04\x85") == 1
+    data = data.replace(b"K\x04\x85", b"J\xff\xff\xff\xff\x85")
+    frame = struct.unpack("<Q", data[3:11])[0]
+    data = data[:3] + struct.pack("<Q", frame + 3) + data[11:]
+    (project / "arrays.joblib").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    write(
+        project / "share.py",
+        "import pickleguard.adapters.joblib as j\nj._VIEW_FROM_SHARE = 10**9\n",
+    )
+    write(
+        project / "negative.py",
+        """
+        import joblib
+        try:
+            joblib.load("arrays.joblib")
+        except Exception as e:
+            print(type(e).__name__, e)
+        """,
+    )
+    plain = run([PY, "negative.py"], project)
+    assert "negative dimensions" in plain.stdout, plain.stdout + plain.stderr
+    write(
+        project / "negative_views.py",
+        "exec(open('share.py').read())\n" + (project / "negative.py").read_text(),
+    )
+    checked = guarded(project, "negative_views.py")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == plain.stdout
 
 
 @pytest.mark.parametrize("cut", ["in-array-data", "before-array-data"])
@@ -145,3 +260,28 @@ def test_a_short_file_fails_as_it_fails_plain(project, cut):
     warned = guarded(project, "short.py", mode="warn")
     assert warned.returncode == 0, warned.stderr
     assert warned.stdout == plain.stdout
+
+
+def test_a_copy_that_cannot_be_mapped_is_read_as_plain(project):
+    """Where the mapping cannot be made (a commit limit, say), joblib copies the
+    arrays out of the verified stream as it always did."""
+    write(
+        project / "nomap.py",
+        """
+        import errno, os
+        real_open = os.open
+
+        def refusing_open(path, *args, **kwargs):
+            if str(path).startswith("/proc/self/fd/"):
+                raise OSError(errno.ENOMEM, "no room to map")
+            return real_open(path, *args, **kwargs)
+
+        os.open = refusing_open
+        exec(open("app.py").read())
+        """,
+    )
+    plain = run([PY, "app.py"], project)
+    checked = guarded(project, "nomap.py")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == plain.stdout  # the same values, all in memory of their own
+    assert "in-copy" not in checked.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import io
+import operator
 import os
 import sys
 import warnings
@@ -114,7 +115,7 @@ def patch(joblib: Any) -> None:
             if copy is not None:
                 # Its arrays are mapped copy-on-write from the sealed copy rather
                 # than copied out of it (see _patch_array_reads).
-                here = _ARRAYS_FROM.set(_SealedArrays(verified, copy.path))
+                here = _ARRAYS_FROM.set(_SealedArrays(verified, copy.path, len(copy)))
                 try:
                     return call_joblib(verified)
                 finally:
@@ -424,28 +425,41 @@ def _patch_joblib_array_files(compat: Any) -> None:
 
 class _SealedArrays:
     """The arrays of a joblib.load that reads the verified stream over a sealed
-    copy: the stream joblib's unpickler reads, and the copy mapped copy-on-write
-    (once, at its first array), which the arrays are views of."""
+    copy of ``size`` bytes: the stream joblib's unpickler reads, and the copy
+    mapped copy-on-write (once, at its first large array), which the large
+    arrays are views of."""
 
-    def __init__(self, stream: Any, copy_path: str) -> None:
-        self.stream, self._copy_path = stream, copy_path
+    def __init__(self, stream: Any, copy_path: str, size: int) -> None:
+        self.stream, self.size, self._copy_path = stream, size, copy_path
         self._view: Any = None
+        self._unmappable = False
 
     def view(self) -> Any:
-        if self._view is None:
+        """The mapping, or None where it cannot be made (the arrays are then
+        copied, as plain joblib copies them)."""
+        if self._view is None and not self._unmappable:
             import mmap
 
-            fd = os.open(self._copy_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
-                # Private and writable: writes to an array stay in this process's
-                # own pages, as they would in an array joblib copied out.
-                self._view = mmap.mmap(
-                    fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-                )
-            finally:
-                os.close(fd)
+                fd = os.open(self._copy_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    # Private and writable: writes to an array stay in this process's
+                    # own pages, as they would in an array joblib copied out.
+                    self._view = mmap.mmap(
+                        fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
+                    )
+                finally:
+                    os.close(fd)
+            except (OSError, ValueError):  # a commit limit, no /proc
+                self._unmappable = True
         return self._view
 
+
+# An array is a view of the copy only if it is at least this part of the file: a
+# view keeps the whole copy in memory for as long as it lives, so a small array
+# kept after the rest of the file's objects are gone would hold many times its
+# size (plain joblib frees each array on its own). Smaller ones are copied out.
+_VIEW_FROM_SHARE = 16
 
 _ARRAYS_FROM: contextvars.ContextVar[Optional[_SealedArrays]] = contextvars.ContextVar(
     "pickleguard_joblib_arrays_from", default=None
@@ -453,12 +467,13 @@ _ARRAYS_FROM: contextvars.ContextVar[Optional[_SealedArrays]] = contextvars.Cont
 
 
 def _patch_array_reads(numpy_pickle: Any) -> None:
-    """Let joblib.load of a path, without mmap_mode, return arrays that are views
-    of the sealed copy instead of copies of its bytes: one copy of the file in
-    memory, not two. ``NumpyArrayWrapper.read_array`` is patched on the class; it
-    maps only for the unpickler that reads the verified stream of such a load, an
-    array of plain values that lies whole in the copy at an offset aligned for its
-    type (which joblib's own padding gives). Everything else is read by joblib."""
+    """Let joblib.load of a path, without mmap_mode, return its large arrays as
+    views of the sealed copy instead of copies of its bytes: one copy of the file
+    in memory, not two. ``NumpyArrayWrapper.read_array`` is patched on the class;
+    it maps only for the unpickler that reads the verified stream of such a load,
+    an array of plain values of at least a sixteenth of the file that lies whole
+    in the copy at an offset aligned for its type (which joblib's own padding
+    gives). Everything else is read by joblib."""
     cls = getattr(numpy_pickle, "NumpyArrayWrapper", None)
     original = getattr(cls, "read_array", None)
     native = getattr(numpy_pickle, "_ensure_native_byte_order", None)
@@ -489,14 +504,26 @@ def _patch_array_reads(numpy_pickle: Any) -> None:
 def _view_of_array(wrapper: Any, np: Any, arrays: _SealedArrays) -> Any:
     """The 1-d array of ``wrapper``'s data at the stream's position, a view of the
     sealed copy, with the stream moved past it as joblib's read moves it; None
-    (nothing read) where joblib must read it itself."""
-    dtype = wrapper.dtype
-    if dtype.hasobject:
+    (nothing read) where joblib must read it itself: anything but a well-formed
+    array of plain values lying whole in the copy at an aligned offset, and
+    arrays that are a small part of the file."""
+    dtype, shape = wrapper.dtype, wrapper.shape
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(shape, tuple):
         return None
     count = 1
-    for extent in wrapper.shape:
-        count *= int(extent)
+    for extent in shape:
+        try:
+            extent = operator.index(extent)
+        except TypeError:
+            return None
+        if extent < 0:
+            return None  # joblib raises for it
+        count *= extent
+    if count * dtype.itemsize * _VIEW_FROM_SHARE < arrays.size:
+        return None
     view = arrays.view()
+    if view is None:
+        return None
     stream = arrays.stream
     start = stream.tell()
     if wrapper.safe_get_numpy_array_alignment_bytes() is not None:
