@@ -77,6 +77,19 @@ print("file", hashlib.sha256(open("arrays.joblib", "rb").read()).hexdigest())
 """
 
 
+# Loads the file and prints the exception it raises, if any.
+LOAD_AND_SAY = """
+import joblib
+try:
+    joblib.load("arrays.joblib")
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+# Run first, makes every array of plain values a view of the copy, however small.
+VIEW_ALL = "import pickleguard.adapters.joblib as j\nj._VIEW_FROM_SHARE = 10**9\n"
+
+
 def write(path: Path, code: str) -> Path:
     path.write_text(textwrap.dedent(code))
     return path
@@ -92,6 +105,11 @@ def project(tmp_path: Path) -> Path:
         f'version = 1\n[[artifact]]\nsha256 = "{digest}"\nsource = "arrays.joblib"\n'
     )
     return tmp_path
+
+
+def pin(project: Path, name: str) -> None:
+    digest = hashlib.sha256((project / name).read_bytes()).hexdigest()
+    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
 
 
 def guarded(project: Path, *args: str, mode: str = "enforce"):
@@ -129,12 +147,7 @@ def test_every_kind_of_array_as_a_view_is_as_plain(project):
         )
     )
     assert run([PY, "make.py"], project).returncode == 0
-    write(
-        project / "share.py",
-        "import pickleguard.adapters.joblib as j\nj._VIEW_FROM_SHARE = 10**9\n",
-    )
-    digest = hashlib.sha256((project / "arrays.joblib").read_bytes()).hexdigest()
-    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    pin(project, "arrays.joblib")
     app = (
         (project / "app.py")
         .read_text()
@@ -144,7 +157,7 @@ def test_every_kind_of_array_as_a_view_is_as_plain(project):
             '"reloaded", again["c"][0, 0, 0], "shared", np.shares_memory(obj["c"], again["c"]))',
         )
     )
-    write(project / "views.py", "exec(open('share.py').read())\n" + app)
+    write(project / "views.py", VIEW_ALL + app)
     plain = run([PY, "views.py"], project)
     assert plain.returncode == 0, plain.stderr
     checked = guarded(project, "views.py")
@@ -187,8 +200,7 @@ def test_a_small_array_kept_alone_does_not_keep_the_copy(project):
         """,
     )
     assert run([PY, "mixed.py", "make"], project).returncode == 0
-    digest = hashlib.sha256((project / "mixed.joblib").read_bytes()).hexdigest()
-    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
+    pin(project, "mixed.joblib")
     checked = guarded(project, "mixed.py", "load")
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines() == ["large kept True", "small kept False 45.0"]
@@ -208,28 +220,11 @@ def test_a_negative_dimension_fails_as_it_fails_plain(project):
     frame = struct.unpack("<Q", data[3:11])[0]
     data = data[:3] + struct.pack("<Q", frame + 3) + data[11:]
     (project / "arrays.joblib").write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    (project / "pinned.toml").write_text(f'version = 1\n[[artifact]]\nsha256 = "{digest}"\n')
-    write(
-        project / "share.py",
-        "import pickleguard.adapters.joblib as j\nj._VIEW_FROM_SHARE = 10**9\n",
-    )
-    write(
-        project / "negative.py",
-        """
-        import joblib
-        try:
-            joblib.load("arrays.joblib")
-        except Exception as e:
-            print(type(e).__name__, e)
-        """,
-    )
+    pin(project, "arrays.joblib")
+    write(project / "negative.py", LOAD_AND_SAY)
     plain = run([PY, "negative.py"], project)
     assert "negative dimensions" in plain.stdout, plain.stdout + plain.stderr
-    write(
-        project / "negative_views.py",
-        "exec(open('share.py').read())\n" + (project / "negative.py").read_text(),
-    )
+    write(project / "negative_views.py", VIEW_ALL + LOAD_AND_SAY)
     checked = guarded(project, "negative_views.py")
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout == plain.stdout
@@ -245,16 +240,7 @@ def test_a_short_file_fails_as_it_fails_plain(project, cut):
     end = start + 4096 if cut == "in-array-data" else start - 1
     assert end > 0
     (project / "arrays.joblib").write_bytes(data[:end])
-    write(
-        project / "short.py",
-        """
-        import joblib
-        try:
-            joblib.load("arrays.joblib")
-        except Exception as e:
-            print(type(e).__name__, e)
-        """,
-    )
+    write(project / "short.py", LOAD_AND_SAY)
     plain = run([PY, "short.py"], project)
     assert plain.returncode == 0 and plain.stdout, plain.stderr
     warned = guarded(project, "short.py", mode="warn")
