@@ -137,14 +137,14 @@ impl Denials {
             .iter()
             .find(|line| !uncaught.contains(line))
             .or(self.first.first())?;
-        let (loads, were) = if caught == 1 {
-            ("load", "was")
+        let (loads, it_was) = if caught == 1 {
+            ("load", "it was")
         } else {
-            ("loads", "were")
+            ("loads", "they were")
         };
         Some(format!(
             "pickleguard: {caught} refused {loads} raised NoPickleError that the program \
-             caught; it {were} not loaded. The first: {example}\n"
+             caught; {it_was} not loaded. The first: {example}\n"
         ))
     }
 }
