@@ -10,14 +10,17 @@ and runs the original loader on exactly them, with the pickles it reads out of t
 file covered by the artifact's entry (see ``_artifact``; ``torch`` and ``joblib``
 hold what is particular to each library).
 
-The wrappers are installed when the library is imported (an import hook), or at
-once if it already is. The adapter modules themselves are imported only then, so
-a program that never imports torch or joblib does not pay for them.
+The wrappers are installed when the library is imported (an import hook, see
+``pickleguard._on_import``), or at once if it already is. The adapter modules
+themselves are imported only then, so a program that never imports torch or
+joblib does not pay for them.
 """
 
 from __future__ import annotations
 
 import sys
+
+from .._on_import import patch_on_import
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
@@ -42,38 +45,6 @@ _PATCHERS: Dict[str, Callable[[Any], None]] = {
 }
 
 
-class _PatchOnImport:
-    """A meta path finder that finds nothing itself: for the modules in _PATCHERS
-    it asks the other finders, then patches the module once it has executed."""
-
-    _finding: set = set()
-
-    @classmethod
-    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
-        patch = _PATCHERS.get(name)
-        if patch is None or name in cls._finding:
-            return None
-        import importlib.util
-
-        cls._finding.add(name)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            cls._finding.discard(name)
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return None
-        original_exec = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            original_exec(module)
-            patch(module)
-
-        # On this module's own loader instance only.
-        loader.exec_module = exec_module
-        return spec
-
-
 _installed = False
 
 
@@ -96,5 +67,5 @@ def install() -> Dict[int, Any]:
             after = getattr(module, "load", None)
             if before is not None and after is not before:
                 replaced[id(before)] = after
-    sys.meta_path.insert(0, _PatchOnImport)
+    patch_on_import(_PATCHERS)
     return replaced
