@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import _core, _gate
+from . import _core
 from ._core import Token, allow_pickles, identify
 from .errors import BadTokenError, ManifestError, NoPickleError, PickleGuardError
 
@@ -62,7 +62,7 @@ def activate(
     if mode not in ("enforce", "warn"):
         raise ValueError(f'mode must be "enforce" or "warn", not {mode!r}')
     path = None if manifest is None else os.path.abspath(os.fspath(manifest))
-    from . import _processes
+    from . import _gate, _processes
 
     _gate.install()
     guarded_before = bool(_core.process_layers())
@@ -97,6 +97,8 @@ def no_pickles() -> Token:
     Inside the scope no pickle loads unless ``allow_pickles(token)`` lifts it. Use
     it as ``with no_pickles() as token:`` to end the scope with the block.
     """
+    from . import _gate
+
     _gate.install()
     return _core.no_pickles()
 

@@ -22,11 +22,18 @@ Variables:
 
 Under environment activation no token is handed out, so nothing in the process
 can lift these layers.
+
+The gate itself is installed when ``pickle`` or ``_pickle`` is first imported
+(an import hook, see ``_on_import``), not here: a process that never unpickles
+does not pay for importing pickle. The backstop is registered here, at once.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+from . import _on_import
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start
@@ -66,8 +73,40 @@ def _activate(core: Any, manifest: Optional[str], mode: str) -> None:
         core.activate_deferred(manifest, mode)
 
 
+def _install_gate(module: Any) -> None:
+    """The import hook's patcher for ``pickle`` and ``_pickle``: install the gate
+    as soon as either has executed, before the import that asked for it returns."""
+    if "pickle" in _on_import.executing:
+        return  # _pickle, imported by pickle, whose own hook installs once it is whole
+    importing = sys.modules.get("pickleguard._gate")
+    if importing is not None and not hasattr(importing, "guard_module"):
+        return  # imported by the gate module, which installs as its last step
+    from . import _gate  # installs as its last step, if this imports it
+
+    _gate.install(just_imported=True)
+    _gate.guard_module(module)  # a module imported anew after the first
+
+
+def _install_gate_when_imported(core: Any) -> None:
+    """Put the gate in place when ``pickle`` or ``_pickle`` is first imported, not
+    now: a process that never unpickles (most of a tree's helpers) does not pay for
+    importing pickle at start. The backstop is registered now all the same."""
+    from . import adapters
+
+    if "pickle" in sys.modules or "_pickle" in sys.modules:
+        # Imported before start-up got here (a sitecustomize, an earlier .pth):
+        # install now, rebinding whatever holds an original.
+        from . import _gate
+
+        _gate.install()
+    core.install_backstop()
+    adapters.install()
+    _on_import.gate_wanted = True
+    _on_import.patch_on_import({"pickle": _install_gate, "_pickle": _install_gate})
+
+
 def boot() -> None:
-    from . import _core, _gate
+    from . import _core
 
     env = os.environ
     mode = env.get("PICKLEGUARD_MODE") or "enforce"
@@ -95,7 +134,7 @@ def boot() -> None:
     log = env.get("PICKLEGUARD_LOG")
     if log is not None and not log.strip():
         raise BootError("PICKLEGUARD_LOG is set but empty")
-    _gate.install()
+    _install_gate_when_imported(_core)
     # A forked child has no manifest-reading thread to wait for: finish reading first.
     os.register_at_fork(before=_core.settle_manifests)
     if log is not None:

@@ -14,7 +14,7 @@ import io
 import pickle
 import sys
 
-from . import _core
+from . import _core, _on_import
 from .errors import NoPickleError, _UndelimitedPickle
 
 TYPE_CHECKING = False
@@ -313,23 +313,37 @@ def _guard_early_subclasses() -> None:
                 pass  # an immutable type: the backstop still refuses its imports
 
 
-def install() -> None:
+def guard_module(module: Any) -> None:
+    """Put the guarded entry points on ``module``, a ``pickle`` or ``_pickle``
+    module object: the one imported now, or one imported anew later."""
+    module.load = load
+    module.loads = loads
+    module.Unpickler = Unpickler
+    py_unpickler = getattr(module, "_Unpickler", None)
+    if isinstance(py_unpickler, type):
+        py_unpickler.load = _guarded_py_load  # type: ignore[attr-defined]
+        py_unpickler.find_class = _guarded_py_find_class  # type: ignore[attr-defined]
+
+
+def install(*, just_imported: bool = False) -> None:
     """Replace the loading entry points of ``pickle`` and ``_pickle``, register the
     audit-hook backstop and prove it works. Idempotent. Raises PickleGuardError if
-    the backstop cannot be put in place."""
+    the backstop cannot be put in place.
+
+    ``just_imported``: called as ``pickle`` or ``_pickle`` is first imported (see
+    ``_boot``), when no other module can hold an original loader or subclass the
+    original ``Unpickler`` yet, so there is nothing to rebind; and the adapters'
+    import hook is in place already."""
     global _installed
     with _install_lock:
         if _installed:
             return
         _core.install_backstop()
-        for module in (pickle, _pickle):
-            module.load = load  # type: ignore[attr-defined]
-            module.loads = loads  # type: ignore[attr-defined]
-            module.Unpickler = Unpickler  # type: ignore[attr-defined]
-        pickle._Unpickler.load = _guarded_py_load  # type: ignore[method-assign]
-        pickle._Unpickler.find_class = _guarded_py_find_class  # type: ignore[method-assign]
-        _rebind_captured_originals()
-        _guard_early_subclasses()
+        guard_module(pickle)
+        guard_module(_pickle)
+        if not just_imported:
+            _rebind_captured_originals()
+            _guard_early_subclasses()
         # torch.load and joblib.load pin whole files; see adapters.
         from . import adapters
 
@@ -362,3 +376,8 @@ _core.bind_gate(
     _explain_undelimited,
 )
 _core.seal_type(Unpickler)
+if _on_import.gate_wanted:
+    # Activated at start: pickle was imported just now (by this module, or by the
+    # import that set off the hook), so nothing can hold an original loader yet;
+    # unless it was imported past the hook (a finder ahead of it), then rebind.
+    install(just_imported=bool(_on_import.executed & {"pickle", "_pickle"}))

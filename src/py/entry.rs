@@ -45,11 +45,16 @@ pub(super) fn bind_gate(
     let _ = EXPLAIN_UNDELIMITED.set(py, explain);
 }
 
-/// One of the callables `bind_gate` handed over.
+/// One of the callables `bind_gate` handed over. The gate module binds them when
+/// it is imported, which start-up defers until `pickle` is (see `_boot`): a pinned
+/// load before that imports it here.
 pub(super) fn bound_by_gate<'py>(
     py: Python<'py>,
     cell: &'py PyOnceLock<Py<PyAny>>,
 ) -> Result<&'py Bound<'py, PyAny>> {
+    if cell.get(py).is_none() {
+        py.import(pyo3::intern!(py, "pickleguard._gate"))?;
+    }
     cell.get(py).map(|f| f.bind(py)).ok_or_else(|| {
         GuardError::Guard("pickleguard's gate is not bound; import pickleguard first".into())
     })
