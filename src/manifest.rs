@@ -222,14 +222,25 @@ struct RawEntry<'t> {
 
 /// A key naming a list of pattern texts unambiguously (each length-prefixed: a
 /// text may hold any character, escaped).
-fn stack_key<'a>(texts: impl Iterator<Item = &'a str>) -> String {
-    let mut key = String::new();
+fn stack_key<'a>(key: &mut Vec<u8>, texts: impl Iterator<Item = &'a str>) {
+    key.clear();
     for text in texts {
-        key.push_str(&text.len().to_string());
-        key.push(':');
-        key.push_str(text);
+        key.extend_from_slice(&text.len().to_le_bytes());
+        key.extend_from_slice(text.as_bytes());
     }
-    key
+}
+
+/// The newlines in `bytes`, counted in runs of 255 into a byte with wrapping adds,
+/// which the compiler vectorizes (memchr would stop at each of them, and a `usize`
+/// count with overflow checks stays a loop of one byte a step).
+fn count_newlines(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|run| {
+            run.iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from(b == b'\n'))) as usize
+        })
+        .sum()
 }
 
 /// Line and column (both 1-based, column in characters) of byte `offset` in `text`.
@@ -361,27 +372,27 @@ fn parse_id(algorithm: Algorithm, text: &str) -> Result<Id, String> {
 struct ManifestText<'t> {
     text: &'t str,
     origin: &'t str,
-    /// Offsets of its newlines: line numbers by binary search are linear in the
-    /// size of the manifest, which may hold tens of thousands of entries.
-    newlines: Vec<usize>,
     seen_patterns: std::cell::RefCell<HashMap<String, FramePattern>>,
     /// Each distinct `stack` list, parsed once and shared: `record` writes the same
     /// list for every pickle one caller loads. Keyed by `stack_key`.
-    seen_stacks: std::cell::RefCell<HashMap<String, Arc<[FramePattern]>>>,
-    /// Newlines before the offset `line_of` was last asked about.
-    lines_before: std::cell::Cell<usize>,
+    seen_stacks: std::cell::RefCell<HashMap<Vec<u8>, Arc<[FramePattern]>>>,
+    /// The offset `line_of` was last asked about, and the newlines before it:
+    /// entries come in file order, so each answer goes on from the previous one
+    /// and the whole text is scanned once.
+    lines_before: std::cell::Cell<(usize, usize)>,
+    /// Reused for each `stack_key`, so that looking up a known stack allocates nothing.
+    stack_key: std::cell::RefCell<Vec<u8>>,
 }
 
 impl<'t> ManifestText<'t> {
     fn new(text: &'t str, origin: &'t str) -> Self {
-        let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).collect();
         ManifestText {
             text,
             origin,
-            newlines,
             seen_patterns: Default::default(),
             seen_stacks: Default::default(),
             lines_before: Default::default(),
+            stack_key: Default::default(),
         }
     }
 
@@ -397,16 +408,13 @@ impl<'t> ManifestText<'t> {
     }
 
     fn line_of(&self, offset: usize) -> usize {
-        // Entries come in file order: go on from the previous answer.
-        let mut before = self.lines_before.get();
-        if before > self.newlines.len() || (before > 0 && self.newlines[before - 1] >= offset) {
-            before = self.newlines.partition_point(|&nl| nl < offset);
-        } else {
-            while self.newlines.get(before).is_some_and(|&nl| nl < offset) {
-                before += 1;
-            }
+        let offset = offset.min(self.text.len());
+        let (mut from, mut before) = self.lines_before.get();
+        if offset < from {
+            (from, before) = (0, 0);
         }
-        self.lines_before.set(before);
+        before += count_newlines(&self.text.as_bytes()[from..offset]);
+        self.lines_before.set((offset, before));
         before + 1
     }
 
@@ -426,12 +434,15 @@ impl<'t> ManifestText<'t> {
         &self,
         patterns: &[Spanned<S>],
     ) -> Result<Arc<[FramePattern]>, ManifestError> {
-        let key = stack_key(patterns.iter().map(|p| p.get_ref().as_ref()));
-        if let Some(known) = self.seen_stacks.borrow().get(&key) {
+        let mut key = self.stack_key.borrow_mut();
+        stack_key(&mut key, patterns.iter().map(|p| p.get_ref().as_ref()));
+        if let Some(known) = self.seen_stacks.borrow().get(key.as_slice()) {
             return Ok(known.clone());
         }
         let parsed: Arc<[FramePattern]> = self.patterns(patterns)?.into();
-        self.seen_stacks.borrow_mut().insert(key, parsed.clone());
+        self.seen_stacks
+            .borrow_mut()
+            .insert(key.clone(), parsed.clone());
         Ok(parsed)
     }
 
