@@ -10,6 +10,7 @@ interleaved run by run so machine noise hits them alike:
 * absent: the .pth file removed;
 * unconfigured: the .pth file present, no PICKLEGUARD_ variable set;
 * enforcing: PICKLEGUARD_MANIFEST names a manifest of 10,000 entries;
+* enforcing, indexed: the same manifest with its index (`pickleguard index`);
 
 and the first load of a small pickle right after start (`pickle.loads` as the
 first thing the program does), plain (no .pth file) and enforcing that manifest,
@@ -124,11 +125,25 @@ def main() -> int:
             "absent": ("", False, base_env, "pass"),
             "unconfigured": ("", True, base_env, "pass"),
         }
+        # The same manifest with its index beside it (`pickleguard index`), which
+        # this build reads instead of the TOML.
+        indexed_manifest = Path(tmp) / "indexed" / "manifest.toml"
+        indexed_manifest.parent.mkdir()
+        shutil.copy(manifest, indexed_manifest)
+        subprocess.run(
+            [sys.executable, "-m", "pickleguard", "index", str(indexed_manifest)],
+            env=base_env,
+            check=True,
+            capture_output=True,
+        )
+        indexed = {**base_env, "PICKLEGUARD_MANIFEST": str(indexed_manifest)}
         for build in builds:
             configs[f"{build}enforcing"] = (build, True, enforcing, "pass")
+        configs["enforcing, indexed"] = ("", True, indexed, "pass")
         configs["plain first load"] = ("", False, base_env, FIRST_LOAD)
         for build in builds:
             configs[f"{build}enforcing first load"] = (build, True, enforcing, FIRST_LOAD)
+        configs["enforcing first load, indexed"] = ("", True, indexed, FIRST_LOAD)
         for python, pth, installed_pth in builds.values():
             # Warm the page cache and check enforcement really happens.
             shutil.copy(pth, installed_pth)

@@ -199,6 +199,21 @@ pub fn sha256(data: &[u8]) -> Digest {
     digest(Algorithm::Sha256, data)
 }
 
+/// The SHA-256 of everything `reader` yields, read 64 KiB at a time into one
+/// buffer rather than into memory the size of the input.
+pub fn sha256_of_reader(reader: &mut impl std::io::Read) -> std::io::Result<Digest> {
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut block) {
+            Ok(0) => return Ok(hasher.finalize().into()),
+            Ok(n) => hasher.update(&block[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The identity of a pickle that consumes protocol-5 out-of-band buffers: the
 /// pickle's bytes, then each buffer as its length (u64, little-endian) and its bytes.
 /// Lengths make the boundaries unambiguous.

@@ -13,6 +13,7 @@ use crate::identity::{Algorithm, BuildDigestHasher, Id};
 use crate::pattern::FramePattern;
 
 mod fast;
+pub mod index;
 
 pub use crate::identity::Digest;
 
@@ -641,14 +642,18 @@ impl Manifest {
 
     /// Read and parse the manifest at `path`.
     pub fn load(path: &str) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            origin: path.to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("could not read the manifest: {}", io_reason(&e)),
-            hint: "check the path given to activate()".into(),
-        })?;
+        let (text, _) = read_manifest(path)?;
         Manifest::parse(&text, path)
+    }
+
+    /// Read the manifest at `path` to enforce it: from its index when one beside
+    /// it was built from exactly these bytes and is trusted like the manifest
+    /// (see `index`), by parsing the text otherwise.
+    pub fn load_for_enforcement(path: &str) -> Result<Manifest, ManifestError> {
+        if let Some(manifest) = index::load_trusted(path) {
+            return Ok(manifest);
+        }
+        Manifest::load(path)
     }
 
     pub fn push(&mut self, entry: Entry) {
@@ -707,6 +712,22 @@ impl Manifest {
             _ => Algorithm::Sha256,
         }
     }
+}
+
+/// The text of the manifest at `path`, and its metadata (for its index's trust).
+fn read_manifest(path: &str) -> Result<(String, std::fs::Metadata), ManifestError> {
+    let fail = |e: &std::io::Error| ManifestError {
+        origin: path.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("could not read the manifest: {}", io_reason(e)),
+        hint: "check the path given to activate()".into(),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let metadata = file.metadata().map_err(|e| fail(&e))?;
+    let mut text = String::with_capacity(metadata.len() as usize);
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| fail(&e))?;
+    Ok((text, metadata))
 }
 
 /// Why a file could not be read, in the words of the system's error message and

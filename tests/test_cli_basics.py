@@ -19,7 +19,7 @@ from conftest import assert_fires, hostile
 from conftest import run_cli as cli
 from pickleguard.cli import _parser
 
-COMMANDS = ["check", "hash", "inspect", "pin", "record", "run"]
+COMMANDS = ["check", "hash", "index", "inspect", "pin", "record", "run"]
 
 
 def closed_stdout(*args: str, cwd: Path) -> subprocess.CompletedProcess:

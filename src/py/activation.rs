@@ -133,20 +133,78 @@ pub(super) fn record_layer() {
 /// Validate a manifest file, raising ManifestError; returns its entry count.
 #[pyfunction]
 pub(super) fn check_manifest(path: std::path::PathBuf) -> Result<usize> {
-    load_manifest(&path.to_string_lossy())
+    // The text itself, never the index: this is what validates a manifest.
+    read_catching_panics(&path.to_string_lossy(), Manifest::load)
         .map(|m| m.entries().len() + m.channels().len())
         .map_err(GuardError::Manifest)
 }
 
-/// Read a manifest; a panic while reading becomes a ManifestError, never a pass.
-pub(super) fn load_manifest(origin: &str) -> std::result::Result<Manifest, CoreManifestError> {
-    std::panic::catch_unwind(|| Manifest::load(origin)).unwrap_or_else(|_| {
-        Err(CoreManifestError {
-            origin: origin.to_owned(),
-            line: 0,
-            column: 0,
-            message: "internal error while reading the manifest".into(),
-            hint: "please report this with the manifest attached".into(),
+/// The index of the manifest at `path` (see `manifest::index`), built from the
+/// text read now, and the number of entries and channels in it. Raises
+/// ManifestError if the manifest is invalid: an index is only ever built from a
+/// manifest that parses.
+#[pyfunction]
+pub(super) fn manifest_index(path: std::path::PathBuf) -> Result<(Vec<u8>, usize)> {
+    let origin = path.to_string_lossy();
+    let text = std::fs::read(&path).map_err(|error| GuardError::Io {
+        what: "read",
+        path: path.clone(),
+        error,
+    })?;
+    let manifest = std::str::from_utf8(&text)
+        .map_err(|_| "the file is not UTF-8 text")
+        .map_err(|message| {
+            GuardError::Manifest(CoreManifestError {
+                origin: origin.to_string(),
+                line: 0,
+                column: 0,
+                message: format!("could not read the manifest: {message}"),
+                hint: "check the path given to activate()".into(),
+            })
         })
-    })
+        .and_then(|text| {
+            std::panic::catch_unwind(|| Manifest::parse(text, &origin))
+                .unwrap_or_else(|_| Err(panic_error(&origin)))
+                .map_err(GuardError::Manifest)
+        })?;
+    let count = manifest.entries().len() + manifest.channels().len();
+    let sha256 = crate::identity::sha256(&text);
+    Ok((crate::manifest::index::encode(&manifest, &sha256), count))
+}
+
+/// What is beside the manifest at `path`: "absent", "untrusted" (another owner,
+/// or writable by more people than the manifest), "stale", "damaged" or
+/// "current" (enforcement reads the index instead of the text).
+#[pyfunction]
+pub(super) fn manifest_index_status(path: std::path::PathBuf) -> Result<&'static str> {
+    crate::manifest::index::status(&path.to_string_lossy())
+        .map(|s| s.name())
+        .map_err(|error| GuardError::Io {
+            what: "read",
+            path,
+            error,
+        })
+}
+
+/// Read a manifest to enforce it (from its index if it has a current, trusted
+/// one); a panic while reading becomes a ManifestError, never a pass.
+pub(super) fn load_manifest(origin: &str) -> std::result::Result<Manifest, CoreManifestError> {
+    read_catching_panics(origin, Manifest::load_for_enforcement)
+}
+
+fn read_catching_panics(
+    origin: &str,
+    read: fn(&str) -> std::result::Result<Manifest, CoreManifestError>,
+) -> std::result::Result<Manifest, CoreManifestError> {
+    std::panic::catch_unwind(|| read(origin)).unwrap_or_else(|_| Err(panic_error(origin)))
+}
+
+fn panic_error(origin: &str) -> CoreManifestError {
+    CoreManifestError {
+        origin: origin.to_owned(),
+        line: 0,
+        column: 0,
+        message: "internal error while reading the manifest".into(),
+        hint: "please report this with the manifest attached".into(),
+    }
 }

@@ -42,7 +42,7 @@ mod core_module {
     #[pymodule_export]
     use super::activation::{
         activate, activate_deferred, check_manifest, enforcing, in_artifact, journaling,
-        no_pickles, record_layer, settle_manifests,
+        manifest_index, manifest_index_status, no_pickles, record_layer, settle_manifests,
     };
     #[pymodule_export]
     use super::artifact::{verified_copy, VerifiedFile};

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Optional, Sequence, TextIO
 
 from .. import __version__
-from . import check, inspect, pin, record, run
+from . import check, index, inspect, pin, record, run
 from . import hash as hash_
 from ._status import ExitStatus
 
@@ -28,6 +28,7 @@ _COMMANDS = {
     "record": record,
     "run": run,
     "pin": pin,
+    "index": index,
 }
 
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional, Tuple
 
 from .. import _core
 
@@ -89,16 +89,63 @@ def _lock(fd: int, lock: Path) -> None:
 def replace(target: Path, text: str) -> None:
     """Replace ``target`` (a real path, from ``locked``) with ``text`` in one step,
     after checking that the new manifest parses. The file keeps its mode; a new
-    one gets the mode the umask allows."""
+    one gets the mode the umask allows. An index beside it is rewritten for the
+    new text, so that it never goes stale through pickleguard's own writes."""
+    _replace_bytes(target, text.encode("utf-8"), _mode(target), check=_core.check_manifest)
+    if index_path(target).exists():
+        try:
+            write_index(target)
+        except OSError as e:
+            # A stale index is never used, only slower: the manifest stands.
+            print(
+                f"warning: could not rewrite {index_path(target)}: {e.strerror or e}; "
+                "until it is rewritten, enforcement reads the manifest's text\n"
+                f"hint: pickleguard index {target}",
+                file=sys.stderr,
+            )
+
+
+def index_path(target: Path) -> Path:
+    """Where the index of the manifest at ``target`` (a real path) lives."""
+    return target.with_name(f".{target.name}.index")
+
+
+def write_index(target: Path) -> int:
+    """Write the index of the manifest at ``target`` (a real path, under its lock)
+    from its text as it is now; returns the number of rules in it. The index gets
+    the manifest's mode and, when root writes it, the manifest's owner: enforcement
+    trusts an index only if it is owned and writable like its manifest."""
+    data, rules = _core.manifest_index(str(target))
+    manifest = os.stat(target)
+    owner = None
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and manifest.st_uid != 0:
+        owner = (manifest.st_uid, manifest.st_gid)
+    _replace_bytes(index_path(target), data, manifest.st_mode & 0o7777, owner=owner)
+    return rules
+
+
+def _replace_bytes(
+    target: Path,
+    data: bytes,
+    mode: int,
+    *,
+    check: Optional[Callable[[str], object]] = None,
+    owner: Optional[Tuple[int, int]] = None,
+) -> None:
+    """Replace ``target`` with ``data`` in one rename of a synced temporary file of
+    mode ``mode`` (and owner ``owner``), after ``check`` accepts the temporary file."""
     directory = target.parent
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temp, _mode(target))
-        _core.check_manifest(temp)
+        if owner is not None:
+            os.chown(temp, *owner)
+        os.chmod(temp, mode)
+        if check is not None:
+            check(temp)
         os.replace(temp, target)
     except BaseException:
         try:
@@ -144,4 +191,13 @@ def check_writable(manifest: Path) -> None:
         pass
 
 
-__all__ = ["LOCK_TIMEOUT", "LockTimeout", "check_writable", "lock_path", "locked", "replace"]
+__all__ = [
+    "LOCK_TIMEOUT",
+    "LockTimeout",
+    "check_writable",
+    "index_path",
+    "lock_path",
+    "locked",
+    "replace",
+    "write_index",
+]

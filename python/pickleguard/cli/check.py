@@ -49,14 +49,38 @@ def run(args: argparse.Namespace) -> ExitStatus:
             status = max(status, ExitStatus.FINDING)
         else:
             warnings = _unnarrowed_channels(path)
+            index = _core.manifest_index_status(path)
+            if index in _INDEX_WARNINGS:
+                warnings.append(f"its index is {index}: {_INDEX_WARNINGS[index]}")
             report.add(
-                {"manifest": path, "ok": True, "rules": entries, "warnings": warnings},
-                f"ok: {path} ({entries} {'rule' if entries == 1 else 'rules'})",
+                {
+                    "manifest": path,
+                    "ok": True,
+                    "rules": entries,
+                    "index": index,
+                    "warnings": warnings,
+                },
+                f"ok: {path} ({entries} {'rule' if entries == 1 else 'rules'}"
+                + ("; index current" if index == "current" else "")
+                + ")",
             )
             if not args.json:
                 for warning in warnings:
                     print(f"warning: {path}: {warning}", file=sys.stderr)
     return report.finish(status)
+
+
+# What `check` says of an index that enforcement would not use (it reads the
+# TOML then: slower, never less strict).
+_INDEX_WARNINGS = {
+    "stale": "the manifest changed since it was indexed, so enforcement reads the "
+    "TOML instead; rewrite it with `pickleguard index`, or delete it",
+    "untrusted": "it is owned by another user than the manifest, or writable by "
+    "someone the manifest is not, so enforcement ignores it; rewrite it with "
+    "`pickleguard index` as the manifest's owner",
+    "damaged": "it is not an index this version of pickleguard reads, so "
+    "enforcement ignores it; rewrite it with `pickleguard index`",
+}
 
 
 def _unnarrowed_channels(path: str) -> List[str]:
