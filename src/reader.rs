@@ -606,6 +606,22 @@ pub fn delimit(data: &[u8]) -> Result<Extent, ReadError<std::convert::Infallible
     .scan()
 }
 
+/// Whether `buffered`, bytes that begin at an opcode and that an unpickler read in
+/// one call and keeps in its own buffer (one frame's body, or the opcode STOP
+/// alone), end with the STOP of its pickle: scanned as one frame, STOP comes at
+/// its very end. When it does not, the unpickler holds bytes past STOP, which
+/// its next load would run first.
+pub fn ends_at_stop(buffered: &[u8]) -> bool {
+    Scanner {
+        input: SliceInput(buffered),
+        pos: 0,
+        frame_end: Some(buffered.len()),
+        skip_plain: true,
+    }
+    .scan()
+    .is_ok_and(|extent| extent.len == buffered.len())
+}
+
 /// [`delimit`] taking every opcode through the general step: for the property
 /// test that shows skipping runs of plain opcodes changes no verdict.
 #[doc(hidden)]
@@ -704,6 +720,21 @@ mod tests {
         );
         assert_eq!(first_frame_len(b"\x80\x04K\x01."), None);
         assert_eq!(first_frame_len(b""), None);
+    }
+
+    #[test]
+    fn buffered_bytes_ending_at_stop() {
+        // A frame's body whose STOP is its last byte, STOP alone, and a body with
+        // opcodes past its STOP (a hidden tail), cut short, or empty.
+        assert!(ends_at_stop(b"}\x94(K\x01K\x02u."));
+        assert!(ends_at_stop(b"."));
+        assert!(!ends_at_stop(b"N.N."));
+        assert!(!ends_at_stop(b"N.cposix\nmkdir\n(V/x\ntR."));
+        assert!(!ends_at_stop(b"K\x01"));
+        assert!(!ends_at_stop(b"K"));
+        assert!(!ends_at_stop(b""));
+        // No frame may begin inside one.
+        assert!(!ends_at_stop(b"\x95\x01\x00\x00\x00\x00\x00\x00\x00."));
     }
 
     #[test]

@@ -480,7 +480,9 @@ def test_an_entry_for_a_pickle_with_bytes_after_it_leaves_the_file_after_the_pic
 ):
     # An entry is the hash of exactly one pickle. One made by hand for a whole file
     # that holds more (`sha256sum` pasted into a [[pickle]] entry) admits that file
-    # to `load`, which still reads only the pickle; a delimiting load refuses it.
+    # to `load` and `Unpickler.load`, which still read only the pickle and leave the
+    # file right after it. The pickle alone is not what the entry names, and a second
+    # load of the same unpickler reads only the bytes after it, as plain pickle does.
     import hashlib
 
     pickled = pickle.dumps(list(range(3000)), protocol=4)
@@ -496,12 +498,27 @@ for f in (open("f.bin", "rb"), io.BytesIO(open("f.bin", "rb").read())):
     assert pickle.load(f) == list(range(3000))
     assert f.read() == b"trailing bytes"
     f.seek(0)
+    unpickler = pickle.Unpickler(f)
+    assert unpickler.load() == list(range(3000))
+    assert f.tell() == {len(pickled)}
     try:
-        pickle.Unpickler(f).load()
-    except NoPickleError:
-        assert f.tell() == {len(pickled)}
+        unpickler.load()
+    except pickle.UnpicklingError as e:
+        # What plain pickle raises on the bytes left.
+        assert "invalid load key" in str(e), e
     else:
-        raise SystemExit("Unpickler.load admitted a pickle by the hash of more bytes")
+        raise SystemExit("the bytes after the pickle loaded")
+    f.seek({len(pickled)})
+    try:
+        pickle.loads(f.read())
+    except pickle.UnpicklingError:
+        pass
+try:
+    pickle.loads(open("f.bin", "rb").read()[:{len(pickled)}])
+except NoPickleError:
+    pass
+else:
+    raise SystemExit("the pickle alone was admitted by the entry of more bytes")
 """
     )
 
@@ -628,3 +645,131 @@ assert pickle.loads(DATA) is None
 """
     )
     assert not sentinel.exists()
+
+
+def _frame(body: bytes) -> bytes:
+    import struct
+
+    return b"\x95" + struct.pack("<Q", len(body)) + body
+
+
+# A whole file pinned by its hash (by hand) and fed to Unpickler at once: each
+# hides opcodes past STOP in the frame STOP is read in, where a reused unpickler
+# (its next load(), or the C base's load() called by name) would run them.
+def _hidden_tails(sentinel) -> dict:
+    tail = b"cposix\nmkdir\n(V" + str(sentinel).encode() + b"\ntR."
+    filler = b"N0" * 2100
+    return {
+        "one frame": b"\x80\x04" + _frame(filler + b"N." + tail),
+        "the last of two frames": b"\x80\x04" + _frame(filler) + _frame(b"N." + tail),
+        # The pickle imports a callable and keeps it in the memo; the tail calls it
+        # from there, importing nothing itself.
+        "a callable in the memo": b"\x80\x04"
+        + _frame(filler + b"cposix\nmkdir\n\x940N.h\x00(V" + str(sentinel).encode() + b"\ntR."),
+        # The load raises before STOP (a bad memo get), and the next one stops at
+        # STOP: the tail waits in the frame for the third.
+        "a load that raises": b"\x80\x04" + _frame(filler + b"h\x07N." + tail),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["one frame", "the last of two frames", "a callable in the memo", "a load that raises"]
+)
+@pytest.mark.parametrize("opener", ["open", "BytesIO"])
+@pytest.mark.parametrize("second", ["load()", "the C base's load(u)"])
+def test_a_whole_file_fed_at_once_leaves_no_tail_past_stop(case, opener, second, run_py, tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    sentinel = tmp_path / "sentinel"
+    data = _hidden_tails(sentinel)[case]
+    (tmp_path / "tail.pkl").write_bytes(data)
+    plain = (
+        "import io, pickle\nu = pickle.Unpickler(io.BytesIO(open('tail.pkl', 'rb').read()))\n"
+        "for _ in range(3):\n    try:\n        u.load()\n    except Exception:\n        pass\n"
+    )
+    subprocess.run([sys.executable, "-c", plain], cwd=tmp_path, check=True)
+    assert sentinel.exists(), "the hidden tail must run without the guard"
+    sentinel.rmdir()
+    manifest = write_manifest(tmp_path / "m.toml", {"sha256": hashlib.sha256(data).hexdigest()})
+    f = (
+        "open('tail.pkl', 'rb')"
+        if opener == "open"
+        else "io.BytesIO(open('tail.pkl', 'rb').read())"
+    )
+    # The C class itself (`_pickle.Unpickler` names the guarded one once active).
+    second_load = "u.load()" if second == "load()" else "pickle.Unpickler.__mro__[1].load(u)"
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+assert pickle.Unpickler.__mro__[1] is sys.modules["_pickle"].__dict__["Unpickler"].__mro__[1]
+assert type(pickle.Unpickler.__mro__[1].load).__name__ == "method_descriptor"
+class Sub(pickle.Unpickler):
+    def load(self):
+        return super().load()
+for cls in (pickle.Unpickler, Sub):
+    u = cls({f})
+    try:
+        u.load()
+    except (pickle.UnpicklingError, EOFError, KeyError):
+        pass
+    else:
+        raise SystemExit("a pickle with opcodes past its STOP loaded")
+    for _ in range(2):
+        try:
+            value = {second_load}
+        except (pickle.UnpicklingError, EOFError, KeyError, NoPickleError):
+            pass
+        else:
+            # The C base, which the gate does not start, may still build the literal
+            # left before the tail (here None), but imports nothing and finds no
+            # callable in the memo; a guarded load refuses.
+            if {second == "load()"} or value is not None:
+                raise SystemExit("a later load of that unpickler loaded")
+"""
+    )
+    assert not sentinel.exists()
+
+
+def test_a_whole_file_fed_at_once_keeps_the_memo_for_the_next_load(run_py, tmp_path):
+    # Two pickles from one Pickler (the second refers to the first's memo) in a
+    # file pinned whole by hand, and the second pinned too: the unpickler loads
+    # the first from the whole file, then the second from where the first ended,
+    # with the memo plain pickle keeps between loads.
+    import hashlib
+    import io
+
+    shared = [str(i) for i in range(2000)]
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.dump(shared)
+    first = buffer.tell()
+    pickler.dump({"again": shared})
+    data = buffer.getvalue()
+    (tmp_path / "two.pkl").write_bytes(data)
+    manifest = write_manifest(
+        tmp_path / "m.toml",
+        {"sha256": hashlib.sha256(data).hexdigest()},
+        {"sha256": hashlib.sha256(data[first:]).hexdigest()},
+    )
+    run_py(
+        PRELUDE
+        + f"""
+pickleguard.activate({str(manifest)!r})
+for f in (open("two.pkl", "rb"), io.BytesIO(open("two.pkl", "rb").read())):
+    u = pickle.Unpickler(f)
+    one = u.load()
+    assert one == [str(i) for i in range(2000)] and f.tell() == {first}
+    two = u.load()
+    assert two == {{"again": one}} and two["again"] is one
+    assert f.tell() == {len(data)}
+    try:
+        u.load()
+    except EOFError:
+        pass
+    else:
+        raise SystemExit("a load past the end")
+"""
+    )

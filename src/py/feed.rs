@@ -22,6 +22,9 @@ pub(super) struct Feed {
 pub(super) struct FeedState {
     pub(super) data: Option<FeedData>,
     pub(super) position: usize,
+    /// Where the last `read` or `readline` began and ended: what the C unpickler
+    /// holds in its own buffer (`readinto` writes past it, into the caller's).
+    pub(super) last_read: (usize, usize),
 }
 
 /// What a feed holds: verified bytes that no one can change.
@@ -40,12 +43,25 @@ impl FeedData {
 }
 
 impl Feed {
-    /// The unread part of the contents, and the position, under the lock.
-    pub(super) fn with_rest<R>(&self, py: Python<'_>, take: impl FnOnce(&[u8]) -> (usize, R)) -> R {
+    /// The unread part of the contents, and the position, under the lock. `buffered`:
+    /// whether the caller keeps what it takes in its own buffer.
+    pub(super) fn with_rest<R>(
+        &self,
+        py: Python<'_>,
+        buffered: bool,
+        take: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> R {
         let mut state = self.state.lock();
-        let FeedState { data, position } = &mut *state;
+        let FeedState {
+            data,
+            position,
+            last_read,
+        } = &mut *state;
         let all = data.as_ref().map_or(&[][..], |d| d.as_bytes(py));
         let (consumed, result) = take(&all[*position..]);
+        if buffered {
+            *last_read = (*position, *position + consumed);
+        }
         *position += consumed;
         result
     }
@@ -62,7 +78,7 @@ impl Feed {
 
     #[pyo3(signature = (n=-1))]
     pub(super) fn read<'py>(&self, py: Python<'py>, n: Option<isize>) -> Bound<'py, PyBytes> {
-        self.with_rest(py, |rest| {
+        self.with_rest(py, true, |rest| {
             let take = match n {
                 Some(n) if n >= 0 => (n as usize).min(rest.len()),
                 _ => rest.len(),
@@ -77,7 +93,7 @@ impl Feed {
         py: Python<'py>,
         size: Option<isize>,
     ) -> Bound<'py, PyBytes> {
-        self.with_rest(py, |rest| {
+        self.with_rest(py, true, |rest| {
             let mut take = rest
                 .iter()
                 .position(|&b| b == b'\n')
@@ -109,7 +125,7 @@ impl Feed {
         }
         let target = target.call_method1(pyo3::intern!(py, "cast"), ("B",))?;
         let capacity: usize = target.getattr(pyo3::intern!(py, "nbytes"))?.extract()?;
-        let copied = self.with_rest(py, |rest| {
+        let copied = self.with_rest(py, false, |rest| {
             let take = capacity.min(rest.len());
             // One copy, from a view of the held bytes straight into the caller's
             // buffer (memoryview slice assignment).
@@ -161,7 +177,7 @@ impl Feed {
         };
         *self.state.lock() = FeedState {
             data: held,
-            position: 0,
+            ..FeedState::default()
         };
     }
 
@@ -172,5 +188,10 @@ impl Feed {
     /// How much of the contents has been read.
     pub(super) fn consumed(&self) -> usize {
         self.state.lock().position
+    }
+
+    /// Where the last `read` or `readline` began and ended (see `FeedState`).
+    pub(super) fn last_read(&self) -> (usize, usize) {
+        self.state.lock().last_read
     }
 }

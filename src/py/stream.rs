@@ -37,11 +37,12 @@ pub(super) struct LoadRequest<'a, 'py> {
 /// Whether a whole file may be allowed at once by the hash of all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WholeFile {
-    /// `pickle.load`: a file of io's own types, read from its start, may be; its
-    /// position is put back after the load (see `Rewind`).
+    /// `pickle.load` and the C `Unpickler.load`: a file of io's own types, read
+    /// from its start, may be; its position is put back after the load (see
+    /// `Rewind`).
     MayHash,
-    /// One pickle at a time, always delimited: an unpickler that lives on between
-    /// loads, or one whose file is not ours to move.
+    /// One pickle at a time, always delimited: the pure-Python unpickler classes,
+    /// whose reading the gate does not own.
     PickleByPickle,
 }
 
@@ -288,8 +289,8 @@ impl VerifiedBytes {
     }
 }
 
-/// Verify the next pickle of a stream read pickle by pickle, as an unpickler class
-/// reads it (never a whole file at once): `file` is the object `read` belongs to.
+/// Verify the next pickle of a stream read pickle by pickle (never a whole file at
+/// once): `file` is the object `read` belongs to.
 pub(super) fn verify_pickle_by_pickle<'py>(
     py: Python<'py>,
     read: &Bound<'py, PyAny>,
@@ -297,6 +298,27 @@ pub(super) fn verify_pickle_by_pickle<'py>(
     file: Option<&Bound<'py, PyAny>>,
     buffers: Option<Bound<'py, PyAny>>,
     pin: Option<&str>,
+) -> Result<VerifiedPickle<'py>> {
+    verify_next_pickle(
+        py,
+        read,
+        readline,
+        file,
+        buffers,
+        pin,
+        WholeFile::PickleByPickle,
+    )
+}
+
+/// Verify the next pickle of a stream, the whole file first where `whole` allows.
+pub(super) fn verify_next_pickle<'py>(
+    py: Python<'py>,
+    read: &Bound<'py, PyAny>,
+    readline: &Bound<'py, PyAny>,
+    file: Option<&Bound<'py, PyAny>>,
+    buffers: Option<Bound<'py, PyAny>>,
+    pin: Option<&str>,
+    whole: WholeFile,
 ) -> Result<VerifiedPickle<'py>> {
     let stream = Stream {
         read,
@@ -308,7 +330,7 @@ pub(super) fn verify_pickle_by_pickle<'py>(
         pin,
         source_name: file.and_then(source_name),
     };
-    verify_from_stream(py, &stream, request, WholeFile::PickleByPickle)
+    verify_from_stream(py, &stream, request, whole)
 }
 
 /// `verify_from_stream` for the Python-level unpickler classes: raises

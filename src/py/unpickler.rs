@@ -7,12 +7,14 @@ use super::entry::{
     bound_by_gate, explain_undelimited, file_methods, Unpickler, ORIGINAL_C_FIND_CLASS,
     ORIGINAL_C_LOAD, ORIGINAL_PY_FIND_CLASS, ORIGINAL_PY_LOAD,
 };
-use super::error::{GuardError, Result};
+use super::error::{GuardError, Result, UnpicklingError};
 use super::feed::Feed;
 use super::scopes::{active_scopes, ActiveScopes, PROCESS_LAYERS};
-use super::stream::{verify_pickle_by_pickle, VerifiedPickle};
+use super::stream::{verify_next_pickle, verify_pickle_by_pickle, VerifiedPickle, WholeFile};
+use crate::reader;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What the guarded `pickle.Unpickler` keeps between loads (its one attribute,
 /// `_pickleguard`): where it reads from, its options, and the private feed its
@@ -31,6 +33,9 @@ pub(super) struct UnpicklerSource {
     pub(super) fix_imports: Py<PyAny>,
     pub(super) encoding: Py<PyAny>,
     pub(super) errors: Py<PyAny>,
+    /// Set when a load left the C part holding bytes past STOP (see
+    /// `refuse_tail_past_stop`): every later load is refused.
+    pub(super) tail_past_stop: AtomicBool,
 }
 
 #[pymethods]
@@ -62,6 +67,7 @@ impl UnpicklerSource {
             fix_imports: fix_imports.clone().unbind(),
             encoding: encoding.clone().unbind(),
             errors: errors.clone().unbind(),
+            tail_past_stop: AtomicBool::new(false),
         })
     }
 }
@@ -88,21 +94,33 @@ pub(super) fn unpickler_load<'py>(
         return Err(init_not_called(unpickler));
     };
     let source = source.cast::<UnpicklerSource>().map_err(PyErr::from)?.get();
+    if source.tail_past_stop.load(Ordering::Relaxed) {
+        return Err(GuardError::Py(UnpicklingError::new_err(
+            "this unpickler read a pickle whose frame ran past its STOP; the bytes after \
+             STOP are still in its buffer, so it loads nothing more\nhint: load the \
+             file with a new unpickler, after re-pickling it",
+        )));
+    }
     let buffers = source.buffers.as_ref().map(|b| b.bind(py).clone());
     let (read, readline) = (source.read.bind(py), source.readline.bind(py));
     let feed = source.feed.bind(py);
-    // Never the whole file at once: this unpickler lives on, and the C unpickler
-    // keeps in its own buffer any part of a frame that it read past STOP, which
-    // its next load would run unjudged. Delimiting refuses such a frame.
-    match verify_pickle_by_pickle(
+    // The C part reads only the feed, never the file, so a whole file allowed by
+    // its hash may be fed at once, as `pickle.load` does; what the C part still
+    // holds in its own buffer afterwards must end at STOP (see
+    // `refuse_tail_past_stop`). Any other pickle is delimited, which refuses a
+    // frame that runs past STOP.
+    match verify_next_pickle(
         py,
         read,
         readline,
         Some(source.file.bind(py)),
         buffers,
         None,
+        WholeFile::MayHash,
     ) {
         Ok(verified) => {
+            let rewind = verified.rewind;
+            let whole_file = rewind.as_ref().map(|_| verified.data.clone());
             feed.get().set(verified.data.into_any());
             if let (Some(b), Some(buffer_feed)) = (verified.buffers, &source.buffer_feed) {
                 buffer_feed.bind(py).setattr("current", b)?;
@@ -112,9 +130,24 @@ pub(super) fn unpickler_load<'py>(
                 let _load = GateLoad::enter(unpickler);
                 bound_by_gate(py, &ORIGINAL_C_LOAD)?.call1((unpickler,))
             };
-            // The load consumed exactly the verified bytes; do not keep them alive.
+            let (consumed, last_read) = (feed.get().consumed(), feed.get().last_read());
+            // Do not keep the verified bytes alive.
             feed.get().clear();
             clear_extension_cache(py);
+            if let (Some(rewind), Some(data)) = (&rewind, &whole_file) {
+                let data = &data.get().data;
+                // The last read is one frame's body or the STOP alone (the C part
+                // reads nothing else into its buffer before STOP).
+                let clean = result.is_ok() && reader::ends_at_stop(&data[last_read.0..last_read.1]);
+                let refused = if clean {
+                    Ok(())
+                } else {
+                    refuse_tail_past_stop(py, unpickler, source, data)
+                };
+                // Its position goes back to right after what the load read.
+                rewind.after(consumed)?;
+                refused?;
+            }
             Ok(result?)
         }
         Err(e) => {
@@ -125,6 +158,43 @@ pub(super) fn unpickler_load<'py>(
             Err(explain_undelimited(py, e, Unpickler::C, &options))
         }
     }
+}
+
+/// After a whole file was fed at once and its load raised, or did not end at the
+/// end of what the C part keeps in its own buffer: unless the file is one pickle
+/// whose every frame ends by its STOP (what the pickle-by-pickle path feeds), the
+/// C part may hold bytes past STOP, which its next load would run first. It
+/// cannot drop them (setting it up afresh would leave it reading freed memory),
+/// so this unpickler refuses every later load, its memo is emptied so that a
+/// load the gate does not start (the C base's own `load`, called by name) finds
+/// no callable there (and its imports meet the backstop), and this load is
+/// refused as the pickle-by-pickle path refuses it.
+fn refuse_tail_past_stop(
+    py: Python<'_>,
+    unpickler: &Bound<'_, PyAny>,
+    source: &UnpicklerSource,
+    data: &[u8],
+) -> Result<()> {
+    let error = match reader::delimit(data) {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    source.tail_past_stop.store(true, Ordering::Relaxed);
+    // The C class's own descriptor: a subclass may shadow `memo`.
+    bound_by_gate(py, &ORIGINAL_C_LOAD)?
+        .getattr(pyo3::intern!(py, "__objclass__"))?
+        .getattr(pyo3::intern!(py, "memo"))?
+        .call_method1(pyo3::intern!(py, "__get__"), (unpickler,))?
+        .call_method0(pyo3::intern!(py, "clear"))?;
+    let options = PyDict::new(py);
+    options.set_item("fix_imports", &source.fix_imports)?;
+    options.set_item("encoding", &source.encoding)?;
+    options.set_item("errors", &source.errors)?;
+    let undelimited = GuardError::Undelimited {
+        data: PyBytes::new(py, data).unbind(),
+        error: GuardError::Read(error.map_source(|never| match never {})).into(),
+    };
+    Err(explain_undelimited(py, undelimited, Unpickler::C, &options))
 }
 
 /// Whether this pure-Python load reads (through `read`, perhaps via a decompressor)
